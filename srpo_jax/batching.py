@@ -1,0 +1,192 @@
+"""Host-side packing of one training step's rollouts into static-shape device arrays.
+
+The learner's train step is jitted once per shape bucket, so everything here pads to
+buckets: prompt length P, response length R, teacher-prompt length Pt and the number of
+teacher rows per micro-batch M. Rows are laid out as
+
+    [n_mini, n_micro, b, ...]     n_mini optimizer updates per step (SPEC 10),
+                                  n_micro gradient-accumulation chunks per update
+
+and each student sequence is [prompt left-padded to P | response right-padded to R], so
+the hidden state at position P-1+t predicts response token t (the same holds for the
+teacher sequences with Pt in place of P).
+
+Teacher rows are packed densely: only the rollouts that need the teacher forward (the
+routed rollouts of SPEC 3, or every rollout with a teacher for `sdpo` and
+`advantage_mix`) get a row, so the teacher's compute falls with the routed fraction. A
+step where nothing is routed gets M = 0 and the learner compiles no teacher forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def bucket_length(n: int, *, minimum: int = 16) -> int:
+    """Smallest power of two >= max(n, minimum): few distinct shapes, at most 2x padding."""
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
+def bucket_rows(n: int) -> int:
+    """Teacher rows per micro-batch: 0 stays 0 (no teacher forward compiled), else a power of 2."""
+    if n == 0:
+        return 0
+    return bucket_length(n, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRows:
+    """Everything the learner needs about the B = prompts * group_size rows of one step.
+
+    Row order is prompt-major (row = prompt * group_size + sample) so that a mini-batch of
+    whole prompts is a contiguous slice of rows.
+    """
+
+    prompt_ids: Sequence[Sequence[int]]  # per row (repeated within a group)
+    response_ids: Sequence[Sequence[int]]  # per row, sampled tokens
+    rollout_logprobs: Sequence[Sequence[float]]  # per row, engine log-probs of those tokens
+    advantages: np.ndarray  # float [B]
+    grpo_rows: np.ndarray  # bool [B]: rows whose tokens get the GRPO loss
+    sdpo_rows: np.ndarray  # bool [B]: rows whose tokens get the SDPO loss
+    teacher_rows: np.ndarray  # bool [B]: rows that need the teacher forward
+    teacher_prompt_ids: dict[int, Sequence[int]]  # row -> teacher prompt (reprompt) ids
+
+    def __post_init__(self):
+        b = len(self.prompt_ids)
+        for name in ("response_ids", "rollout_logprobs"):
+            if len(getattr(self, name)) != b:
+                raise ValueError(
+                    f"StepRows.{name} has {len(getattr(self, name))} rows, expected {b}"
+                )
+        for name in ("advantages", "grpo_rows", "sdpo_rows", "teacher_rows"):
+            if np.shape(getattr(self, name)) != (b,):
+                raise ValueError(
+                    f"StepRows.{name} has shape {np.shape(getattr(self, name))}, expected ({b},)"
+                )
+        for r in np.flatnonzero(self.teacher_rows):
+            if int(r) not in self.teacher_prompt_ids:
+                raise ValueError(f"row {r} needs the teacher but has no teacher prompt")
+        for r, (ids, lps) in enumerate(zip(self.response_ids, self.rollout_logprobs, strict=True)):
+            if len(ids) != len(lps):
+                raise ValueError(
+                    f"row {r}: {len(ids)} response tokens but {len(lps)} rollout log-probs"
+                )
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.prompt_ids)
+
+
+def _left_pad(
+    seqs: Sequence[Sequence[int]], length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, length - len(s) :] = s
+            mask[i, length - len(s) :] = 1
+    return ids, mask
+
+
+def _right_pad(seqs: Sequence[Sequence[float]], length: int, pad, dtype) -> np.ndarray:
+    out = np.full((len(seqs), length), pad, dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out
+
+
+def build_train_batch(
+    rows: StepRows,
+    *,
+    num_minibatches: int,
+    micro_batch_rows: int,
+    pad_id: int,
+    min_bucket: int = 16,
+) -> dict[str, np.ndarray]:
+    """Packs `rows` into the learner's batch dict (numpy, shapes [n_mini, n_micro, ...]).
+
+    Keys: input_ids, attention_mask [.., b, P+R]; response_ids, response_mask,
+    rollout_logprobs [.., b, R]; advantages, grpo_rows, sdpo_rows, row_valid [.., b];
+    teacher_input_ids, teacher_attention_mask [.., M, Pt+R]; teacher_src, teacher_valid
+    [.., M] (teacher_src indexes the micro-batch's rows). P, R, Pt, M are bucketed.
+    """
+    n = rows.num_rows
+    if num_minibatches < 1 or n % num_minibatches:
+        raise ValueError(f"{n} rows cannot be split into {num_minibatches} mini-batches")
+    mini = n // num_minibatches
+    if micro_batch_rows < 1 or mini % micro_batch_rows:
+        raise ValueError(
+            f"mini-batch of {mini} rows is not a multiple of micro_batch_rows={micro_batch_rows}"
+        )
+    n_micro = mini // micro_batch_rows
+    b = micro_batch_rows
+
+    p_len = bucket_length(max(len(p) for p in rows.prompt_ids), minimum=min_bucket)
+    r_len = bucket_length(max(1, max(len(r) for r in rows.response_ids)), minimum=min_bucket)
+    prompt_ids, prompt_mask = _left_pad(rows.prompt_ids, p_len, pad_id)
+    resp_ids = _right_pad(rows.response_ids, r_len, pad_id, np.int32)
+    resp_mask = _right_pad([[1] * len(r) for r in rows.response_ids], r_len, 0, np.float32)
+    rollout_lp = _right_pad(rows.rollout_logprobs, r_len, 0.0, np.float32)
+    input_ids = np.concatenate([prompt_ids, resp_ids], axis=1)
+    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
+
+    def split(x):
+        return x.reshape((num_minibatches, n_micro, b) + x.shape[1:])
+
+    batch = {
+        "input_ids": split(input_ids),
+        "attention_mask": split(attn),
+        "response_ids": split(resp_ids),
+        "response_mask": split(resp_mask),
+        "rollout_logprobs": split(rollout_lp),
+        "advantages": split(np.asarray(rows.advantages, np.float32)),
+        "grpo_rows": split(np.asarray(rows.grpo_rows, bool)),
+        "sdpo_rows": split(np.asarray(rows.sdpo_rows, bool)),
+        "row_valid": split(np.ones((n,), bool)),
+    }
+
+    # Teacher rows, packed densely per micro-batch.
+    teacher = np.asarray(rows.teacher_rows, bool).reshape(num_minibatches, n_micro, b)
+    m_rows = bucket_rows(int(teacher.sum(axis=-1).max()))
+    if m_rows:
+        tp_len = bucket_length(
+            max(len(rows.teacher_prompt_ids[int(r)]) for r in np.flatnonzero(rows.teacher_rows)),
+            minimum=min_bucket,
+        )
+    else:
+        tp_len = min_bucket
+    t_ids = np.full((num_minibatches, n_micro, m_rows, tp_len + r_len), pad_id, np.int32)
+    t_mask = np.zeros_like(t_ids)
+    t_src = np.zeros((num_minibatches, n_micro, m_rows), np.int32)
+    t_valid = np.zeros((num_minibatches, n_micro, m_rows), bool)
+    for i in range(num_minibatches):
+        for j in range(n_micro):
+            for slot, local in enumerate(np.flatnonzero(teacher[i, j])):
+                row = (i * n_micro + j) * b + int(local)
+                tp = rows.teacher_prompt_ids[row]
+                ids, mask = _left_pad([tp], tp_len, pad_id)
+                t_ids[i, j, slot, :tp_len] = ids[0]
+                t_mask[i, j, slot, :tp_len] = mask[0]
+                t_ids[i, j, slot, tp_len:] = resp_ids[row]
+                t_mask[i, j, slot, tp_len:] = resp_mask[row].astype(np.int32)
+                t_src[i, j, slot] = local
+                t_valid[i, j, slot] = True
+    batch.update(
+        teacher_input_ids=t_ids,
+        teacher_attention_mask=t_mask,
+        teacher_src=t_src,
+        teacher_valid=t_valid,
+    )
+    return batch
+
+
+def batch_signature(batch: dict[str, np.ndarray]) -> tuple:
+    """The static shape key of a batch: one compiled train step per distinct signature."""
+    return tuple(sorted((k, v.shape, v.dtype.str) for k, v in batch.items()))

@@ -1,0 +1,82 @@
+"""Chunked per-token vocabulary statistics from hidden states and an unembedding.
+
+The GRPO branch needs log pi(y_t) of the sampled token only, but a naive
+`log_softmax(h @ W)` materialises [N, V] logits (V = 151,936 for Qwen3). Here the N
+tokens are processed C at a time inside a scan whose body is rematerialised, so at most
+one [C, V] logits chunk is live in the forward and in the backward pass. The same
+scheme gives the full-vocabulary entropy (the teacher-entropy pre-pass of the learner).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+def _pad_rows(x: jax.Array, n_pad: int) -> jax.Array:
+    if n_pad == 0:
+        return x
+    return jnp.pad(x, [(0, n_pad)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _chunked(fn, hidden_ND, extra_N, chunk_size):
+    n, d = hidden_ND.shape
+    c = min(chunk_size, n)
+    n_chunks = -(-n // c)
+    n_pad = n_chunks * c - n
+    h_KCD = _pad_rows(hidden_ND, n_pad).reshape(n_chunks, c, d)
+    e_KC = _pad_rows(extra_N, n_pad).reshape(n_chunks, c)
+    body = jax.checkpoint(fn)
+    _, out_KC = jax.lax.scan(lambda carry, xs: (carry, body(*xs)), None, (h_KCD, e_KC))
+    return out_KC.reshape(-1)[:n]
+
+
+def token_logprobs(
+    hidden_ND: Float[Array, "N D"],
+    unembed_DV: Float[Array, "D V"],
+    targets_N: Int[Array, " N"],
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> Float[Array, " N"]:
+    """log softmax(h @ W / temperature)[target] per token, fp32, differentiable in h and W."""
+    n, d = hidden_ND.shape
+    if unembed_DV.shape[0] != d:
+        raise ValueError(
+            f"hidden_ND has D={d} but unembed_DV has shape {unembed_DV.shape} (expected [D, V])"
+        )
+    if targets_N.shape != (n,):
+        raise ValueError(f"targets_N has shape {targets_N.shape}, expected ({n},)")
+    if n == 0:
+        return jnp.zeros((0,), jnp.float32)
+
+    def chunk(h_CD, t_C):
+        # fp32 logits and log-sum-exp: bf16 would lose the small log-prob differences.
+        logits_CV = jnp.dot(h_CD, unembed_DV, preferred_element_type=jnp.float32) / temperature
+        lse_C = jax.nn.logsumexp(logits_CV, axis=-1)
+        picked_C = jnp.take_along_axis(logits_CV, t_C[:, None], axis=-1)[:, 0]
+        return picked_C - lse_C
+
+    return _chunked(chunk, hidden_ND, targets_N, chunk_size)
+
+
+def token_entropy(
+    hidden_ND: Float[Array, "N D"],
+    unembed_DV: Float[Array, "D V"],
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> Float[Array, " N"]:
+    """Full-vocabulary entropy of softmax(h @ W / temperature) per token, fp32."""
+    n = hidden_ND.shape[0]
+    if n == 0:
+        return jnp.zeros((0,), jnp.float32)
+
+    def chunk(h_CD, _):
+        # fp32: entropy sums V terms; bf16 accumulation would be off by percents.
+        logits_CV = jnp.dot(h_CD, unembed_DV, preferred_element_type=jnp.float32) / temperature
+        logp_CV = jax.nn.log_softmax(logits_CV, axis=-1)
+        return -jnp.sum(jnp.exp(logp_CV) * logp_CV, axis=-1)
+
+    return _chunked(chunk, hidden_ND, jnp.zeros((n,), jnp.int32), chunk_size)
