@@ -1,0 +1,22 @@
+"""Qwen3-4B on physics MCQ (720 train / 80 test): the paper setting, one 8-GPU node.
+
+    python -m srpo_jax.main --config=configs/qwen3_4b_phys.py:method=srpo \
+        --config.model.hf_path=/path/to/Qwen3-4B --workdir=runs/qwen3_4b_phys_srpo
+
+Trains Qwen3-4B (weights and tokenizer from model.hf_path) with the method named by the config
+argument (grpo | sdpo | srpo | srpo_no_dw | advantage_mix; default srpo) for a 10-hour
+training budget: 32 prompts x 8 rollouts per step, T = 1.0 sampling, responses up to 8192
+tokens, lr and mini-batch per SPEC 10. It evaluates avg@16 on the test split every 5 steps
+and writes metrics.jsonl, TensorBoard events, curves.png and checkpoints (last 3) to the
+workdir; a restart with the same workdir resumes from the latest complete checkpoint.
+Mesh: fsdp=8 (one node); change --config.mesh.* for other layouts. With SGLang rollout
+servers add --config.rollout.engine=sglang --config.rollout.sglang.urls="('http://host:port',)".
+"""
+
+from srpo_jax.config import load_config_module
+
+base = load_config_module(__file__, "base.py")
+
+
+def get_config(arg=None):
+    return base.benchmark_config("qwen3_4b", "phys", arg)
