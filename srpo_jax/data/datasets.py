@@ -1,0 +1,254 @@
+"""Benchmark rows, split loading, chat messages, tokenized prompt sets and a resumable sampler.
+
+Data layout (SPEC section 11, ../shared/data/README.md): JSON Lines, one object per line
+with fields idx, kind ("mcq" | "tooluse"), dataset, prompt, system (str or null), answer.
+Other fields (description, tests, elo, embedding) are ignored.
+
+    <data_dir>/sciknoweval/{chemistry,physics,biology,material}/{train,test}.json
+    <data_dir>/tooluse/{train,test}.json      (tooluse/train.json is not shipped)
+
+`PromptSet` renders each example with the chat template (generation prompt, thinking
+disabled, SPEC section 10), drops prompts longer than `max_prompt_len` and counts them.
+`EpochSampler` walks the kept examples in a fresh seeded permutation per epoch; its whole
+state is the cursor (seed, epoch, position), so checkpointing the cursor gives exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import random
+from collections.abc import Sequence
+from typing import Any
+
+KINDS = ("mcq", "tooluse")
+REQUIRED_FIELDS = ("idx", "kind", "dataset", "prompt", "system", "answer")
+BENCHMARK_DIRS = {
+    "chem": "sciknoweval/chemistry",
+    "phys": "sciknoweval/physics",
+    "bio": "sciknoweval/biology",
+    "materials": "sciknoweval/material",
+    "tooluse": "tooluse",
+}
+SPLITS = ("train", "test")
+TOOLUSE_TRAIN_HELP = (
+    "tooluse/train.json is not shipped with the shared data (the snapshot left out files of "
+    "4 MiB or more). Download datasets/tooluse/train.json from https://github.com/lasgroup/SDPO "
+    "at commit 0e6d5106abe69f578c63bf38a9394e22905c8773 and check `git hash-object` gives "
+    "b3f1449172a9a98389c03d38f83ab2795426d7f8 (see data/README.md)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One benchmark row. `answer` is a letter (mcq) or a JSON list string (tooluse)."""
+
+    idx: int
+    kind: str
+    dataset: str
+    prompt: str
+    system: str | None
+    answer: str
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Example {self.idx}: kind must be one of {KINDS}, got {self.kind!r}")
+
+
+def _example_from_row(row: Any, where: str) -> Example:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [f for f in REQUIRED_FIELDS if f not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    if row["kind"] not in KINDS:
+        raise ValueError(f"{where}: unknown kind {row['kind']!r}, expected one of {KINDS}")
+    checks = (
+        ("idx", isinstance(row["idx"], int) and not isinstance(row["idx"], bool)),
+        ("dataset", isinstance(row["dataset"], str)),
+        ("prompt", isinstance(row["prompt"], str)),
+        ("system", row["system"] is None or isinstance(row["system"], str)),
+        ("answer", isinstance(row["answer"], str)),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"{where}: field {name!r} has the wrong type: {row[name]!r:.80}")
+    return Example(
+        idx=row["idx"],
+        kind=row["kind"],
+        dataset=row["dataset"],
+        prompt=row["prompt"],
+        system=row["system"],
+        answer=row["answer"],
+    )
+
+
+def load_jsonl(path: str | pathlib.Path) -> list[Example]:
+    """Reads a JSON Lines split; every error names the file and the 1-based line."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+            examples.append(_example_from_row(row, where))
+    if not examples:
+        raise ValueError(f"{path}: empty split (no rows)")
+    return examples
+
+
+def split_path(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
+    if benchmark not in BENCHMARK_DIRS:
+        raise ValueError(f"unknown benchmark {benchmark!r}, expected one of {list(BENCHMARK_DIRS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
+    return pathlib.Path(data_dir) / BENCHMARK_DIRS[benchmark] / f"{split}.json"
+
+
+def load_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> list[Example]:
+    """Loads one benchmark split from the shared data layout (see the module docstring)."""
+    path = split_path(data_dir, benchmark, split)
+    if benchmark == "tooluse" and split == "train" and not path.is_file():
+        raise FileNotFoundError(f"{path} is missing. {TOOLUSE_TRAIN_HELP}")
+    return load_jsonl(path)
+
+
+def messages(example: Example) -> list[dict[str, str]]:
+    """Chat messages: a system message only when the row has one, then the user prompt."""
+    msgs = []
+    if example.system is not None:
+        msgs.append({"role": "system", "content": example.system})
+    msgs.append({"role": "user", "content": example.prompt})
+    return msgs
+
+
+def render_prompt(tokenizer: Any, msgs: Sequence[dict[str, str]]) -> str:
+    """The chat-template text the policy sees: generation prompt on, thinking off."""
+    return tokenizer.apply_chat_template(
+        list(msgs), tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+
+
+def encode_prompt(tokenizer: Any, msgs: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of render_prompt; the template already holds every special token."""
+    return list(tokenizer.encode(render_prompt(tokenizer, msgs), add_special_tokens=False))
+
+
+class PromptSet:
+    """Examples tokenized with the chat template; prompts over max_prompt_len are dropped.
+
+    `examples[i]` and `prompt_ids[i]` are aligned over the kept examples; `num_filtered`
+    counts the dropped ones (SPEC section 10: longer prompts are filtered out) and
+    `filtered_idx` names them.
+    """
+
+    def __init__(self, examples: Sequence[Example], tokenizer: Any, max_prompt_len: int):
+        if max_prompt_len < 1:
+            raise ValueError(f"max_prompt_len must be >= 1, got {max_prompt_len}")
+        self.max_prompt_len = max_prompt_len
+        self.examples: list[Example] = []
+        self.prompt_ids: list[list[int]] = []
+        self.filtered_idx: list[int] = []
+        for ex in examples:
+            ids = encode_prompt(tokenizer, messages(ex))
+            if len(ids) > max_prompt_len:
+                self.filtered_idx.append(ex.idx)
+                continue
+            self.examples.append(ex)
+            self.prompt_ids.append(ids)
+        if not self.examples:
+            raise ValueError(
+                f"PromptSet: all {len(self.filtered_idx)} prompts exceed max_prompt_len="
+                f"{max_prompt_len}; nothing left to train or evaluate on"
+            )
+
+    @property
+    def num_filtered(self) -> int:
+        return len(self.filtered_idx)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[Example, list[int]]:
+        return self.examples[i], self.prompt_ids[i]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerCursor:
+    """Everything the sampler needs to continue exactly: save it in the checkpoint."""
+
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SamplerCursor:
+        missing = {"seed", "epoch", "position"} - set(d)
+        if missing:
+            raise ValueError(f"sampler cursor dict is missing {sorted(missing)}: {d}")
+        return cls(seed=int(d["seed"]), epoch=int(d["epoch"]), position=int(d["position"]))
+
+
+class EpochSampler:
+    """Deterministic epoch-shuffled indices into a dataset of `size` items.
+
+    Epoch e visits every index once in the permutation drawn from (seed, e); a batch that
+    crosses the epoch end continues in the next epoch's permutation. The order is a pure
+    function of the cursor, so restoring a saved cursor reproduces the rest of the sequence.
+    """
+
+    def __init__(self, size: int, cursor: SamplerCursor | int):
+        if size < 1:
+            raise ValueError(f"EpochSampler: dataset size must be >= 1, got {size}")
+        self.size = size
+        self.cursor = cursor if isinstance(cursor, SamplerCursor) else SamplerCursor(seed=cursor)
+        if not 0 <= self.cursor.position < size:
+            raise ValueError(
+                f"EpochSampler: cursor position {self.cursor.position} outside [0, {size})"
+            )
+        self._perm_epoch = -1
+        self._perm: list[int] = []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._perm_epoch:
+            # String seeds hash deterministically across processes (unlike tuple hashing).
+            self._perm = list(range(self.size))
+            random.Random(f"srpo_jax-sampler-{self.cursor.seed}-{epoch}").shuffle(self._perm)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def next_indices(self, n: int) -> list[int]:
+        """The next n indices; advances the cursor."""
+        if n < 1:
+            raise ValueError(f"EpochSampler.next_indices: n must be >= 1, got {n}")
+        seed, epoch, pos = self.cursor.seed, self.cursor.epoch, self.cursor.position
+        out = []
+        for _ in range(n):
+            out.append(self._permutation(epoch)[pos])
+            pos += 1
+            if pos == self.size:
+                epoch, pos = epoch + 1, 0
+        self.cursor = SamplerCursor(seed=seed, epoch=epoch, position=pos)
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return self.cursor.to_dict()
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        cursor = SamplerCursor.from_dict(d)
+        if not 0 <= cursor.position < self.size:
+            raise ValueError(
+                f"EpochSampler: cursor position {cursor.position} outside [0, {self.size})"
+            )
+        self.cursor = cursor
