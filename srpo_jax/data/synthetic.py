@@ -124,8 +124,9 @@ def make_synthetic_splits(
 
 
 def corpus_sample(n: int, seed: int) -> list[str]:
-    """Text for training the tiny tokenizer: system prompt, questions and answers."""
-    texts = [SYNTHETIC_SYSTEM_PROMPT]
-    for ex in make_synthetic_split(n, seed, hint_frac=0.5):
-        texts.append(ex.prompt + "\n" + answer_text(ex.answer))
-    return texts
+    """Text for training the tiny tokenizer: whole demo chats (role names, system prompt,
+    question, answer) without the added tokens, so BPE merges what the demo actually sees."""
+    return [
+        f"system\n{ex.system}\nuser\n{ex.prompt}\nassistant\n\n\n{answer_text(ex.answer)}"
+        for ex in make_synthetic_split(n, seed, hint_frac=0.5)
+    ]

@@ -218,7 +218,7 @@ def default_tiny_corpus() -> list[str]:
 def build_tiny_tokenizer(
     out_dir: str | pathlib.Path,
     *,
-    vocab_size: int = 384,
+    vocab_size: int = 512,
     corpus: Iterable[str] | None = None,
 ) -> pathlib.Path:
     """Trains a byte-level BPE of `vocab_size` ids in total (added tokens included) and saves it.
