@@ -1,0 +1,437 @@
+"""RolloutEngine backed by a pool of SGLang servers (the production rollout path).
+
+Generation uses SGLang's native POST /generate with `input_ids` and per-row `sampling_params`
+and `return_logprob: true`; each completion's tokens and engine log-probs come from
+`meta_info.output_token_logprobs` (`[logprob, token_id, text]` per token), its end from
+`meta_info.finish_reason`. Every (prompt p, sample j) pair is sent as its own row with n = 1
+and its own `sampling_seed` (folded from seed, step, p, j) rather than as one prompt with
+`n`: SGLang takes one seed per request, so this is the only way to give every sample its own
+reproducible noise, and it makes the output order (row p*n+j) explicit instead of relying on
+how the server expands `n`. The shared prompt is still computed once thanks to the server's
+prefix cache. Rows are chunked into requests spread round-robin over the server URLs, with a
+bounded thread pool, per-request timeouts, and retries with exponential backoff; a server
+that stays down raises RolloutError naming its URL.
+
+Weight sync after each training step (`update_weights`): the learner's params are exported as
+an HF safetensors checkpoint (bf16 + config.json) under `export_dir/step_<version>`, then
+either (sync="update_from_disk") every server gets pause_generation -> flush_cache ->
+update_weights_from_disk {model_path, load_format, weight_version} -> continue_generation and
+the version it reports (/model_info, or /get_weight_version on older servers) is checked, or
+(sync="restart") the locally launched servers are relaunched on the new checkpoint, for
+servers without an update route. Only the newest `keep_exports` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import requests
+
+from srpo_jax.rollout import sglang_server
+from srpo_jax.rollout.engine import (
+    FINISH_ABORT,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    RolloutError,
+    Rollouts,
+    SamplingParams,
+)
+
+SYNC_STRATEGIES = ("update_from_disk", "restart")
+PAUSE_MODES = ("abort", "retract", "in_place")
+_FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "abort": FINISH_ABORT}
+
+
+@dataclasses.dataclass(frozen=True)
+class SGLangConfig:
+    """Where the servers are (or how to launch them) and how to talk to them.
+
+    Either `urls` names running servers, or `launch_command` (a template with `{model_path}`,
+    `{host}`, `{port}`, `{index}`) starts `num_servers` local ones on `host`, ports
+    base_port + i (base_port 0: free ports picked by the OS). `export_dir` must be readable by
+    every server (a shared filesystem for remote ones); empty means a fresh temp dir.
+    """
+
+    urls: tuple[str, ...] = ()
+    launch_command: str = ""
+    num_servers: int = 0
+    host: str = "127.0.0.1"
+    base_port: int = 30000
+    launch_env: tuple[tuple[str, str], ...] = ()  # extra environment for launched servers
+    log_dir: str = ""  # server logs; empty: inside export_dir
+    timeout_s: float = 600.0  # per HTTP request
+    startup_timeout_s: float = 600.0  # per launch, until /health answers
+    max_retries: int = 3
+    backoff_s: float = 1.0  # first retry waits this, then doubles
+    max_concurrency: int = 8
+    rows_per_request: int = 64
+    sync: str = "update_from_disk"
+    pause_mode: str = "abort"
+    load_format: str | None = None
+    export_dir: str = ""
+    keep_exports: int = 2
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise ValueError(f"SGLangConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if isinstance(self.urls, str):
+            bad("urls", "must be a tuple of URLs, not one string")
+        for u in self.urls:
+            if not (isinstance(u, str) and u.startswith(("http://", "https://"))):
+                bad("urls", f"entry {u!r} is not an http(s):// URL")
+        if self.urls and self.launch_command:
+            bad("launch_command", "give either urls (running servers) or a launch command")
+        if not self.urls and not self.launch_command:
+            bad("urls", "empty and no launch_command: there is no server to talk to")
+        if self.num_servers < 0 or (self.launch_command and self.num_servers < 1):
+            bad("num_servers", "must be >= 1 with a launch_command (and never negative)")
+        if not 0 <= self.base_port <= 65535:
+            bad("base_port", "must be 0 (free ports) or a TCP port")
+        if self.base_port and self.base_port + self.num_servers - 1 > 65535:
+            bad("base_port", f"base_port + num_servers - 1 exceeds 65535 ({self.num_servers})")
+        for f in ("timeout_s", "startup_timeout_s"):
+            if not getattr(self, f) > 0:
+                bad(f, "must be > 0")
+        if self.max_retries < 0:
+            bad("max_retries", "must be >= 0")
+        if self.backoff_s < 0:
+            bad("backoff_s", "must be >= 0")
+        for f in ("max_concurrency", "rows_per_request", "keep_exports"):
+            if getattr(self, f) < 1:
+                bad(f, "must be >= 1")
+        if self.sync not in SYNC_STRATEGIES:
+            bad("sync", f"must be one of {SYNC_STRATEGIES}")
+        if self.sync == "restart" and not self.launch_command:
+            bad("sync", "'restart' needs launch_command (only launched servers can be relaunched)")
+        if self.pause_mode not in PAUSE_MODES:
+            bad("pause_mode", f"must be one of {PAUSE_MODES}")
+
+
+def sample_seed(seed: int, step: int, prompt: int, sample: int) -> int:
+    """Per-row sampling seed folded from (seed, step, prompt index, sample index), < 2**31
+    because SGLang-family servers hold seeds in int32 arrays."""
+    state = np.random.SeedSequence([seed, step, prompt, sample]).generate_state(1, np.uint32)
+    return int(state[0] & 0x7FFFFFFF)
+
+
+def default_exporter(model_config=None) -> Callable[[Any, pathlib.Path], None]:
+    """Exports an nnx Qwen3 model (save_hf) or its params state (save_hf_params, needs the
+    Qwen3Config) as an HF checkpoint in bf16, the dtype the servers run in."""
+
+    def export(params, path: pathlib.Path) -> None:
+        from flax import nnx
+
+        from srpo_jax.model import hf_io
+
+        if isinstance(params, nnx.Module):
+            hf_io.save_hf(params, path, dtype="bfloat16")
+        elif model_config is None:
+            raise ValueError(
+                "SGLangEngine needs model_config to export a params state; pass the Qwen3Config"
+            )
+        else:
+            hf_io.save_hf_params(params, model_config, path, dtype="bfloat16")
+
+    return export
+
+
+class SGLangEngine:
+    """RolloutEngine over SGLang servers; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        config: SGLangConfig,
+        *,
+        model_path: str | os.PathLike | None = None,
+        model_config=None,
+        exporter: Callable[[Any, pathlib.Path], None] | None = None,
+        initial_version: int = 0,
+    ):
+        self.config = config
+        self._exporter = exporter or default_exporter(model_config)
+        self._version = initial_version
+        self._synced = False  # servers report a version we set only after our first sync
+        self._exports: list[pathlib.Path] = []
+        self._tmp = None if config.export_dir else tempfile.mkdtemp(prefix="srpo_sglang_")
+        self.export_dir = pathlib.Path(config.export_dir or self._tmp)
+        self.log_dir = pathlib.Path(config.log_dir or self.export_dir / "logs")
+        self._servers: list[sglang_server.ServerProcess] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(config.max_concurrency)
+        if config.launch_command:
+            if model_path is None:
+                raise ValueError("SGLangEngine needs model_path to launch servers")
+            ports = [
+                config.base_port + i if config.base_port else sglang_server.free_port(config.host)
+                for i in range(config.num_servers)
+            ]
+            self._servers = self._launch(str(model_path), ports)
+            self.urls = tuple(s.url for s in self._servers)
+        else:
+            self.urls = tuple(u.rstrip("/") for u in config.urls)
+
+    # ---------------------------------------------------------------- HTTP
+    def _request(self, method: str, url: str, route: str, body=None, *, retry=True) -> Any:
+        """One HTTP call with retries on connection errors, timeouts and 5xx; returns JSON
+        (or None for an empty body). A 4xx is the caller's fault: raised at once."""
+        cfg = self.config
+        attempts = 1 + (cfg.max_retries if retry else 0)
+        last = ""
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+            try:
+                r = requests.request(method, url + route, json=body, timeout=cfg.timeout_s)
+            except requests.Timeout:
+                last = f"no answer within timeout_s={cfg.timeout_s}"
+                continue
+            except requests.ConnectionError as e:
+                last = f"connection failed ({type(e).__name__}: {e})"
+                continue
+            if r.status_code >= 500:
+                last = f"HTTP {r.status_code}: {r.text[:500]}"
+                continue
+            if r.status_code >= 400:
+                raise RolloutError(
+                    f"SGLang server {url}{route} answered HTTP {r.status_code}: {r.text[:500]}"
+                )
+            return r.json() if r.content else None
+        raise RolloutError(
+            f"SGLang server {url} failed {method} {route} after {attempts} attempt(s): {last}"
+        )
+
+    # ---------------------------------------------------------------- generation
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        *,
+        step: int = 0,
+    ) -> Rollouts:
+        if n < 1:
+            raise ValueError(f"SGLangEngine.generate: n must be >= 1, got {n}")
+        if not prompt_token_ids:
+            raise ValueError("SGLangEngine.generate: no prompts")
+        for p, prompt in enumerate(prompt_token_ids):
+            if len(prompt) == 0:
+                raise ValueError(f"SGLangEngine.generate: prompt {p} is empty")
+        rows = [(p, j) for p in range(len(prompt_token_ids)) for j in range(n)]
+        k = self.config.rows_per_request
+        chunks = [rows[i : i + k] for i in range(0, len(rows), k)]
+        futures = [
+            self._pool.submit(
+                self._generate_chunk,
+                self.urls[c % len(self.urls)],
+                chunk,
+                prompt_token_ids,
+                sampling,
+                step,
+            )
+            for c, chunk in enumerate(chunks)
+        ]
+        results = []
+        for f in futures:
+            results.extend(f.result())
+        return self._pack(results, [p for p, _ in rows])
+
+    def _sampling_dict(self, sampling: SamplingParams, seed: int) -> dict[str, Any]:
+        d = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "max_new_tokens": sampling.max_new_tokens,
+            "sampling_seed": seed,
+            # The learner needs the stop token itself (it is trained on), so never trim it.
+            "no_stop_trim": True,
+        }
+        if sampling.stop_token_ids:
+            d["stop_token_ids"] = list(sampling.stop_token_ids)
+        return d
+
+    def _generate_chunk(self, url, chunk, prompts, sampling, step):
+        body = {
+            "input_ids": [list(map(int, prompts[p])) for p, _ in chunk],
+            "sampling_params": [
+                self._sampling_dict(sampling, sample_seed(sampling.seed, step, p, j))
+                for p, j in chunk
+            ],
+            "return_logprob": True,
+        }
+        out = self._request("POST", url, "/generate", body)
+        if isinstance(out, dict):  # a one-row batch may come back unwrapped
+            out = [out]
+        if not isinstance(out, list) or len(out) != len(chunk):
+            got = len(out) if isinstance(out, list) else type(out).__name__
+            raise RolloutError(
+                f"SGLang server {url}/generate returned {got} results for {len(chunk)} rows"
+            )
+        return [
+            self._parse_row(url, o, len(prompts[p])) for o, (p, _) in zip(out, chunk, strict=True)
+        ]
+
+    def _parse_row(self, url, out, prompt_len):
+        meta = out.get("meta_info") or {}
+        triples = meta.get("output_token_logprobs")
+        if triples is None:
+            raise RolloutError(f"SGLang server {url} returned no meta_info.output_token_logprobs")
+        tokens = [int(t[1]) for t in triples]
+        logprobs = [float(t[0]) for t in triples]
+        if "output_ids" in out and list(out["output_ids"]) != tokens:
+            raise RolloutError(
+                f"SGLang server {url}: output_ids disagree with output_token_logprobs"
+            )
+        if meta.get("prompt_tokens", prompt_len) != prompt_len:
+            raise RolloutError(
+                f"SGLang server {url}: result for a {prompt_len}-token prompt reports "
+                f"prompt_tokens={meta['prompt_tokens']} (rows out of order?)"
+            )
+        reported = meta.get("weight_version")
+        if self._synced and reported is not None and str(reported) != str(self._version):
+            raise RolloutError(
+                f"SGLang server {url} sampled with weight_version {reported!r}, "
+                f"expected {self._version} (weight sync did not take)"
+            )
+        fr = meta.get("finish_reason")
+        finish = _FINISH.get(fr.get("type") if isinstance(fr, dict) else fr, FINISH_ABORT)
+        return tokens, logprobs, finish
+
+    def _pack(self, results, prompt_index) -> Rollouts:
+        b = len(results)
+        r = max(1, max(len(t) for t, _, _ in results))
+        tokens_BR = np.zeros((b, r), np.int32)
+        logprobs_BR = np.zeros((b, r), np.float32)
+        lengths_B = np.zeros((b,), np.int32)
+        for i, (t, lp, _) in enumerate(results):
+            tokens_BR[i, : len(t)] = t
+            logprobs_BR[i, : len(t)] = lp
+            lengths_B[i] = len(t)
+        return Rollouts(
+            token_ids_BR=tokens_BR,
+            logprobs_BR=logprobs_BR,
+            lengths_B=lengths_B,
+            finish_reasons=tuple(f for _, _, f in results),
+            weight_version=self._version,
+            prompt_index_B=np.asarray(prompt_index, np.int32),
+        )
+
+    # ---------------------------------------------------------------- weight sync
+    def update_weights(self, params: Any, version: int) -> dict[str, float]:
+        """Installs new weights. `params`: an nnx Qwen3, its params state, or the path of an
+        HF checkpoint directory that is already written (used as is, never deleted)."""
+        t0 = time.perf_counter()
+        if isinstance(params, (str, os.PathLike)):
+            path = pathlib.Path(params)
+            if not (path / "config.json").is_file():
+                raise ValueError(f"update_weights: {path} is not an HF checkpoint (no config.json)")
+        else:
+            path = self.export_dir / f"step_{version:08d}"
+            if path.exists():
+                shutil.rmtree(path)
+            self._exporter(params, path)
+            self._exports.append(path)
+        t1 = time.perf_counter()
+        if self.config.sync == "restart":
+            self._restart(path)
+        else:
+            list(self._pool.map(lambda u: self._update_from_disk(u, path, version), self.urls))
+        t2 = time.perf_counter()
+        self._version, self._synced = version, True
+        self._cleanup_exports()
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        return {
+            "sync/total_s": t2 - t0,
+            "sync/export_s": t1 - t0,
+            "sync/load_s": t2 - t1,
+            "sync/checkpoint_bytes": float(size),
+            "sync/num_servers": float(len(self.urls)),
+        }
+
+    def _update_from_disk(self, url: str, path: pathlib.Path, version: int) -> None:
+        # SGLang's documented order: stop scheduling, drop KV/prefix cache built with the old
+        # weights, load, resume. continue_generation runs even if the load failed, so a bad
+        # checkpoint does not leave the server paused forever.
+        self._request("POST", url, "/pause_generation", {"mode": self.config.pause_mode})
+        try:
+            self._request("POST", url, "/flush_cache")
+            body = {
+                "model_path": str(path),
+                "weight_version": str(version),
+                "abort_all_requests": False,
+            }
+            if self.config.load_format:
+                body["load_format"] = self.config.load_format
+            out = self._request("POST", url, "/update_weights_from_disk", body)
+            if not (isinstance(out, dict) and out.get("success")):
+                raise RolloutError(f"SGLang server {url} refused the weights in {path}: {out!r}")
+        finally:
+            self._request("POST", url, "/continue_generation", {})
+        reported = self._reported_version(url)
+        if reported is not None and reported != str(version):
+            raise RolloutError(
+                f"SGLang server {url} reports weight_version {reported!r} after loading {path}, "
+                f"expected {version}"
+            )
+
+    def _reported_version(self, url: str) -> str | None:
+        """The server's weight_version (/model_info, then the older /get_weight_version);
+        None when it exposes neither."""
+        for route in ("/model_info", "/get_weight_version"):
+            try:
+                out = self._request("GET", url, route, retry=False)
+            except RolloutError:
+                continue
+            if isinstance(out, dict) and out.get("weight_version") is not None:
+                return str(out["weight_version"])
+        return None
+
+    def _restart(self, path: pathlib.Path) -> None:
+        ports = [int(s.url.rsplit(":", 1)[1]) for s in self._servers]
+        for s in self._servers:
+            s.stop()
+        self._servers = self._launch(str(path), ports)
+
+    def _launch(self, model_path: str, ports: list[int]) -> list[sglang_server.ServerProcess]:
+        cfg = self.config
+        return sglang_server.launch_servers(
+            cfg.launch_command,
+            model_path=model_path,
+            host=cfg.host,
+            ports=ports,
+            log_dir=self.log_dir,
+            startup_timeout_s=cfg.startup_timeout_s,
+            env={**os.environ, **dict(cfg.launch_env)},
+        )
+
+    def _cleanup_exports(self) -> None:
+        while len(self._exports) > self.config.keep_exports:
+            shutil.rmtree(self._exports.pop(0), ignore_errors=True)
+
+    @property
+    def servers(self) -> tuple[sglang_server.ServerProcess, ...]:
+        """The locally launched server processes (empty when given URLs)."""
+        return tuple(self._servers)
+
+    def close(self) -> None:
+        for s in self._servers:
+            s.stop()
+        self._servers = []
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

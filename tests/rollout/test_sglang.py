@@ -1,0 +1,228 @@
+"""SGLang engine without a real server: config validation, seeds, process lifecycle, and the
+/update_weights_from_disk protocol against a local stand-in (sglang-jax has no such route).
+
+The request fields are checked against the ones SGLang documents for
+UpdateWeightFromDiskReqInput; the response handling against its documented answers
+(success true/false, HTTP 400 on a failed load)."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import pytest
+from sglang_env import StandIn, timer
+
+from srpo_jax.rollout import sglang_server
+from srpo_jax.rollout.engine import RolloutEngine, RolloutError, SamplingParams
+from srpo_jax.rollout.sglang import SGLangConfig, SGLangEngine, sample_seed
+
+# SGLang's documented UpdateWeightFromDiskReqInput fields.
+DOCUMENTED_UPDATE_FIELDS = {
+    "model_path", "load_format", "abort_all_requests", "weight_version", "is_async",
+    "torch_empty_cache", "keep_pause", "recapture_cuda_graph", "token_step", "flush_cache",
+    "manifest",
+}  # fmt: skip
+
+
+def _fake_exporter(params, path: pathlib.Path) -> None:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"\0" * params)
+
+
+def _engine(url, tmp_path, **kw) -> SGLangEngine:
+    cfg = SGLangConfig(urls=(url,), export_dir=str(tmp_path / "exports"), **kw)
+    return SGLangEngine(cfg, exporter=_fake_exporter)
+
+
+# ---------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(), "urls"),
+        (dict(urls="http://a:1"), "urls"),
+        (dict(urls=("a:1",)), "urls"),
+        (dict(urls=("http://a:1",), launch_command="x"), "launch_command"),
+        (dict(launch_command="x {port}", num_servers=0), "num_servers"),
+        (dict(urls=("http://a:1",), timeout_s=0), "timeout_s"),
+        (dict(urls=("http://a:1",), max_retries=-1), "max_retries"),
+        (dict(urls=("http://a:1",), backoff_s=-1), "backoff_s"),
+        (dict(urls=("http://a:1",), max_concurrency=0), "max_concurrency"),
+        (dict(urls=("http://a:1",), keep_exports=0), "keep_exports"),
+        (dict(urls=("http://a:1",), sync="nccl"), "sync"),
+        (dict(urls=("http://a:1",), sync="restart"), "sync"),
+        (dict(urls=("http://a:1",), pause_mode="later"), "pause_mode"),
+        (dict(launch_command="x", num_servers=2, base_port=65535), "base_port"),
+    ],
+)
+def test_config_errors_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=rf"SGLangConfig\.{field}="):
+        SGLangConfig(**kw)
+
+
+def test_engine_satisfies_protocol(tmp_path):
+    with _engine("http://127.0.0.1:9", tmp_path) as engine:
+        assert isinstance(engine, RolloutEngine)
+
+
+def test_sample_seeds_distinct_and_int32():
+    seeds = {
+        sample_seed(s, t, p, j) for s in (0, 1) for t in (0, 7) for p in range(4) for j in range(4)
+    }
+    assert len(seeds) == 2 * 2 * 4 * 4
+    assert all(0 <= s < 2**31 for s in seeds)
+    assert sample_seed(3, 1, 2, 0) == sample_seed(3, 1, 2, 0)
+
+
+def test_render_command_fills_placeholders_and_rejects_unknown():
+    argv = sglang_server.render_command(
+        "python -m x --model-path {model_path} --port {port} --host {host} --i {index}",
+        model_path="/a b/c",
+        host="127.0.0.1",
+        port=5,
+        index=1,
+    )
+    assert argv[:6] == ["python", "-m", "x", "--model-path", "/a", "b/c"]
+    assert argv[6:] == ["--port", "5", "--host", "127.0.0.1", "--i", "1"]
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        sglang_server.render_command("x {gpu}", model_path="m", host="h", port=1, index=0)
+
+
+# ---------------------------------------------------------------- process lifecycle
+def test_server_that_dies_at_startup_reports_its_log(tmp_path):
+    argv = [sys.executable, "-c", "print('model config is broken'); raise SystemExit(3)"]
+    server = sglang_server.ServerProcess(argv, "http://127.0.0.1:9", tmp_path / "s.log")
+    server.start()
+    with pytest.raises(RolloutError, match=r"(?s)exited with code 3.*model config is broken"):
+        server.wait_healthy(timeout_s=30, poll_s=0.1)
+    server.stop()
+
+
+def test_server_that_never_gets_healthy_times_out(tmp_path):
+    argv = [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)"]
+    server = sglang_server.ServerProcess(
+        argv, f"http://127.0.0.1:{sglang_server.free_port()}", tmp_path / "s.log"
+    )
+    server.start()
+    with timer() as t, pytest.raises(RolloutError, match=r"(?s)not healthy after 1 s.*loading"):
+        server.wait_healthy(timeout_s=1, poll_s=0.1)
+    assert t[0] < 10
+    server.stop(grace_s=2)
+
+
+def test_stop_kills_the_whole_process_group(tmp_path):
+    # A parent that ignores SIGTERM with a child: both must be gone after stop().
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(c.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    log = tmp_path / "s.log"
+    server = sglang_server.ServerProcess([sys.executable, "-c", script], "http://x:1", log)
+    server.start()
+    for _ in range(100):
+        lines = log.read_text().split()
+        if len(lines) > 0 and lines[-1].isdigit():
+            break
+        time.sleep(0.05)
+    child = int(log.read_text().split()[-1])
+    server.stop(grace_s=1)
+    assert server.proc is None
+    for _ in range(50):
+        if _gone(child):
+            break
+        time.sleep(0.1)
+    assert _gone(child), f"child {child} of the stopped server still runs"
+
+
+def _gone(pid: int) -> bool:
+    # A killed child may linger as a zombie until init reaps it: that counts as gone.
+    status = pathlib.Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" in status.read_text()
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------- generation errors
+def test_down_server_is_named_in_bounded_time(tmp_path):
+    url = f"http://127.0.0.1:{sglang_server.free_port()}"  # nobody listens here
+    pattern = rf"{url} failed POST /generate after 3 attempt"
+    engine = _engine(url, tmp_path, max_retries=2, backoff_s=0.1)
+    with engine, timer() as t, pytest.raises(RolloutError, match=pattern):
+        engine.generate([[1, 2]], 2, SamplingParams(max_new_tokens=4))
+    assert t[0] < 10
+
+
+# ---------------------------------------------------------------- update_weights_from_disk
+def test_update_from_disk_follows_pause_flush_update_continue(tmp_path):
+    with StandIn("ok") as s, _engine(s.url, tmp_path, load_format="safetensors") as engine:
+        metrics = engine.update_weights(1000, version=7)
+    posts = [(p, b) for m, p, b in s.requests if m == "POST"]
+    assert [p for p, _ in posts] == [
+        "/pause_generation",
+        "/flush_cache",
+        "/update_weights_from_disk",
+        "/continue_generation",
+    ]
+    assert posts[0][1] == {"mode": "abort"}
+    body = posts[2][1]
+    assert set(body) <= DOCUMENTED_UPDATE_FIELDS
+    assert body["weight_version"] == "7"  # SGLang types weight_version as a string
+    assert body["load_format"] == "safetensors"
+    assert pathlib.Path(body["model_path"]) == tmp_path / "exports" / "step_00000007"
+    assert ("GET", "/model_info", None) in s.requests  # the reported version was checked
+    assert metrics["sync/checkpoint_bytes"] == 1000 + 2
+    assert metrics["sync/total_s"] >= metrics["sync/export_s"] >= 0
+
+
+def test_given_checkpoint_dir_is_used_as_is(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _fake_exporter(10, ckpt)
+    with StandIn("ok") as s, _engine(s.url, tmp_path) as engine:
+        engine.update_weights(str(ckpt), version=1)
+    body = next(b for m, p, b in s.requests if p == "/update_weights_from_disk")
+    assert body["model_path"] == str(ckpt)
+    assert ckpt.is_dir()
+
+
+def test_old_exports_are_removed(tmp_path):
+    with StandIn("ok") as s, _engine(s.url, tmp_path, keep_exports=2) as engine:
+        for v in range(1, 5):
+            engine.update_weights(10, version=v)
+    left = sorted(p.name for p in (tmp_path / "exports").iterdir() if p.name.startswith("step_"))
+    assert left == ["step_00000003", "step_00000004"]
+
+
+@pytest.mark.parametrize(
+    "behavior, pattern", [("refuse", "HTTP 400"), ("false", "refused the weights")]
+)
+def test_failed_update_is_an_error_and_the_server_resumes(tmp_path, behavior, pattern):
+    with StandIn(behavior) as s, _engine(s.url, tmp_path) as engine:
+        match = rf"{s.url}.*{pattern}|{pattern}.*{s.url}"
+        with pytest.raises(RolloutError, match=match):  # noqa: SIM117
+            engine.update_weights(10, version=1)
+    assert s.requests[-1][1] == "/continue_generation"
+
+
+def test_update_timeout_is_bounded(tmp_path):
+    with StandIn("slow", slow_s=3.0) as s:
+        pattern = rf"{s.url} failed POST /update_weights_from_disk after 2 attempt.*timeout"
+        engine = _engine(s.url, tmp_path, timeout_s=0.5, max_retries=1, backoff_s=0.1)
+        with engine, timer() as t, pytest.raises(RolloutError, match=pattern):
+            engine.update_weights(10, version=1)
+    assert t[0] < 5
+
+
+def test_stale_reported_version_is_an_error(tmp_path):
+    match = "reports weight_version 'default'.*expected 3"
+    with (
+        StandIn("stale") as s,
+        _engine(s.url, tmp_path) as engine,
+        pytest.raises(RolloutError, match=match),
+    ):
+        engine.update_weights(10, version=3)
