@@ -1,10 +1,9 @@
 """Defaults shared by every run: the paper's protocol (SPEC section 10) and the SPEC defaults.
 
-Not meant to be run by itself (it names no pretrained weights); the per-(model, benchmark)
-files call `benchmark_config`. To inspect the resolved values:
+Not meant for training by itself (a tiny random model on the synthetic task); the
+per-(model, benchmark) files call `benchmark_config`. To inspect the resolved values:
 
-    python -m srpo_jax.main --config=configs/base.py:method=srpo \
-        --config.model.random_init=True --print_config
+    python -m srpo_jax.main --config=configs/base.py:method=srpo --print_config
 
 prints the full config with lr 5.5e-6 and mini_batch_prompts 32 (grpo: 1e-6 and 8).
 
@@ -23,7 +22,8 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
     """The unlocked shared ConfigDict; callers adjust it, then lock it."""
     c = ml_collections.ConfigDict()
 
-    c.model = dict(preset="qwen3_8b", hf_path="", dtype="bfloat16", remat=False, random_init=False)
+    # The benchmark files pick the Qwen3 size; alone, base is a tiny random-init model.
+    c.model = dict(preset="tiny", hf_path="", dtype="bfloat16", remat=False, random_init=False)
     c.model.overrides = {}
     c.tokenizer = dict(path="")  # "" = the tokenizer shipped with model.hf_path
     c.mesh = dict(data=1, fsdp=1, tensor=1)

@@ -74,7 +74,7 @@ class ModelConfig:
     """Architecture and weights. preset names a Qwen3Config preset; hf_path a local HF dir."""
 
     SECTION: ClassVar[str] = "model"
-    preset: str = "qwen3_8b"  # "" = take the architecture from hf_path/config.json
+    preset: str = "tiny"  # "" = take the architecture from hf_path/config.json
     hf_path: str = ""  # local HF checkpoint dir (config.json + safetensors); "" = random init
     overrides: dict = dataclasses.field(default_factory=dict)  # Qwen3Config field -> value
     dtype: str = "bfloat16"  # compute dtype; params and EMA teacher stay fp32
