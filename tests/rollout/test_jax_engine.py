@@ -1,0 +1,212 @@
+"""The embedded JAX engine on a tiny random Qwen3 (fp32, CPU).
+
+References are independent of the engine's decode path: engine log-probs are checked against
+a full forward of the model on prompt + completion (no KV cache), stop/length semantics
+against the definition, and compile counts against JAX's own compile events.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from srpo_jax.model import Qwen3, tiny
+from srpo_jax.rollout.engine import FINISH_LENGTH, FINISH_STOP, RolloutEngine, SamplingParams
+from srpo_jax.rollout.jax_engine import JaxEngine, pick_bucket
+
+CFG = tiny(dtype="float32", param_dtype="float32")
+PROMPTS = [[5, 9, 17], [3, 1, 4, 1, 5, 9, 2, 6], [200, 7, 7, 7, 8]]
+
+
+def _model(seed: int) -> Qwen3:
+    """Random tiny Qwen3 whose unembedding is scaled up so next-token distributions are
+    peaked (a 0.02-std init is nearly uniform, which would make most checks vacuous)."""
+    model = Qwen3(CFG, rngs=nnx.Rngs(seed))
+    model.lm_head[...] = model.lm_head[...] * 25.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model(0)
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    # Fixed buckets keep the number of distinct programs (and test time) small.
+    return JaxEngine(
+        CFG,
+        model,
+        pad_id=0,
+        max_stop_tokens=64,
+        prompt_buckets=(16,),
+        batch_buckets=(2, 8),
+        max_new_tokens_buckets=(16,),
+    )
+
+
+@nnx.jit
+def _full_logits(model, ids_BT):
+    return model(ids_BT)
+
+
+def _reference_logits(model, prompt, completion):
+    """float64 logits predicting each completion token, from one uncached forward.
+
+    The sequence is right-padded to a fixed length so every call reuses one compile;
+    causality makes the padding invisible to the positions read."""
+    seq = list(prompt) + list(completion)
+    ids = np.zeros((1, 32), np.int32)
+    ids[0, : len(seq)] = seq
+    logits = np.asarray(_full_logits(model, jnp.asarray(ids))[0], np.float64)
+    p = len(prompt)
+    return logits[p - 1 : p - 1 + len(completion)]
+
+
+def _reference_logprobs(model, prompt, completion, temperature=1.0):
+    """log_softmax(logits / T) of each completion token, float64."""
+    z = _reference_logits(model, prompt, completion) / temperature
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return logp[np.arange(len(completion)), completion]
+
+
+def test_engine_satisfies_protocol(engine):
+    assert isinstance(engine, RolloutEngine)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_a_full_forward_with_mixed_left_padding(model, engine, temperature):
+    sp = SamplingParams(max_new_tokens=12, temperature=temperature, seed=3)
+    out = engine.generate(PROMPTS, 2, sp, step=1)
+    assert out.token_ids_BR.shape == (6, 12) and out.logprobs_BR.dtype == np.float32
+    np.testing.assert_array_equal(out.prompt_index_B, [0, 0, 1, 1, 2, 2])
+    for r in range(out.num_rows):
+        ref = _reference_logprobs(model, PROMPTS[r // 2], out.completion(r), temperature)
+        np.testing.assert_allclose(out.logprobs_BR[r, : out.lengths_B[r]], ref, atol=1e-4)
+
+
+def test_greedy_follows_the_full_forward_argmax(model, engine):
+    out = engine.generate(PROMPTS[:2], 1, SamplingParams(max_new_tokens=6, temperature=0.0))
+    for r, prompt in enumerate(PROMPTS[:2]):
+        # Teacher-forced argmax at every position = the greedy continuation.
+        logits = _reference_logits(model, prompt, out.completion(r))
+        np.testing.assert_array_equal(out.completion(r), logits.argmax(-1))
+        ref = _reference_logprobs(model, prompt, out.completion(r))
+        np.testing.assert_allclose(out.logprobs_BR[r], ref, atol=1e-4)
+
+
+def test_steps_differ_seed_and_step_reproduce_rows_ignore_batch(engine):
+    sp = SamplingParams(max_new_tokens=10, seed=7)
+    a = engine.generate(PROMPTS, 2, sp, step=4)
+    b = engine.generate(PROMPTS, 2, sp, step=5)
+    again = engine.generate(PROMPTS, 2, sp, step=4)
+    assert not np.array_equal(a.token_ids_BR, b.token_ids_BR)
+    np.testing.assert_array_equal(a.token_ids_BR, again.token_ids_BR)
+    np.testing.assert_array_equal(a.logprobs_BR, again.logprobs_BR)
+    # Rows 0-1 (prompt 0) alone: smaller batch bucket and prompt bucket, same samples.
+    alone = engine.generate(PROMPTS[:1], 2, sp, step=4)
+    np.testing.assert_array_equal(
+        alone.token_ids_BR, a.token_ids_BR[:2, : alone.token_ids_BR.shape[1]]
+    )
+    np.testing.assert_allclose(
+        alone.logprobs_BR, a.logprobs_BR[:2, : alone.token_ids_BR.shape[1]], atol=1e-5
+    )
+    # The n samples of one prompt differ from each other (row index is folded in).
+    assert not np.array_equal(a.token_ids_BR[0], a.token_ids_BR[1])
+
+
+def test_stop_tokens_and_length_finish_reasons(engine):
+    stop = tuple(range(0, 256, 5))  # ~20% of the vocabulary: rows stop at different steps
+    sp = SamplingParams(max_new_tokens=14, stop_token_ids=stop, seed=1)
+    out = engine.generate(PROMPTS, 2, sp)
+    assert FINISH_STOP in out.finish_reasons and len(set(out.lengths_B.tolist())) > 1
+    for r in range(out.num_rows):
+        toks, n = out.completion(r), int(out.lengths_B[r])
+        assert not any(t in stop for t in toks[:-1]), r
+        if toks[-1] in stop:
+            assert out.finish_reasons[r] == FINISH_STOP
+        else:
+            assert out.finish_reasons[r] == FINISH_LENGTH and n == 14
+        assert np.all(out.token_ids_BR[r, n:] == 0) and np.all(out.logprobs_BR[r, n:] == 0)
+    plain = engine.generate(PROMPTS, 1, SamplingParams(max_new_tokens=5))
+    assert plain.finish_reasons == (FINISH_LENGTH,) * 3 and np.all(plain.lengths_B == 5)
+    assert plain.token_ids_BR.shape == (3, 5)
+
+
+def test_no_recompile_within_a_bucket():
+    eng = JaxEngine(CFG, _model(1), pad_id=0)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _s, **_kw: compiles.append(event) if "backend_compile" in event else None
+    )
+    sp = SamplingParams(max_new_tokens=9, temperature=0.8, seed=0)
+    eng.generate([[1, 2, 3], [4, 5]], 2, sp, step=0)
+    assert eng.num_traces == 1
+    seen = len(compiles)
+    # Other prompt lengths (same 16-bucket), rows (same 4-bucket), step, seed, temperature
+    # and max_new_tokens (same 16-bucket): nothing is traced or compiled again.
+    sp2 = SamplingParams(max_new_tokens=13, temperature=1.1, seed=5)
+    eng.generate([[7] * 11, [1, 2, 3, 4, 5, 6, 7], [9]], 1, sp2, step=3)
+    assert eng.num_traces == 1
+    assert len(compiles) == seen, compiles[seen:]
+    # A longer prompt crosses into the next bucket: exactly one more program.
+    eng.generate([[7] * 20], 1, sp2, step=3)
+    assert eng.num_traces == 2
+
+
+def test_update_weights_switches_samples_and_records_version(engine):
+    original = engine._params
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    before = engine.generate(PROMPTS, 1, greedy)
+    new_model = _model(2)
+    params = nnx.state(new_model, nnx.Param)
+    try:
+        metrics = engine.update_weights(params, version=3)
+        assert set(metrics) == {"sync/seconds", "sync/bytes"}
+        assert metrics["sync/bytes"] == sum(x.nbytes for x in jax.tree.leaves(params))
+        # Same devices, same dtype: the learner's arrays are re-bound, not copied.
+        pairs = zip(jax.tree.leaves(engine._params), jax.tree.leaves(params), strict=True)
+        assert all(a is b for a, b in pairs)
+        after = engine.generate(PROMPTS, 1, greedy)
+    finally:
+        engine.update_weights(original, version=0)
+    assert before.weight_version == 0 and after.weight_version == 3
+    assert not np.array_equal(before.token_ids_BR, after.token_ids_BR)
+    for r, prompt in enumerate(PROMPTS):
+        ref = _reference_logprobs(new_model, prompt, after.completion(r))
+        np.testing.assert_allclose(after.logprobs_BR[r], ref, atol=1e-4)
+
+
+def test_update_weights_takes_pure_dicts_and_casts_on_device():
+    eng = JaxEngine(CFG, _model(0), pad_id=0, weights_dtype="bfloat16")
+    params = nnx.state(_model(2), nnx.Param)
+    metrics = eng.update_weights(nnx.to_pure_dict(params), version=4)
+    assert metrics["sync/bytes"] * 2 == sum(x.nbytes for x in jax.tree.leaves(params))
+    assert {x.dtype for x in jax.tree.leaves(eng._params)} == {jnp.dtype(jnp.bfloat16)}
+    assert eng.weight_version == 4
+
+
+def test_sharded_engine_matches_unsharded(model, engine):
+    from srpo_jax.sharding import MeshConfig, make_mesh
+
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    sharded = JaxEngine(CFG, model, mesh=mesh, pad_id=0)
+    sp = SamplingParams(max_new_tokens=8, seed=2)
+    a = sharded.generate(PROMPTS, 2, sp)
+    b = engine.generate(PROMPTS, 2, sp)
+    np.testing.assert_array_equal(a.token_ids_BR, b.token_ids_BR)
+    np.testing.assert_allclose(a.logprobs_BR, b.logprobs_BR, atol=1e-5)
+
+
+def test_bucket_and_input_errors(engine):
+    assert pick_bucket(5, None, "x") == 8 and pick_bucket(5, (4, 6, 32), "x") == 6
+    with pytest.raises(ValueError, match="prompt length 40 exceeds"):
+        pick_bucket(40, (16, 32), "prompt length")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate([[1], []], 1, SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="outside"):
+        engine.generate([[1, 999]], 1, SamplingParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="do not match"):
+        engine.update_weights({"embed": np.zeros((3, 3))}, version=1)
