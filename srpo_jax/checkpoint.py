@@ -108,7 +108,7 @@ def _key_impl(x: Any):
     return x.dtype._impl
 
 
-class Checkpointer:
+class CheckpointManager:
     """Saves and restores (train state, host state) under `directory`, keeping the last `keep`.
 
     Call `save` from every process (orbax coordinates multi-host writes; JSON is written by
@@ -167,7 +167,7 @@ class Checkpointer:
         )
         return dict(restored[_HOST])
 
-    def restore(self, target: Any, step: int | None = None) -> Restored | None:
+    def restore(self, target: Any, *, step: int | None = None) -> Restored | None:
         """Restores into `target` (arrays or ShapeDtypeStructs with shardings; see abstract_like).
 
         step=None: the latest finalised checkpoint, falling back to older ones (with a

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from srpo_jax.checkpoint import Checkpointer, CheckpointMismatchError, abstract_like
+from srpo_jax.checkpoint import CheckpointManager, CheckpointMismatchError, abstract_like
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def _assert_bit_equal(a, b):
 def test_roundtrip_bit_exact_sharded(tmp_path):
     state = _state()
     host = {"cursor": {"epoch": 2, "index": 17}, "seeds": [1, 2], "weight_version": 7}
-    ck = Checkpointer(tmp_path, keep=3)
+    ck = CheckpointManager(tmp_path, keep=3)
     ck.save(7, state, host)
     ck.wait()
     assert ck.latest_step() == 7
@@ -70,12 +70,12 @@ def test_roundtrip_bit_exact_sharded(tmp_path):
     assert jax.tree.structure(restored.state) == jax.tree.structure(state)
     _assert_bit_equal(state, restored.state)
     # Concrete arrays work as the target too; a fresh manager sees the same checkpoint.
-    again = Checkpointer(tmp_path).restore(state)
+    again = CheckpointManager(tmp_path).restore(state)
     _assert_bit_equal(state, again.state)
 
 
 def test_keeps_last_n_and_explicit_step(tmp_path):
-    ck = Checkpointer(tmp_path, keep=2, async_save=False)
+    ck = CheckpointManager(tmp_path, keep=2, async_save=False)
     for step in range(1, 6):
         ck.save(step, {"w": jnp.full((3,), float(step))}, {"step": step})
     assert ck.all_steps() == [4, 5]
@@ -86,8 +86,8 @@ def test_keeps_last_n_and_explicit_step(tmp_path):
 
 
 def test_no_checkpoint_returns_none(tmp_path):
-    assert Checkpointer(tmp_path).restore({"w": jnp.zeros(3)}) is None
-    assert Checkpointer(tmp_path).latest_step() is None
+    assert CheckpointManager(tmp_path).restore({"w": jnp.zeros(3)}) is None
+    assert CheckpointManager(tmp_path).latest_step() is None
 
 
 def test_killed_mid_write_is_never_picked_up(tmp_path):
@@ -96,7 +96,7 @@ def test_killed_mid_write_is_never_picked_up(tmp_path):
         """
         import os, sys, time
         import jax.numpy as jnp
-        from srpo_jax.checkpoint import Checkpointer
+        from srpo_jax.checkpoint import CheckpointManager
         real_rename = os.rename
         def frozen_rename(src, dst, *a, **k):
             if os.path.basename(str(dst)) == "2":  # finalising step 2: stop here
@@ -104,7 +104,7 @@ def test_killed_mid_write_is_never_picked_up(tmp_path):
                 time.sleep(600)
             return real_rename(src, dst, *a, **k)
         os.rename = frozen_rename
-        ck = Checkpointer(sys.argv[1], keep=3, async_save=False)
+        ck = CheckpointManager(sys.argv[1], keep=3, async_save=False)
         ck.save(1, {"w": jnp.full((4,), 1.0)}, {"step": 1})
         ck.save(2, {"w": jnp.full((4,), 2.0)}, {"step": 2})
         print("NOT FROZEN", flush=True)
@@ -125,7 +125,7 @@ def test_killed_mid_write_is_never_picked_up(tmp_path):
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert "1" in leftovers and "2" not in leftovers
     assert any(name.startswith("2.") for name in leftovers), leftovers  # the half-written step
-    ck = Checkpointer(tmp_path)
+    ck = CheckpointManager(tmp_path)
     assert ck.latest_step() == 1
     r = ck.restore({"w": jnp.zeros(4)})
     assert r.step == 1 and np.all(np.asarray(r.state["w"]) == 1.0)
@@ -133,7 +133,7 @@ def test_killed_mid_write_is_never_picked_up(tmp_path):
 
 @pytest.mark.parametrize("damage", ["arrays", "host_json"])
 def test_unreadable_latest_falls_back_with_warning(tmp_path, caplog, damage):
-    ck = Checkpointer(tmp_path, keep=3, async_save=False)
+    ck = CheckpointManager(tmp_path, keep=3, async_save=False)
     ck.save(1, {"w": jnp.full((4,), 1.0)}, {"step": 1})
     ck.save(2, {"w": jnp.full((4,), 2.0)}, {"step": 2})
     if damage == "arrays":
@@ -141,13 +141,13 @@ def test_unreadable_latest_falls_back_with_warning(tmp_path, caplog, damage):
     else:
         (tmp_path / "2" / "host" / "metadata").write_text('{"step": ')  # truncated JSON
     with caplog.at_level(logging.WARNING, logger="srpo_jax.checkpoint"):
-        r = Checkpointer(tmp_path).restore({"w": jnp.zeros(4)})
+        r = CheckpointManager(tmp_path).restore({"w": jnp.zeros(4)})
     assert r.step == 1 and np.all(np.asarray(r.state["w"]) == 1.0)
     assert "step 2" in caplog.text and "falling back to step 1" in caplog.text
 
 
 def test_shape_mismatch_names_leaf_and_shapes(tmp_path):
-    ck = Checkpointer(tmp_path, async_save=False)
+    ck = CheckpointManager(tmp_path, async_save=False)
     ck.save(3, {"params": {"layers": [{"w": jnp.zeros((4, 8))}]}, "step": jnp.int32(3)})
     target = {"params": {"layers": [{"w": jnp.zeros((4, 16))}]}, "step": jnp.int32(0)}
     with pytest.raises(CheckpointMismatchError) as err:
