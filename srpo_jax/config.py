@@ -22,7 +22,7 @@ import pathlib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from srpo_jax.sharding import MeshConfig
 
@@ -73,7 +73,6 @@ def _in_unit(key: str, value: float, *, low_open: bool = False, high_open: bool 
 class ModelConfig:
     """Architecture and weights. preset names a Qwen3Config preset; hf_path a local HF dir."""
 
-    SECTION: ClassVar[str] = "model"
     preset: str = "tiny"  # "" = take the architecture from hf_path/config.json
     hf_path: str = ""  # local HF checkpoint dir (config.json + safetensors); "" = random init
     overrides: dict = dataclasses.field(default_factory=dict)  # Qwen3Config field -> value
@@ -101,6 +100,7 @@ class ModelConfig:
                 "weights with --config.model.hf_path=/path/to/hf_dir (or set "
                 "config.model.random_init=True to train a randomly initialised network)"
             )
+        # Imported here: the model package pulls in flax, and config must stay light to import.
         from srpo_jax.model.config import Qwen3Config
 
         # dtype and remat have their own keys; everything else in Qwen3Config may be overridden.
@@ -117,28 +117,40 @@ class ModelConfig:
                 )
 
     def architecture(self):
-        """The Qwen3Config this section describes (preset or hf_path/config.json + overrides)."""
+        """The Qwen3Config to build: hf_path/config.json when weights are given (checked
+        against the preset, if one is named), else the preset; overrides applied to either."""
         from srpo_jax.model.config import PRESETS as MODEL_PRESETS
         from srpo_jax.model.config import Qwen3Config
 
         extra = {**self.overrides, "dtype": self.dtype, "remat": self.remat}
-        if self.preset:
-            return MODEL_PRESETS[self.preset](**extra)
+        preset = MODEL_PRESETS[self.preset](**extra) if self.preset else None
+        if not self.hf_path:
+            return preset
         path = pathlib.Path(self.hf_path) / "config.json"
         if not path.is_file():
             raise ConfigError(f"config.model.hf_path has no config.json: {str(path)!r} not found")
-        return Qwen3Config.from_hf_dict(json.loads(path.read_text()), **extra)
+        loaded = Qwen3Config.from_hf_dict(json.loads(path.read_text()), **extra)
+        if preset is not None and preset != loaded:
+            diffs = [
+                f"{f.name} {getattr(loaded, f.name)!r} vs {getattr(preset, f.name)!r}"
+                for f in dataclasses.fields(Qwen3Config)
+                if getattr(loaded, f.name) != getattr(preset, f.name)
+            ]
+            raise ConfigError(
+                f"config.model.hf_path {self.hf_path!r} does not hold config.model.preset "
+                f"{self.preset!r} (config.json vs preset: {', '.join(diffs)}); fix one of them or "
+                "set --config.model.preset='' to take the architecture from config.json"
+            )
+        return loaded
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    SECTION: ClassVar[str] = "tokenizer"
     path: str = ""  # "" = model.hf_path, or the demo's tiny tokenizer when that is empty too
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    SECTION: ClassVar[str] = "data"
     task: str = "synthetic"
     data_dir: str = "../shared/data"
     max_prompt_len: int = 2048  # longer prompts are filtered out (SPEC 10)
@@ -162,7 +174,6 @@ class DataConfig:
 class AlgoConfig:
     """SPEC sections 1-9. Names follow the SPEC; defaults are the SPEC defaults."""
 
-    SECTION: ClassVar[str] = "algo"
     method: str = "srpo"
     group_size: int = 8
     success_threshold: float = 0.5
@@ -203,7 +214,6 @@ class AlgoConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    SECTION: ClassVar[str] = "optim"
     lr: float | None = None  # None = METHOD_LR[algo.method]
     warmup_steps: int = 10  # linear warm-up, then constant; advances once per training step
     b1: float = 0.9
@@ -229,7 +239,6 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    SECTION: ClassVar[str] = "train"
     prompts_per_step: int = 32
     mini_batch_prompts: int | None = None  # None = METHOD_MINI_BATCH_PROMPTS[algo.method]
     micro_batch_rows: int = 0  # rows per gradient-accumulation micro-batch; 0 = whole mini-batch
@@ -266,7 +275,6 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SGLangConfig:
-    SECTION: ClassVar[str] = "rollout.sglang"
     urls: tuple[str, ...] = ()  # running servers; empty = launch num_servers with launch_command
     launch_command: str = ""
     num_servers: int = 1
@@ -284,7 +292,6 @@ class SGLangConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    SECTION: ClassVar[str] = "rollout"
     engine: str = "jax"
     temperature: float = 1.0
     top_p: float = 1.0
@@ -307,7 +314,6 @@ class RolloutConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    SECTION: ClassVar[str] = "eval"
     every_steps: int = 5  # 0 = never
     num_samples: int = 16  # avg@k with k = num_samples
     temperature: float = 0.6
@@ -324,7 +330,6 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    SECTION: ClassVar[str] = "checkpoint"
     every_steps: int = 10  # 0 = only at the end of the run
     keep: int = 3
 
@@ -335,7 +340,6 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
-    SECTION: ClassVar[str] = "log"
     tensorboard: bool = True
     progress: bool = True
 
@@ -344,7 +348,6 @@ class LogConfig:
 class Config:
     """The whole run. Cross-section checks and method-default resolution live here."""
 
-    SECTION: ClassVar[str] = ""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)

@@ -121,12 +121,28 @@ def test_base_file_matches_dataclass_defaults():
     ],
 )
 def test_qwen3_model_presets(preset, expected):
-    cfg = resolve(f"{preset}_chem.py", "method=srpo")
+    cfg = resolve(f"{preset}_chem.py", "method=srpo", model__random_init=True)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hf_path=""))
     m = cfg.model.architecture()
     got = (m.num_layers, m.hidden_size, m.intermediate_size, m.num_heads, m.num_kv_heads)
     assert got + (m.tie_embeddings,) == expected
     assert (m.vocab_size, m.head_dim, m.rms_norm_eps, m.rope_theta) == (151936, 128, 1e-6, 1e6)
     assert m.max_position_embeddings == 40960 and m.dtype == "bfloat16"
+
+
+def test_hf_path_architecture_is_checked_against_preset(tmp_path):
+    from srpo_jax.model.config import qwen3_4b
+
+    (tmp_path / "config.json").write_text(json.dumps(qwen3_4b().to_hf_dict()))
+    cfg = resolve("qwen3_4b_chem.py", "method=srpo", model__hf_path=str(tmp_path))
+    assert cfg.model.architecture().hidden_size == 2560
+    cfg = resolve("qwen3_8b_chem.py", "method=srpo", model__hf_path=str(tmp_path))
+    with pytest.raises(
+        ConfigError, match="does not hold config.model.preset 'qwen3_8b'.*hidden_size"
+    ):
+        cfg.model.architecture()
+    cfg = resolve("qwen3_8b_chem.py", "method=srpo", model__hf_path=str(tmp_path), model__preset="")
+    assert cfg.model.architecture().num_layers == 36 and cfg.model.architecture().tie_embeddings
 
 
 def test_demo_model_is_tiny_and_fits_the_tiny_tokenizer():
