@@ -2,7 +2,7 @@
 
     python -m srpo_jax.main --config=configs/demo.py:method=srpo --workdir=/tmp/srpo_demo
 
-Builds the tiny byte-level BPE tokenizer (384 ids) into the workdir, initialises a 2-layer
+Builds the tiny byte-level BPE tokenizer (512 ids) into the workdir, initialises a 2-layer
 Qwen3 (hidden 64, 4 query / 2 kv heads, head_dim 16), runs a short supervised warm-up so
 some rollouts succeed, then RL with the embedded JAX engine: 8 prompts x 4 rollouts per
 step, responses up to 24 tokens. Writes metrics.jsonl, curves.png (eval accuracy, routed
@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.preset = "tiny"
     c.model.dtype = "float32"
     c.model.overrides = dict(
-        vocab_size=384,  # = the tiny tokenizer's size (srpo_jax.data.tokenizer default)
+        vocab_size=512,  # = the tiny tokenizer size (srpo_jax.data.tokenizer default)
         hidden_size=64,
         intermediate_size=128,
         num_layers=2,
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic_test_size = 64
 
     c.algo.group_size = 4
-    c.algo.topk = 20  # the vocabulary is 384, so top-100 would cover a quarter of it
+    c.algo.topk = 20  # a 512-id vocabulary: top-100 would cover a fifth of it
     c.algo.max_reprompt_len = 256
 
     c.optim.lr = 1e-4  # a random 2-layer model moves nowhere at the paper's 5.5e-6

@@ -5,6 +5,7 @@ Expected numbers are copied from SPEC.md sections 10 and 12, not from the code u
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import pathlib
 
@@ -155,7 +156,12 @@ def test_demo_model_is_tiny_and_fits_the_tiny_tokenizer():
         2,
         16,
     )
-    assert m.vocab_size == 384 and cfg.data.task == "synthetic" and cfg.rollout.engine == "jax"
+    from srpo_jax.data.tokenizer import build_tiny_tokenizer
+
+    tiny_vocab = inspect.signature(build_tiny_tokenizer).parameters["vocab_size"].default
+    assert (
+        m.vocab_size == tiny_vocab and cfg.data.task == "synthetic" and cfg.rollout.engine == "jax"
+    )
     assert cfg.train.sft_warmup_steps > 0 and cfg.tokenizer.path == ""
     assert cfg.algo.topk < m.vocab_size
 
