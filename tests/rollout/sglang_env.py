@@ -136,17 +136,24 @@ def write_perturbed_checkpoint(src: pathlib.Path, dst: pathlib.Path, seed: int, 
     return dst
 
 
-def reference_logprobs(ckpt: pathlib.Path, prompt: list[int], completion: list[int]):
-    """float64 log p(completion_t | prompt, completion_<t) from transformers' Qwen3."""
-    import torch
-    from transformers import Qwen3ForCausalLM
+class Reference:
+    """float64 log p(completion_t | prompt, completion_<t) from transformers' Qwen3, an
+    implementation independent of both the server and srpo_jax."""
 
-    model = Qwen3ForCausalLM.from_pretrained(ckpt, dtype=torch.float64).eval()
-    ids = torch.tensor([list(prompt) + list(completion)])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
-    p = len(prompt)
-    return [logp[p - 1 + t, tok].item() for t, tok in enumerate(completion)]
+    def __init__(self, ckpt: pathlib.Path):
+        import torch
+        from transformers import Qwen3ForCausalLM
+
+        self.torch = torch
+        self.model = Qwen3ForCausalLM.from_pretrained(ckpt, dtype=torch.float64).eval()
+
+    def logprobs(self, prompt: list[int], completion: list[int]) -> list[float]:
+        torch = self.torch
+        ids = torch.tensor([list(prompt) + list(completion)])
+        with torch.no_grad():
+            logp = torch.log_softmax(self.model(ids).logits[0].double(), dim=-1)
+        p = len(prompt)
+        return [logp[p - 1 + t, tok].item() for t, tok in enumerate(completion)]
 
 
 # ---------------------------------------------------------------- stand-in server

@@ -1,0 +1,147 @@
+"""SGLang engine against a real SGLang-family server (sglang-jax on CPU) on a tiny Qwen3.
+
+One module-scoped engine launches one server through the engine's own launch path; the
+tests run in file order on one xdist worker (group "sglang"): generation, log-prob parity
+with a float64 transformers reference, stop tokens, the restart weight sync, and finally a
+killed server. The first run builds the sglang-jax venv from PyPI (a few minutes; cached
+under $SRPO_CACHE). Set SRPO_SKIP_SGLANG_SERVER=1 to skip these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from sglang_env import (
+    SERVER_ENV,
+    VOCAB,
+    Reference,
+    ensure_venv,
+    find_python312,
+    launch_template,
+    timer,
+    write_perturbed_checkpoint,
+    write_tiny_checkpoint,
+)
+
+from srpo_jax.rollout.engine import FINISH_LENGTH, FINISH_STOP, RolloutError, SamplingParams
+from srpo_jax.rollout.sglang import SGLangConfig, SGLangEngine
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("sglang")]
+
+# Same row count and length everywhere: every new batch shape costs a CPU compile.
+PROMPTS = [[11, 12, 13, 14, 15], [7, 8, 9]]
+N = 3
+MAX_NEW = 8
+LOGPROB_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def server_python():
+    if os.environ.get("SRPO_SKIP_SGLANG_SERVER"):
+        pytest.skip("SRPO_SKIP_SGLANG_SERVER is set")
+    python312 = find_python312()
+    if python312 is None:
+        pytest.skip("sglang-jax needs Python 3.12: none found (set SRPO_SGLANG_PYTHON)")
+    return ensure_venv(python312)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("sglang_ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def engine(server_python, ckpt, tmp_path_factory):
+    work = tmp_path_factory.mktemp("sglang_engine")
+    cfg = SGLangConfig(
+        launch_command=launch_template(server_python),
+        num_servers=1,
+        base_port=0,
+        launch_env=SERVER_ENV,
+        timeout_s=300,
+        startup_timeout_s=300,
+        max_retries=1,
+        backoff_s=0.5,
+        sync="restart",
+        export_dir=str(work / "exports"),
+        keep_exports=1,
+    )
+
+    def export_perturbed(params, path):
+        # Stands in for hf_io.save_hf: the "params" here are a perturbation seed.
+        write_perturbed_checkpoint(ckpt, path, seed=params["seed"])
+
+    eng = SGLangEngine(cfg, model_path=ckpt, exporter=export_perturbed)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def rollouts(engine):
+    return engine.generate(PROMPTS, N, SamplingParams(max_new_tokens=MAX_NEW, seed=1), step=0)
+
+
+def _max_logprob_error(rollouts, reference) -> float:
+    worst = 0.0
+    for row in range(rollouts.num_rows):
+        completion = rollouts.completion(row)
+        ref = reference.logprobs(PROMPTS[rollouts.prompt_index_B[row]], completion)
+        got = rollouts.logprobs_BR[row, : len(completion)]
+        worst = max(worst, float(np.max(np.abs(np.asarray(ref) - got))))
+    return worst
+
+
+def test_generates_n_samples_per_prompt_in_prompt_major_order(rollouts):
+    b = len(PROMPTS) * N
+    assert rollouts.token_ids_BR.shape == (b, MAX_NEW)
+    assert rollouts.prompt_index_B.tolist() == [p for p in range(len(PROMPTS)) for _ in range(N)]
+    assert rollouts.lengths_B.tolist() == [MAX_NEW] * b
+    assert rollouts.finish_reasons == (FINISH_LENGTH,) * b
+    assert rollouts.weight_version == 0
+    assert ((rollouts.token_ids_BR >= 0) & (rollouts.token_ids_BR < VOCAB)).all()
+    assert (rollouts.logprobs_BR < 0).all()
+    for p in range(len(PROMPTS)):  # samples of one prompt are not copies of each other
+        assert len({tuple(rollouts.completion(p * N + j)) for j in range(N)}) > 1
+
+
+def test_logprobs_match_float64_reference(rollouts, ckpt):
+    assert _max_logprob_error(rollouts, Reference(ckpt)) < LOGPROB_TOL
+
+
+def test_stop_tokens_end_samples_and_are_kept(engine):
+    stop = tuple(range(0, VOCAB, 2))  # every even id: most samples stop within 8 tokens
+    sampling = SamplingParams(max_new_tokens=MAX_NEW, stop_token_ids=stop, seed=2)
+    out = engine.generate(PROMPTS, N, sampling, step=1)
+    for row in range(out.num_rows):
+        toks = out.completion(row)
+        if out.finish_reasons[row] == FINISH_STOP:
+            assert toks[-1] % 2 == 0 and all(t % 2 for t in toks[:-1]), toks
+            assert out.logprobs_BR[row, len(toks) - 1] < 0  # the stop token carries its log-prob
+        else:
+            assert out.finish_reasons[row] == FINISH_LENGTH
+            assert len(toks) == MAX_NEW and all(t % 2 for t in toks), toks
+        assert (out.token_ids_BR[row, len(toks) :] == 0).all()
+    assert FINISH_STOP in out.finish_reasons
+
+
+def test_restart_sync_serves_the_new_weights(engine, ckpt, tmp_path):
+    old_pid = engine.servers[0].proc.pid
+    metrics = engine.update_weights({"seed": 1}, version=1)
+    assert engine.servers[0].proc.pid != old_pid
+    assert metrics["sync/checkpoint_bytes"] > 0 and metrics["sync/total_s"] > 0
+    new_ckpt = engine.export_dir / "step_00000001"
+    out = engine.generate(PROMPTS, N, SamplingParams(max_new_tokens=MAX_NEW, seed=3), step=2)
+    assert out.weight_version == 1
+    assert _max_logprob_error(out, Reference(new_ckpt)) < LOGPROB_TOL
+    assert _max_logprob_error(out, Reference(ckpt)) > 100 * LOGPROB_TOL  # not the old weights
+
+
+def test_killed_server_is_reported_by_url(engine):
+    url = engine.urls[0]
+    os.killpg(engine.servers[0].proc.pid, signal.SIGKILL)
+    with timer() as t, pytest.raises(RolloutError, match=rf"{url} failed POST /generate"):
+        engine.generate(PROMPTS, N, SamplingParams(max_new_tokens=MAX_NEW), step=3)
+    assert t[0] < 30
