@@ -8,6 +8,7 @@ UpdateWeightFromDiskReqInput; the response handling against its documented answe
 from __future__ import annotations
 
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -226,3 +227,22 @@ def test_stale_reported_version_is_an_error(tmp_path):
         pytest.raises(RolloutError, match=match),
     ):
         engine.update_weights(10, version=3)
+
+
+# ---------------------------------------------------------------- launch/sglang_pool.sh
+def test_pool_script_dry_run_lays_out_servers_over_gpus():
+    script = pathlib.Path(__file__).resolve().parents[2] / "launch" / "sglang_pool.sh"
+    args = ["--model-path", "/m", "--tp", "2", "--gpus-per-node", "4", "--nodes", "a b"]
+    out = subprocess.run(
+        ["bash", str(script), *args, "--base-port", "31000", "--dry-run", "--", "--x", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    launches = [line for line in out if line.startswith("srun")]
+    assert len(launches) == 4  # 2 nodes x (4 GPUs / tp 2)
+    assert "-w a " in launches[1] and "CUDA_VISIBLE_DEVICES=2,3 " in launches[1]
+    assert "--host a --port 31001 --tp-size 2 --x 1" in launches[1]
+    assert "python -m sglang.launch_server --model-path /m" in launches[0]
+    urls = [line.removeprefix("url: ") for line in out if line.startswith("url: ")]
+    assert urls == ["http://a:31000", "http://a:31001", "http://b:31000", "http://b:31001"]
