@@ -54,10 +54,10 @@ def _unknown_override(argv: list[str]) -> str | None:
         node = module.get_config(arg) if arg else module.get_config()
     except Exception:  # the config file itself is broken: nothing to compare against
         return None
-    for arg in argv[1:]:
-        if not arg.startswith("--config."):
+    for flag in argv[1:]:
+        if not flag.startswith("--config."):
             continue
-        parts = arg[len("--config.") :].split("=", 1)[0].split(".")
+        parts = flag[len("--config.") :].split("=", 1)[0].split(".")
         here = node
         for depth, part in enumerate(parts):
             if not hasattr(here, "keys") or part not in here:
