@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 ANSWER_OPEN = "<answer>"
@@ -120,6 +120,32 @@ def reward_fn(kind: str) -> RewardFn:
     if kind not in REWARD_FNS:
         raise ValueError(f"no reward function for kind {kind!r}; known: {sorted(REWARD_FNS)}")
     return REWARD_FNS[kind]
+
+
+def reward(kind: str, response_text: str, answer: str) -> float:
+    """reward_fn(kind)(response_text, answer)."""
+    return reward_fn(kind)(response_text, answer)
+
+
+def answer_key(kind: str, response_text: str) -> Hashable | None:
+    """A hashable normal form of the response's answer, for majority voting (maj@k).
+
+    Two responses with equal keys get equal rewards. MCQ: the extracted answer text;
+    tool use: (sorted actions, merged inputs as canonical JSON). None when the response
+    holds no answer at all (empty extraction, or no action and no input).
+    """
+    if kind not in REWARD_FNS:
+        raise ValueError(f"no answer key for kind {kind!r}; known: {sorted(REWARD_FNS)}")
+    if not isinstance(response_text, str):
+        return None
+    if kind == "mcq":
+        return extract_mcq_answer(response_text) or None
+    actions = extract_actions(response_text)
+    inputs = extract_action_inputs(response_text)
+    if not actions and not inputs:
+        return None
+    # sort_keys: one spelling per dict, so equal keys imply equal inputs (equal rewards).
+    return tuple(sorted(actions)), json.dumps(inputs, sort_keys=True)
 
 
 def is_success(reward: float, success_threshold: float = 0.5) -> bool:

@@ -157,3 +157,18 @@ def test_rewards_never_raise_on_garbage(text):
     gt = '[{"Action": "a", "Action_Input": "{\\"b\\": 1}"}]'
     assert rewards.tooluse_reward(text, gt) in (0.0, 1.0)
     assert rewards.mcq_reward(text, "A") in (0.0, 1.0)
+
+
+def test_reward_and_answer_key(tool_rows):
+    assert rewards.reward("mcq", "<answer> C </answer>", "C") == 1.0
+    assert rewards.answer_key("mcq", "x <answer>\nC\n</answer>") == "C"
+    assert rewards.answer_key("mcq", "<answer>\n\n</answer>") is None
+    ex = tool_rows[4087]
+    items = json.loads(ex.answer)
+    k1 = rewards.answer_key("tooluse", _response_for(items))
+    k2 = rewards.answer_key("tooluse", _response_for(items, order=[1, 0]))
+    assert k1 == k2 and hash(k1) == hash(k2)
+    assert rewards.reward("tooluse", _response_for(items), ex.answer) == 1.0
+    assert rewards.answer_key("tooluse", "I do not know.") is None
+    with pytest.raises(ValueError, match="'essay'"):
+        rewards.answer_key("essay", "x")
