@@ -1,0 +1,221 @@
+"""Qwen3 dense architecture hyper-parameters, the published presets, and HF config.json I/O.
+
+The preset numbers are the published Qwen3 config.json values (SPEC section 12). The HF
+dictionary conversion is what lets `hf_io` read any Qwen3 checkpoint directory and write one
+that transformers' `AutoModelForCausalLM.from_pretrained` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config:
+    """Shape and numerics of a Qwen3 dense decoder.
+
+    `dtype` is the compute dtype (activations and matmul inputs); `param_dtype` is the
+    storage dtype of the master parameters. Softmax, log-softmax and the logits are fp32
+    whatever the compute dtype.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    tie_embeddings: bool
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1e6
+    max_position_embeddings: int = 40960
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat: bool = False
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Qwen3Config.{name} must be a positive int, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"Qwen3Config.num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"Qwen3Config.head_dim must be even for RoPE, got {self.head_dim}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(
+                    f"Qwen3Config.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}"
+                )
+        if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
+            raise ValueError(
+                f"Qwen3Config.rms_norm_eps and rope_theta must be > 0, got "
+                f"{self.rms_norm_eps} and {self.rope_theta}"
+            )
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **overrides: Any) -> Qwen3Config:
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], **overrides: Any) -> Qwen3Config:
+        """Reads a transformers Qwen3 config.json dictionary (rope_theta at top level or in
+        rope_parameters / rope_scaling); unknown keys are ignored, unsupported features refused."""
+        model_type = d.get("model_type", "qwen3")
+        if model_type != "qwen3":
+            raise ValueError(f"config.json model_type must be 'qwen3', got {model_type!r}")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(
+                f"config.json rope_type {rope_type!r} is not supported (only 'default')"
+            )
+        rope_theta = d.get("rope_theta", rope.get("rope_theta", 1e6))
+        if d.get("attention_bias", False):
+            raise ValueError("config.json attention_bias=true is not supported by Qwen3 here")
+        if d.get("use_sliding_window", False):
+            raise ValueError("config.json use_sliding_window=true is not supported")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"config.json hidden_act must be 'silu', got {d['hidden_act']!r}")
+        num_heads = d["num_attention_heads"]
+        kwargs = dict(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=d.get("num_key_value_heads") or num_heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // num_heads,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+            max_position_embeddings=d.get("max_position_embeddings", 40960),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self, *, torch_dtype: str = "bfloat16") -> dict[str, Any]:
+        """The transformers config.json for this architecture. rope_theta is written both at
+        top level (older readers, SGLang) and in rope_parameters (transformers >= 5)."""
+        return {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_scaling": None,
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": self.num_layers,
+            "initializer_range": 0.02,
+            "use_cache": True,
+            "torch_dtype": torch_dtype,
+            "dtype": torch_dtype,
+        }
+
+
+def _preset(layers, hidden, mlp, heads, kv_heads, tied, overrides) -> Qwen3Config:
+    base = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        tie_embeddings=tied,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def qwen3_0p6b(**overrides: Any) -> Qwen3Config:
+    return _preset(28, 1024, 3072, 16, 8, True, overrides)
+
+
+def qwen3_1p7b(**overrides: Any) -> Qwen3Config:
+    return _preset(28, 2048, 6144, 16, 8, True, overrides)
+
+
+def qwen3_4b(**overrides: Any) -> Qwen3Config:
+    return _preset(36, 2560, 9728, 32, 8, True, overrides)
+
+
+def qwen3_8b(**overrides: Any) -> Qwen3Config:
+    return _preset(36, 4096, 12288, 32, 8, False, overrides)
+
+
+def qwen3_14b(**overrides: Any) -> Qwen3Config:
+    return _preset(40, 5120, 17408, 40, 8, False, overrides)
+
+
+def qwen3_32b(**overrides: Any) -> Qwen3Config:
+    return _preset(64, 5120, 25600, 64, 8, False, overrides)
+
+
+def tiny(**overrides: Any) -> Qwen3Config:
+    """A CPU-test-sized Qwen3: GQA (4 q heads over 2 kv heads), untied, fp32 compute."""
+    base = Qwen3Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        tie_embeddings=False,
+        max_position_embeddings=512,
+        dtype="float32",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+PRESETS = {
+    "qwen3_0p6b": qwen3_0p6b,
+    "qwen3_1p7b": qwen3_1p7b,
+    "qwen3_4b": qwen3_4b,
+    "qwen3_8b": qwen3_8b,
+    "qwen3_14b": qwen3_14b,
+    "qwen3_32b": qwen3_32b,
+    "tiny": tiny,
+}
+
+# Presets are also reachable as Qwen3Config.qwen3_8b(...) etc., for callers holding only the class.
+for _name, _fn in PRESETS.items():
+    setattr(Qwen3Config, _name, staticmethod(_fn))
