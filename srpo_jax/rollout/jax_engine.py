@@ -1,12 +1,14 @@
 """The embedded rollout engine: batched prefill plus KV-cache decode of a Qwen3, in JAX.
 
-One `generate` call is one jitted function: left-padded prefill of every row, then a
-lax.while_loop of decode steps that samples a token per row (sampling.py) until every row
-has hit a stop token or max_new_tokens. Shapes are static per bucket, so a training run
+One `generate` call is one jitted function: a left-padded prefill of each distinct prompt
+(once, not n times), its cache rows repeated n times, then a lax.while_loop of decode steps
+that samples a token per row (sampling.py) until every row has hit a stop token or
+max_new_tokens. Shapes are static per bucket, so a training run
 compiles a handful of programs and never recompiles per step:
 
 - prompt length P: the longest prompt rounded up to a prompt bucket (left padding, mask 0);
-- rows B = prompts * n, rounded up to a batch bucket with dummy rows whose output is dropped;
+- prompts G rounded up to a batch bucket with dummy prompts whose rows are dropped; the
+  decode batch is B = G * n rows (n is static: one program per group size);
 - max_new_tokens rounded up to a new-token bucket R (the loop still stops at the real value,
   and as soon as every row is done);
 - stop ids padded to a fixed count with -1.
@@ -52,12 +54,22 @@ def pick_bucket(n: int, buckets: Sequence[int] | None, what: str, *, minimum: in
     return fits[0]
 
 
+def _repeat_rows(cache: kvc.KVCache, n: int) -> kvc.KVCache:
+    """Each row of the cache repeated n times in place (row g -> rows g*n .. g*n+n-1)."""
+    fields = {}
+    for name in cache._fields:
+        if name not in kvc.CACHE_LOGICAL_AXES or "batch" not in kvc.CACHE_LOGICAL_AXES[name]:
+            raise ValueError(f"KV cache field {name!r} has no 'batch' axis in CACHE_LOGICAL_AXES")
+        axis = kvc.CACHE_LOGICAL_AXES[name].index("batch")
+        fields[name] = jnp.repeat(getattr(cache, name), n, axis=axis)
+    return type(cache)(**fields)
+
+
 def _generate(
     graphdef,
     params,
-    prompt_BP,
-    mask_BP,
-    rows_B,
+    prompt_GP,
+    mask_GP,
     seed,
     step,
     temperature,
@@ -65,19 +77,31 @@ def _generate(
     max_new,
     stop_ids_S,
     *,
+    n: int,
     spec: sampling.SamplerSpec,
     r_bucket: int,
     mesh,
     on_trace,
 ):
-    """Prefill + decode loop -> (tokens_BR, logprobs_BR, lengths_B, stopped_B) on device."""
+    """Prefill + decode loop -> (tokens_BR, logprobs_BR, lengths_B, stopped_B) on device.
+
+    The G distinct prompts are prefilled once; their cache rows and last logits are then
+    repeated n times, giving B = G * n rows (row r = g * n + j)."""
     on_trace()  # Python side effect: runs once per trace, i.e. once per compile.
     model = nnx.merge(graphdef, params)
-    b, p = prompt_BP.shape
-    cache = model.init_cache(b, p + r_bucket)
-    if mesh is not None:
-        cache = jax.lax.with_sharding_constraint(cache, kvc.cache_shardings(mesh, cache))
-    keys_B = sampling.row_keys(seed, step, rows_B)
+
+    def constrain(cache):
+        if mesh is None:
+            return cache
+        return jax.lax.with_sharding_constraint(cache, kvc.cache_shardings(mesh, cache))
+
+    g, p = prompt_GP.shape
+    b = g * n
+    cache = constrain(model.init_cache(g, p + r_bucket))
+    logits_GV, cache = model.prefill(prompt_GP, mask_GP, cache)
+    cache = constrain(_repeat_rows(cache, n))
+    logits_BV = jnp.repeat(logits_GV, n, axis=0)
+    keys_B = sampling.row_keys(seed, step, jnp.arange(b, dtype=jnp.int32))
 
     def pick(logits_BV, t):
         return sampling.sample(
@@ -87,7 +111,6 @@ def _generate(
     def is_stop(tokens_B):
         return jnp.any(tokens_B[:, None] == stop_ids_S[None, :], axis=-1)
 
-    logits_BV, cache = model.prefill(prompt_BP, mask_BP, cache)
     tok_B, logp_B = pick(logits_BV, 0)
     tokens_BR = jnp.zeros((b, r_bucket), jnp.int32).at[:, 0].set(tok_B)
     logps_BR = jnp.zeros((b, r_bucket), jnp.float32).at[:, 0].set(logp_B)
@@ -124,9 +147,9 @@ class JaxEngine:
       mesh: optional ("data", "fsdp", "tensor") mesh; rows shard over data x fsdp and the
         params and KV cache follow the rules table. None: arrays stay where they are.
       pad_id: token used to left-pad prompts (masked out, so any id works).
-      prompt_buckets / batch_buckets / max_new_tokens_buckets: allowed padded sizes; None
-        means powers of two (prompt from 16, rows from 1 or the data-parallel size, new
-        tokens from 16).
+      prompt_buckets / batch_buckets / max_new_tokens_buckets: allowed padded prompt length,
+        number of distinct prompts, and max_new_tokens; None means powers of two (prompt
+        length from 16, prompts from 1 or data-parallel size / n, new tokens from 16).
       max_stop_tokens: fixed length of the stop-id array (more stop ids raise).
       logprobs_mode: "scaled" (default, log_softmax(logits / T)) or "processed"; see
         sampling.py for how this matches SGLang.
@@ -180,7 +203,7 @@ class JaxEngine:
 
         self._generate_jit = jax.jit(
             functools.partial(_generate, self._graphdef, mesh=mesh, on_trace=count_trace),
-            static_argnames=("spec", "r_bucket"),
+            static_argnames=("n", "spec", "r_bucket"),
         )
         self._cast_jit = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(self.weights_dtype), p))
         if isinstance(model_or_params, nnx.Module):
@@ -237,7 +260,7 @@ class JaxEngine:
         )
 
     def _pack(self, prompt_token_ids, n):
-        """Left-padded [B, P] ids and mask for prompts repeated n times (row = p * n + j)."""
+        """Left-padded [G, P] ids and mask of the distinct prompts, G padded to a bucket."""
         vocab = self.config.vocab_size
         for i, ids in enumerate(prompt_token_ids):
             if len(ids) == 0:
@@ -246,19 +269,22 @@ class JaxEngine:
                 raise ValueError(
                     f"JaxEngine.generate: prompt {i} has token ids outside [0, {vocab})"
                 )
-        rows = len(prompt_token_ids) * n
         dp = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        b = pick_bucket(rows, self.batch_buckets, "batch rows", minimum=dp)
+        # Enough prompts that the G * n rows divide over the data-parallel devices.
+        g = pick_bucket(
+            len(prompt_token_ids), self.batch_buckets, "prompts", minimum=max(1, dp // n)
+        )
         p = pick_bucket(
             max(map(len, prompt_token_ids)), self.prompt_buckets, "prompt length", minimum=16
         )
-        prompt_BP = np.full((b, p), self.pad_id, np.int32)
-        mask_BP = np.zeros((b, p), np.int32)
+        prompt_GP = np.full((g, p), self.pad_id, np.int32)
+        mask_GP = np.zeros((g, p), np.int32)
         for i, ids in enumerate(prompt_token_ids):
-            prompt_BP[i * n : (i + 1) * n, p - len(ids) :] = ids
-            mask_BP[i * n : (i + 1) * n, p - len(ids) :] = 1
-        mask_BP[rows:, -1] = 1  # dummy rows: one real (pad) token, so attention is never empty
-        return prompt_BP, mask_BP, rows
+            prompt_GP[i, p - len(ids) :] = ids
+            mask_GP[i, p - len(ids) :] = 1
+        # Dummy prompts: one real (pad) token, so attention is never empty.
+        mask_GP[len(prompt_token_ids) :, -1] = 1
+        return prompt_GP, mask_GP
 
     def _put(self, x):
         if self.mesh is None:
@@ -293,7 +319,8 @@ class JaxEngine:
             raise ValueError(
                 f"{len(sp.stop_token_ids)} stop ids exceed max_stop_tokens={self.max_stop_tokens}"
             )
-        prompt_BP, mask_BP, rows = self._pack(prompt_token_ids, n)
+        prompt_GP, mask_GP = self._pack(prompt_token_ids, n)
+        rows = len(prompt_token_ids) * n
         r_bucket = pick_bucket(
             sp.max_new_tokens, self.max_new_tokens_buckets, "max_new_tokens", minimum=16
         )
@@ -301,9 +328,8 @@ class JaxEngine:
         stop_S[: len(sp.stop_token_ids)] = sp.stop_token_ids
         args = (
             self._params,
-            self._put(prompt_BP),
-            self._put(mask_BP),
-            self._put(np.arange(prompt_BP.shape[0], dtype=np.int32)),
+            self._put(prompt_GP),
+            self._put(mask_GP),
             np.uint32(sp.seed % 2**32),
             np.uint32(step % 2**32),
             np.float32(sp.temperature if sp.temperature > 0 else 1.0),
@@ -313,10 +339,10 @@ class JaxEngine:
         )
         spec = self._spec(sp)
         if self.mesh is None:
-            out = self._generate_jit(*args, spec=spec, r_bucket=r_bucket)
+            out = self._generate_jit(*args, n=n, spec=spec, r_bucket=r_bucket)
         else:
             with jax.set_mesh(self.mesh):
-                out = self._generate_jit(*args, spec=spec, r_bucket=r_bucket)
+                out = self._generate_jit(*args, n=n, spec=spec, r_bucket=r_bucket)
         tokens_BR, logps_BR, lengths_B, stopped_B = (
             np.asarray(x)[:rows] for x in jax.device_get(out)
         )
