@@ -10,23 +10,30 @@ which letter labels one of them:
     Which letter labels owl?
 
 The answer is the letter in front of the matching word (here B), returned in the
-SciKnowEval answer format `<answer>\\nB\\n</answer>` (SPEC section 1 scores it with the
+SciKnowEval answer format `<answer>\nB\n</answer>` (SPEC section 1 scores it with the
 same MCQ verifier). The system prompt is short (long prompts are slow on CPU) but asks for
 the same format. Why this task:
 
-- Learnable by a tiny model (2 layers, hidden 64) in minutes: all words come from a
-  24-word lexicon, the key word is always the last word of the prompt (a fixed offset from
-  the answer position), and solving it is one match-and-copy step: find the option whose
-  word equals the key and copy the letter in front of it. Random guessing scores 0.25 once
-  the format is produced, so GRPO has signal from the first steps.
-- Self-distillation carries real signal only if the teacher can use the correct sibling's
-  solution in its prompt, i.e. if the model copies answers from context. Real LLMs get that
-  skill from pre-training; a tiny model trained from scratch does not have it. So a
-  fraction `hint_frac` of *training* questions (default 0.25) end with a hint that already
-  contains the answer in answer format (`Hint:\\n<answer>\\nB\\n</answer>`). The policy
-  learns to copy a letter out of answer tags in its context, which is exactly what the
-  SRPO/SDPO teacher prompt (`Correct solution:\\n\\n<answer>\\nB\\n</answer>...`) offers.
-  Test questions never carry hints, so evaluation measures the lookup skill alone.
+- Learnable by a tiny model (2 layers, hidden 64) in minutes. All words come from a
+  24-word lexicon and each word has a fixed *home letter* (its lexicon index mod 4); the
+  generator always puts the key word at its home letter. So the answer can be found two
+  ways: by reading the options (match the key, copy the letter in front of it: a two-step
+  induction-style circuit that a tiny model forms slowly), or by recalling the key word's
+  home letter, a 24-entry fact table learned from reward like a knowledge question (one
+  attention hop to the key, which is always the prompt's last word, then an MLP lookup).
+  Test questions are new option lists over the same lexicon, so both rules generalise.
+  Random guessing scores 0.25 once the answer format is produced, so GRPO has signal
+  from the first steps (the demo runs a short supervised format warm-up first).
+- Self-distillation carries signal only if the teacher can use the correct sibling's
+  solution in its prompt, i.e. if the model copies answers from context. Real LLMs bring
+  that skill from pre-training; a tiny model trained from scratch does not. So a fraction
+  `hint_frac` of *training* questions (default 0.25) end with the answer in exactly the
+  layout of the SRPO teacher prompt (SPEC section 2):
+  `...?\nCorrect solution:\n\n<answer>\nB\n</answer>\n\nCorrectly solve the original question.`
+  The policy learns to copy the letter from that layout, which is what the teacher prompt
+  then offers it. This is a deliberate stand-in for pre-training, not part of SRPO; set
+  hint_frac=0 to see the teacher without it. Test questions never carry hints, so
+  evaluation measures the task alone.
 
 Everything is a pure function of (n, seed); train and test splits share no
 (options, key) question.
@@ -55,16 +62,31 @@ def answer_text(letter: str) -> str:
     return f"<answer>\n{letter}\n</answer>"
 
 
+# The SRPO teacher's reprompt suffix (SPEC section 2) around a demonstration.
+HINT_TEMPLATE = "\nCorrect solution:\n\n{demonstration}\n\nCorrectly solve the original question."
+
+
+def home_letter(word: str) -> str:
+    """The fixed letter of a lexicon word (its index mod 4)."""
+    return LETTERS[WORDS.index(word) % len(LETTERS)]
+
+
 def _question(options: tuple[str, ...], key_pos: int, hint: bool) -> str:
     lines = [f"{letter}: {word}" for letter, word in zip(LETTERS, options, strict=True)]
     lines.append(f"Which letter labels {options[key_pos]}?")
+    text = "\n".join(lines)
     if hint:
-        lines.append("Hint:\n" + answer_text(LETTERS[key_pos]))
-    return "\n".join(lines)
+        text += HINT_TEMPLATE.format(demonstration=answer_text(LETTERS[key_pos]))
+    return text
 
 
 def _draw(rng: random.Random) -> tuple[tuple[str, ...], int]:
-    return tuple(rng.sample(WORDS, len(LETTERS))), rng.randrange(len(LETTERS))
+    """Key word at its home letter; the other three slots hold distinct other words."""
+    key = rng.choice(WORDS)
+    key_pos = WORDS.index(key) % len(LETTERS)
+    others = rng.sample([w for w in WORDS if w != key], len(LETTERS) - 1)
+    options = tuple(others[:key_pos]) + (key,) + tuple(others[key_pos:])
+    return options, key_pos
 
 
 def make_synthetic_split(

@@ -34,24 +34,29 @@ def test_examples_are_well_formed_and_solvable():
         options = re.findall(r"^[ABCD]: (\w+)$", ex.prompt, flags=re.M)
         assert len(options) == 4 == len(set(options))
         assert rewards.mcq_reward(synthetic.answer_text(ex.answer), ex.answer) == 1.0
+        # The key word always sits at its home letter (lexicon index mod 4).
+        key = re.findall(r"labels (\w+)\?", ex.prompt)[0]
+        assert "ABCD"[synthetic.WORDS.index(key) % 4] == ex.answer
     assert [ex.idx for ex in train + test] == list(range(500))
     assert {ex.answer for ex in test} == set("ABCD")
 
 
 def test_hints_train_only_and_correct():
     train, test = synthetic.make_synthetic_splits(400, 100, seed=0, hint_frac=0.25)
-    hinted = [ex for ex in train if "Hint:" in ex.prompt]
+    hinted = [ex for ex in train if "Correct solution:" in ex.prompt]
     assert len(hinted) == 100
     for ex in hinted:
-        assert ex.prompt.endswith("Hint:\n<answer>\n" + ex.answer + "\n</answer>")
+        # Exactly the SPEC section 2 teacher layout, written out by hand here.
+        suffix = "?\nCorrect solution:\n\n<answer>\n" + ex.answer + "\n</answer>\n\n"
+        assert ex.prompt.endswith(suffix + "Correctly solve the original question.")
         # The hint is in answer format, so the MCQ verifier reads the hint's letter.
         assert rewards.extract_mcq_answer(ex.prompt) == ex.answer
-    assert not any("Hint:" in ex.prompt for ex in test)
+    assert not any("Correct solution:" in ex.prompt for ex in test)
 
 
 def test_train_and_test_share_no_question():
     train, test = synthetic.make_synthetic_splits(2000, 300, seed=2)
-    key = lambda ex: ex.prompt.split("\nHint:")[0]
+    key = lambda ex: ex.prompt.split("\nCorrect solution:")[0]
     assert not {key(ex) for ex in train} & {key(ex) for ex in test}
     assert len({key(ex) for ex in train}) == 2000
 
