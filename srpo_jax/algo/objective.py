@@ -1,0 +1,271 @@
+"""The combined SRPO objective and its ablations (SPEC sections 3, 7 and 8).
+
+    L = ( sum_{i: m_i=0} sum_t l^GRPO_{i,t} + sum_{i: m_i=1} sum_t w_{i,t} l^SDPO_{i,t} )
+        / sum_i |y_i|
+
+returned as (numerator, denominator): divide once, after summing over micro-batches.
+
+Entropy weights w_t = |S| u_t / Z (u_t = exp(-H_t/tau), Z = sum_S u) are normalised over the
+routed tokens S of the whole OPTIMISATION batch, so the SDPO term is kept factored:
+
+    ObjectiveParts(grpo_sum, sdpo_sum = sum_S c_t u_t l_t, sdpo_z = Z, sdpo_count = |S|,
+                   denominator)
+    numerator = grpo_sum + (|S| / Z) * sdpo_sum                              (`combine`)
+
+with c_t the aggregation factor (1, or 1/|y_i| for "seq-mean-token-mean"). Every field is a
+plain sum, so parts add across micro-batches and devices. Two exact ways for a learner:
+
+1. Per-token path (naive logits): compute the batch-wide scale |S|/Z first (`sdpo_scale`,
+   from the teacher entropies of every micro-batch; the teacher is stop-gradient) and pass it
+   as `sdpo_scale=` to `srpo_objective` on each micro-batch; sum the numerators, gradients and
+   denominators; divide once.
+2. Fused path (kernels/fused_distill): call fused_distill on the routed tokens with
+   mask_N = routed valid tokens and token_weight_N = `sdpo_token_multiplier(...)`; its
+   (numerator, z) are exactly (sdpo_sum, sdpo_z) here (pass them as `fused_sdpo=`). Accumulate
+   the gradients of grpo_sum and of sdpo_sum separately (or fix the scale first as in 1) and
+   form g_grpo + (|S|/Z) g_sdpo at the end.
+Both paths agree because the kernel's u, Z and token weight are the definitions used here.
+
+Methods (SPEC 3, 8): grpo (GRPO on all), srpo (routing + entropy weights), srpo_no_dw
+(w = 1), sdpo (distillation on sdpo_mask, no GRPO term; others give zero loss but count in
+the denominator), advantage_mix (GRPO on all with per-token advantage A_i + lambda *
+sg(log pi_phi - log pi_theta), 0 for rollouts without a teacher).
+"""
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+from srpo_jax.algo import losses
+
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
+# method -> (GRPO on non-routed rollouts, SDPO on routed rollouts, entropy weighting)
+_METHODS = {
+    "grpo": (True, False, False),
+    "srpo": (True, True, True),
+    "srpo_no_dw": (True, True, False),
+    "sdpo": (False, True, False),
+    "advantage_mix": (True, False, False),
+}
+
+
+class ObjectiveParts(NamedTuple):
+    """Additive pieces of the objective (all scalars); see the module docstring."""
+
+    grpo_sum: jnp.ndarray
+    sdpo_sum: jnp.ndarray
+    sdpo_z: jnp.ndarray
+    sdpo_count: jnp.ndarray
+    denominator: jnp.ndarray
+
+
+def combine(parts: ObjectiveParts) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(numerator, denominator) with the scale |S|/Z taken from `parts` itself."""
+    return parts.grpo_sum + sdpo_scale_from(parts) * parts.sdpo_sum, parts.denominator
+
+
+def sdpo_scale_from(parts: ObjectiveParts) -> jnp.ndarray:
+    """|S| / Z, stop-gradient; 0 when there are no routed tokens."""
+    z = lax.stop_gradient(parts.sdpo_z)
+    return jnp.where(z > 0, parts.sdpo_count / jnp.where(z > 0, z, 1.0), 0.0)
+
+
+def sdpo_scale(entropy_BT, routed_mask_BT, tau: float = 1.0) -> jnp.ndarray:
+    """|S| / sum_S exp(-H/tau) over a whole optimisation batch (pass to every micro-batch)."""
+    _, z, count = losses.entropy_weight_terms(entropy_BT, routed_mask_BT, tau)
+    return jnp.where(z > 0, count / jnp.where(z > 0, z, 1.0), 0.0)
+
+
+def aggregation(response_mask_BT, loss_agg: str = "token-mean", dtype=jnp.float32):
+    """(factor_BT, denominator): token-mean -> (mask, #tokens); seq-mean-token-mean ->
+    (mask / |y_i|, #non-empty sequences). Padding rows (|y_i| = 0) count in neither."""
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGGS}")
+    mask = (jnp.asarray(response_mask_BT) > 0).astype(dtype)
+    if loss_agg == "token-mean":
+        return mask, jnp.sum(mask)
+    length_B1 = jnp.sum(mask, axis=-1, keepdims=True)
+    factor = mask / jnp.maximum(length_B1, 1.0)
+    return factor, jnp.sum((length_B1 > 0).astype(dtype))
+
+
+def routed_token_mask(response_mask_BT, sdpo_mask_B) -> jnp.ndarray:
+    """S as a [B, T] 0/1 float mask: valid response tokens of routed rollouts."""
+    mask = (jnp.asarray(response_mask_BT) > 0) & (jnp.asarray(sdpo_mask_B)[:, None] > 0)
+    return mask.astype(jnp.float32)
+
+
+def sdpo_token_multiplier(
+    logp_BT,
+    old_logp_BT,
+    rollout_logp_BT,
+    response_mask_BT,
+    *,
+    loss_agg="token-mean",
+    is_clip=2.0,
+    tis_cap=2.0,
+) -> jnp.ndarray:
+    """Stop-gradient per-token factor c_t * min(sg ratio, is_clip) * w_IS (fused token_weight_N)."""
+    factor, _ = aggregation(response_mask_BT, loss_agg, losses.as_wide(logp_BT).dtype)
+    w = losses.sdpo_token_weight(
+        logp_BT, old_logp_BT, rollout_logp_BT, is_clip=is_clip, tis_cap=tis_cap
+    )
+    return lax.stop_gradient(factor * w)
+
+
+def _masked_stats(x, mask, prefix: str) -> dict[str, jnp.ndarray]:
+    n = jnp.sum(mask)
+    safe_n = jnp.maximum(n, 1.0)
+    mean = jnp.sum(jnp.where(mask > 0, x, 0.0)) / safe_n
+    var = jnp.sum(jnp.where(mask > 0, (x - mean) ** 2, 0.0)) / safe_n
+    any_ = n > 0
+    return {
+        f"{prefix}_mean": mean,
+        f"{prefix}_std": jnp.sqrt(var),
+        f"{prefix}_min": jnp.where(any_, jnp.min(jnp.where(mask > 0, x, jnp.inf)), 0.0),
+        f"{prefix}_max": jnp.where(any_, jnp.max(jnp.where(mask > 0, x, -jnp.inf)), 0.0),
+    }
+
+
+def objective_parts(
+    logp_BT,
+    old_logp_BT,
+    rollout_logp_BT,
+    adv_B,
+    response_mask_BT,
+    sdpo_mask_B,
+    sdpo_divergence_BT=None,
+    entropy_BT=None,
+    *,
+    method: str = "srpo",
+    loss_agg: str = "token-mean",
+    tau: float = 1.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    dual_clip: float | None = 3.0,
+    tis_cap: float | None = 2.0,
+    is_clip: float | None = 2.0,
+    teacher_logp_BT=None,
+    has_teacher_B=None,
+    mix_lambda: float = 0.1,
+    correct_B=None,
+    fused_sdpo=None,
+) -> tuple[ObjectiveParts, dict[str, jnp.ndarray]]:
+    """The additive parts and metrics of one (micro-)batch. Arguments as `srpo_objective`."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(_METHODS)}")
+    use_grpo, use_sdpo, use_dw = _METHODS[method]
+    dtype = losses.as_wide(logp_BT).dtype
+    valid = (jnp.asarray(response_mask_BT) > 0).astype(dtype)
+    factor, denominator = aggregation(response_mask_BT, loss_agg, dtype)
+    sdpo_B = jnp.asarray(sdpo_mask_B) > 0 if use_sdpo else jnp.zeros(valid.shape[0], bool)
+    routed = routed_token_mask(response_mask_BT, sdpo_B)
+    grpo_tokens = valid * (1.0 - routed) if use_grpo else jnp.zeros_like(valid)
+    metrics: dict[str, jnp.ndarray] = {}
+
+    adv = losses.as_wide(adv_B)[:, None]
+    if method == "advantage_mix":
+        if teacher_logp_BT is None or has_teacher_B is None:
+            raise ValueError("advantage_mix needs teacher_logp_BT and has_teacher_B")
+        has_t = (jnp.asarray(has_teacher_B) > 0)[:, None]
+        a_sdpo = lax.stop_gradient(losses.as_wide(teacher_logp_BT) - losses.as_wide(logp_BT))
+        a_sdpo = jnp.where(has_t & (valid > 0), a_sdpo, 0.0)
+        adv = adv + mix_lambda * a_sdpo
+        metrics["sdpo_advantage_mean"] = jnp.sum(a_sdpo) / jnp.maximum(jnp.sum(valid * has_t), 1.0)
+    kw = dict(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip)
+    l_grpo = losses.grpo_token_loss(
+        logp_BT, old_logp_BT, rollout_logp_BT, adv, grpo_tokens, tis_cap=tis_cap, **kw
+    )
+    grpo_sum = jnp.sum(factor * l_grpo)
+    clips = losses.grpo_clip_indicators(logp_BT, old_logp_BT, adv, **kw)
+    n_grpo = jnp.maximum(jnp.sum(grpo_tokens), 1.0)
+    for name, ind in clips.items():
+        metrics[f"grpo_{name}_frac"] = jnp.sum(ind * grpo_tokens) / n_grpo
+
+    if use_dw:
+        if entropy_BT is None:
+            raise ValueError(f"method {method!r} weights by teacher entropy: pass entropy_BT")
+        u, z, count = losses.entropy_weight_terms(entropy_BT, routed, tau)
+    else:
+        u, z, count = routed, jnp.sum(routed), jnp.sum(routed)
+    if not use_sdpo:
+        sdpo_sum = jnp.zeros((), dtype)
+    elif fused_sdpo is not None:
+        sdpo_sum, z = fused_sdpo
+    else:
+        if sdpo_divergence_BT is None:
+            raise ValueError(f"method {method!r} distils: pass sdpo_divergence_BT or fused_sdpo")
+        mult = sdpo_token_multiplier(
+            logp_BT,
+            old_logp_BT,
+            rollout_logp_BT,
+            response_mask_BT,
+            loss_agg=loss_agg,
+            is_clip=is_clip,
+            tis_cap=tis_cap,
+        )
+        d = jnp.where(routed > 0, losses.as_wide(sdpo_divergence_BT), 0.0)
+        sdpo_sum = jnp.sum(u * mult * d)
+    parts = ObjectiveParts(grpo_sum, sdpo_sum, z, count, denominator)
+
+    has_tokens_B = jnp.sum(valid, axis=-1) > 0
+    n_seq = jnp.maximum(jnp.sum(has_tokens_B), 1)
+    metrics["routed_fraction"] = jnp.sum(sdpo_B & has_tokens_B) / n_seq
+    metrics["routed_token_fraction"] = jnp.sum(routed) / jnp.maximum(jnp.sum(valid), 1.0)
+    if correct_B is not None and has_teacher_B is not None:
+        fail = (jnp.asarray(correct_B) <= 0) & has_tokens_B
+        lone = fail & (jnp.asarray(has_teacher_B) <= 0)
+        metrics["failures_without_teacher_frac"] = jnp.sum(lone) / jnp.maximum(jnp.sum(fail), 1)
+    if entropy_BT is not None:
+        h = lax.stop_gradient(losses.as_wide(entropy_BT))
+        stats = _masked_stats(h, routed, "teacher_entropy")
+        metrics["teacher_entropy_mean"] = stats["teacher_entropy_mean"]
+        metrics["teacher_entropy_std"] = stats["teacher_entropy_std"]
+    if use_sdpo:
+        metrics.update(_masked_stats(sdpo_scale_from(parts) * u, routed, "sdpo_weight"))
+    return parts, metrics
+
+
+def srpo_objective(
+    logp_BT,
+    old_logp_BT,
+    rollout_logp_BT,
+    adv_B,
+    response_mask_BT,
+    sdpo_mask_B,
+    sdpo_divergence_BT=None,
+    entropy_BT=None,
+    *,
+    sdpo_scale=None,
+    **kwargs,
+) -> tuple[jnp.ndarray, jnp.ndarray, dict[str, jnp.ndarray]]:
+    """(numerator, denominator, metrics) of SPEC 7 for per-token arrays [B, T].
+
+    logp_BT: log pi_theta(y_t) (differentiable); old_logp_BT: trainer log-probs before the
+    update; rollout_logp_BT: rollout-engine log-probs (None: no TIS); adv_B: group advantages;
+    response_mask_BT: 1 on valid response tokens; sdpo_mask_B: routing from routing.route;
+    sdpo_divergence_BT: D_t from losses.sdpo_token_divergence (only routed tokens are read);
+    entropy_BT: teacher entropy H_t (srpo; metrics otherwise). Keyword options: method,
+    loss_agg, tau, clip_low, clip_high, dual_clip, tis_cap, is_clip, teacher_logp_BT and
+    has_teacher_B (advantage_mix), mix_lambda, correct_B (metrics), fused_sdpo=(numerator, z)
+    from the fused kernel. sdpo_scale: |S|/Z of the whole optimisation batch when this call
+    sees only a micro-batch (`sdpo_scale`); None computes it from this call's tokens.
+    """
+    parts, metrics = objective_parts(
+        logp_BT,
+        old_logp_BT,
+        rollout_logp_BT,
+        adv_B,
+        response_mask_BT,
+        sdpo_mask_B,
+        sdpo_divergence_BT,
+        entropy_BT,
+        **kwargs,
+    )
+    if sdpo_scale is None:
+        numerator, denominator = combine(parts)
+    else:
+        scale = lax.stop_gradient(losses.as_wide(sdpo_scale))
+        numerator, denominator = parts.grpo_sum + scale * parts.sdpo_sum, parts.denominator
+    return numerator, denominator, metrics
