@@ -111,6 +111,18 @@ def test_greedy_follows_the_full_forward_argmax(model, engine):
         np.testing.assert_allclose(out.logprobs_BR[r], ref, atol=1e-4)
 
 
+def test_filters_reach_the_sampler(model, engine):
+    # top-p this small keeps only the most likely token (after top-k), so the samples are
+    # the greedy ones while the log-probs stay those of the T-scaled full distribution.
+    sp = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=1e-6, top_k=5, seed=9)
+    out = engine.generate(PROMPTS[:2], 1, sp)
+    for r, prompt in enumerate(PROMPTS[:2]):
+        logits = _reference_logits(model, prompt, out.completion(r))
+        np.testing.assert_array_equal(out.completion(r), logits.argmax(-1))
+        ref = _reference_logprobs(model, prompt, out.completion(r), temperature=0.7)
+        np.testing.assert_allclose(out.logprobs_BR[r], ref, atol=1e-4)
+
+
 def test_steps_differ_seed_and_step_reproduce_rows_ignore_batch(engine):
     sp = SamplingParams(max_new_tokens=10, seed=7)
     a = engine.generate(PROMPTS, 2, sp, step=4)
@@ -144,25 +156,31 @@ def test_stop_tokens_and_length_finish_reasons(engine):
         else:
             assert out.finish_reasons[r] == FINISH_LENGTH and n == 14
         assert np.all(out.token_ids_BR[r, n:] == 0) and np.all(out.logprobs_BR[r, n:] == 0)
-    plain = engine.generate(PROMPTS, 1, SamplingParams(max_new_tokens=5))
-    assert plain.finish_reasons == (FINISH_LENGTH,) * 3 and np.all(plain.lengths_B == 5)
-    assert plain.token_ids_BR.shape == (3, 5)
+    plain = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=5))
+    assert plain.finish_reasons == (FINISH_LENGTH,) * 6 and np.all(plain.lengths_B == 5)
+    assert plain.token_ids_BR.shape == (6, 5)
 
 
 def test_no_recompile_within_a_bucket(engine):
     compiles = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _s, **_kw: compiles.append(event) if "backend_compile" in event else None
-    )
+
+    def listener(event, _secs, **_kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
     sp = SamplingParams(max_new_tokens=9, temperature=0.8, seed=0)
     engine.generate([[1, 2, 3], [4, 5]], 2, sp, step=0)
-    traces, seen = engine.num_traces, len(compiles)
-    # Other prompt lengths (same 16-bucket), rows (same 8-bucket), step, seed, temperature
-    # and max_new_tokens (same 16-bucket): nothing is traced or compiled again.
-    sp2 = SamplingParams(max_new_tokens=13, temperature=1.1, seed=5)
-    engine.generate([[7] * 11, [1, 2, 3, 4, 5, 6, 7], [9]], 1, sp2, step=3)
+    traces = engine.num_traces
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        # Other prompt lengths (same 16-bucket), prompt count (same 8-bucket), step, seed,
+        # temperature and max_new_tokens (same 16-bucket): nothing is traced or compiled.
+        sp2 = SamplingParams(max_new_tokens=13, temperature=1.1, seed=5)
+        engine.generate([[7] * 11, [1, 2, 3, 4, 5, 6, 7], [9]], 2, sp2, step=3)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
     assert engine.num_traces == traces
-    assert len(compiles) == seen, compiles[seen:]
+    assert compiles == []
 
 
 def test_update_weights_switches_samples_and_records_version(engine):
