@@ -204,7 +204,10 @@ class SGLangEngine:
                 raise RolloutError(
                     f"SGLang server {url}{route} answered HTTP {r.status_code}: {r.text[:500]}"
                 )
-            return r.json() if r.content else None
+            try:
+                return r.json() if r.content else None
+            except ValueError:  # some routes (/flush_cache) answer in plain text
+                return r.text
         raise RolloutError(
             f"SGLang server {url} failed {method} {route} after {attempts} attempt(s): {last}"
         )
@@ -240,8 +243,13 @@ class SGLangEngine:
             for c, chunk in enumerate(chunks)
         ]
         results = []
-        for f in futures:
-            results.extend(f.result())
+        try:
+            for f in futures:
+                results.extend(f.result())
+        except BaseException:
+            for f in futures:  # do not keep loading servers for a batch that failed
+                f.cancel()
+            raise
         return self._pack(results, [p for p, _ in rows])
 
     def _sampling_dict(self, sampling: SamplingParams, seed: int) -> dict[str, Any]:
@@ -327,7 +335,11 @@ class SGLangEngine:
     # ---------------------------------------------------------------- weight sync
     def update_weights(self, params: Any, version: int) -> dict[str, float]:
         """Installs new weights. `params`: an nnx Qwen3, its params state, or the path of an
-        HF checkpoint directory that is already written (used as is, never deleted)."""
+        HF checkpoint directory that is already written (used as is, never deleted).
+
+        Single controller: the engine lives in one process. In a multi-process learner, export
+        with hf_io.save_hf_params on every process (it gathers; process 0 writes) and pass
+        the written directory here from process 0."""
         t0 = time.perf_counter()
         if isinstance(params, (str, os.PathLike)):
             path = pathlib.Path(params)

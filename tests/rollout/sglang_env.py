@@ -25,17 +25,28 @@ SGLANG_JAX_VERSION = "0.1.0rc0"
 PYENV_PYTHON312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
 
 # Flags found to work for a fast CPU start: no tokenizer (we send ids), no precompile or
-# warmup (each new shape compiles on first use instead), small KV pool and batch limits
-# (the defaults size buffers for accelerators and run out of host memory on CPU).
+# warmup (shapes compile on first use), small KV pool and batch limits (the defaults size
+# buffers for accelerators and run out of host memory on CPU), and one batch-size and one
+# token-count padding bucket so that a handful of programs serves every request.
 SERVER_ARGS = (
     "-m sgl_jax.launch_server --model-path {model_path} --host {host} --port {port}"
     " --device cpu --dtype float32 --skip-tokenizer-init --disable-precompile"
     " --skip-server-warmup --mem-fraction-static 0.1 --max-total-tokens 2048"
     " --max-running-requests 16 --context-length 512 --chunked-prefill-size 512"
-    " --max-prefill-tokens 512"
+    " --max-prefill-tokens 512 --precompile-bs-paddings 16 --precompile-token-paddings 512"
 )
-# The test process forces 8 fake CPU devices via XLA_FLAGS; the server wants its default one.
-SERVER_ENV = (("JAX_PLATFORMS", "cpu"), ("XLA_FLAGS", ""))
+
+
+def server_env() -> tuple[tuple[str, str], ...]:
+    """The test process forces 8 fake CPU devices via XLA_FLAGS; the server wants its default
+    one. A persistent XLA cache lets a restarted server (and the next run) skip compiling."""
+    return (
+        ("JAX_PLATFORMS", "cpu"),
+        ("XLA_FLAGS", ""),
+        ("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "sglang-jax-xla-cache")),
+        ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+        ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0"),
+    )
 
 
 def cache_root() -> pathlib.Path:
@@ -198,8 +209,16 @@ class StandIn:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
                 outer.requests.append(("POST", self.path, body))
+                if self.path == "/flush_cache":  # SGLang answers this one in plain text
+                    data = b"Cache flushed.\n"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if self.path != "/update_weights_from_disk":
-                    self._reply(200, {"success": True})
+                    self._reply(200, {"message": "ok", "status": "ok"})
                     return
                 b = outer.behavior
                 if b == "slow":

@@ -15,12 +15,12 @@ import signal
 import numpy as np
 import pytest
 from sglang_env import (
-    SERVER_ENV,
     VOCAB,
     Reference,
     ensure_venv,
     find_python312,
     launch_template,
+    server_env,
     timer,
     write_perturbed_checkpoint,
     write_tiny_checkpoint,
@@ -60,7 +60,7 @@ def engine(server_python, ckpt, tmp_path_factory):
         launch_command=launch_template(server_python),
         num_servers=1,
         base_port=0,
-        launch_env=SERVER_ENV,
+        launch_env=server_env(),
         timeout_s=300,
         startup_timeout_s=300,
         max_retries=1,
@@ -125,6 +125,18 @@ def test_stop_tokens_end_samples_and_are_kept(engine):
             assert len(toks) == MAX_NEW and all(t % 2 for t in toks), toks
         assert (out.token_ids_BR[row, len(toks) :] == 0).all()
     assert FINISH_STOP in out.finish_reasons
+
+
+def test_update_route_missing_is_reported_and_server_resumes(engine, ckpt, tmp_path):
+    # sglang-jax has pause/flush/continue but no /update_weights_from_disk: the real server's
+    # answers to the first three are exercised here, the update route against a stand-in.
+    cfg = SGLangConfig(urls=engine.urls, timeout_s=60, max_retries=0, export_dir=str(tmp_path))
+    with SGLangEngine(cfg) as client:
+        match = rf"{engine.urls[0]}/update_weights_from_disk answered HTTP 404"
+        with pytest.raises(RolloutError, match=match):
+            client.update_weights(str(ckpt), version=1)
+    out = engine.generate(PROMPTS, N, SamplingParams(max_new_tokens=MAX_NEW, seed=4), step=4)
+    assert out.lengths_B.tolist() == [MAX_NEW] * len(PROMPTS) * N  # generation continued
 
 
 def test_restart_sync_serves_the_new_weights(engine, ckpt, tmp_path):
