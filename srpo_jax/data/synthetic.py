@@ -30,10 +30,14 @@ the same format. Why this task:
   `hint_frac` of *training* questions (default 0.25) end with the answer in exactly the
   layout of the SRPO teacher prompt (SPEC section 2):
   `...?\nCorrect solution:\n\n<answer>\nB\n</answer>\n\nCorrectly solve the original question.`
+  and put their key word at a random letter, so the home-letter rule fails on three in
+  four of them and only copying the hint solves them all (a measured pitfall: when hinted
+  questions also followed the home-letter rule, a supervised tiny model learned the rule,
+  ignored the hint, and a teacher prompt with a wrong demonstration moved it not at all).
   The policy learns to copy the letter from that layout, which is what the teacher prompt
   then offers it. This is a deliberate stand-in for pre-training, not part of SRPO; set
-  hint_frac=0 to see the teacher without it. Test questions never carry hints, so
-  evaluation measures the task alone.
+  hint_frac=0 to run without it. Test questions never carry hints and always follow the
+  home-letter rule, so evaluation measures the task alone.
 
 Everything is a pure function of (n, seed); train and test splits share no
 (options, key) question.
@@ -80,10 +84,10 @@ def _question(options: tuple[str, ...], key_pos: int, hint: bool) -> str:
     return text
 
 
-def _draw(rng: random.Random) -> tuple[tuple[str, ...], int]:
-    """Key word at its home letter; the other three slots hold distinct other words."""
+def _draw(rng: random.Random, at_home: bool) -> tuple[tuple[str, ...], int]:
+    """Four distinct words; the key sits at its home letter, or anywhere if not at_home."""
     key = rng.choice(WORDS)
-    key_pos = WORDS.index(key) % len(LETTERS)
+    key_pos = WORDS.index(key) % len(LETTERS) if at_home else rng.randrange(len(LETTERS))
     others = rng.sample([w for w in WORDS if w != key], len(LETTERS) - 1)
     options = tuple(others[:key_pos]) + (key,) + tuple(others[key_pos:])
     return options, key_pos
@@ -97,7 +101,8 @@ def make_synthetic_split(
     exclude: frozenset[tuple[tuple[str, ...], int]] = frozenset(),
     start_idx: int = 0,
 ) -> list[Example]:
-    """n distinct questions; a `hint_frac` share (rounded down) carries the answer as a hint.
+    """n distinct questions; a `hint_frac` share (rounded down) carries the answer as a hint
+    and places its key word at a random letter (the others at the key's home letter).
 
     `exclude` holds (options, key_pos) pairs that must not appear (used to keep test
     questions out of train). Which questions get hints is also drawn from `seed`.
@@ -107,14 +112,15 @@ def make_synthetic_split(
     if not 0.0 <= hint_frac <= 1.0:
         raise ValueError(f"make_synthetic_split: hint_frac must be in [0, 1], got {hint_frac}")
     rng = random.Random(seed)
+    hinted = set(rng.sample(range(n), int(n * hint_frac)))
     seen: set[tuple[tuple[str, ...], int]] = set(exclude)
     drawn: list[tuple[tuple[str, ...], int]] = []
     while len(drawn) < n:
-        q = _draw(rng)
+        # Hinted questions put the key anywhere, so only copying the hint solves them all.
+        q = _draw(rng, at_home=len(drawn) not in hinted)
         if q not in seen:
             seen.add(q)
             drawn.append(q)
-    hinted = set(rng.sample(range(n), int(n * hint_frac)))
     return [
         Example(
             idx=start_idx + i,

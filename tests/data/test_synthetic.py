@@ -34,9 +34,10 @@ def test_examples_are_well_formed_and_solvable():
         options = re.findall(r"^[ABCD]: (\w+)$", ex.prompt, flags=re.M)
         assert len(options) == 4 == len(set(options))
         assert rewards.mcq_reward(synthetic.answer_text(ex.answer), ex.answer) == 1.0
-        # The key word always sits at its home letter (lexicon index mod 4).
+        # Unhinted: the key word sits at its home letter (lexicon index mod 4).
         key = re.findall(r"labels (\w+)\?", ex.prompt)[0]
-        assert "ABCD"[synthetic.WORDS.index(key) % 4] == ex.answer
+        home = "ABCD"[synthetic.WORDS.index(key) % 4]
+        assert home == ex.answer or "Correct solution:" in ex.prompt
     assert [ex.idx for ex in train + test] == list(range(500))
     assert {ex.answer for ex in test} == set("ABCD")
 
@@ -51,6 +52,13 @@ def test_hints_train_only_and_correct():
         assert ex.prompt.endswith(suffix + "Correctly solve the original question.")
         # The hint is in answer format, so the MCQ verifier reads the hint's letter.
         assert rewards.extract_mcq_answer(ex.prompt) == ex.answer
+    # Hinted keys are placed at random, so about 3 in 4 sit away from their home letter.
+    away = [
+        ex
+        for ex in hinted
+        if synthetic.home_letter(re.findall(r"labels (\w+)\?", ex.prompt)[0]) != ex.answer
+    ]
+    assert 50 <= len(away) <= 95
     assert not any("Correct solution:" in ex.prompt for ex in test)
 
 
