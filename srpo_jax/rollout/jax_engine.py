@@ -218,15 +218,18 @@ class JaxEngine:
             state = jax.tree.map(lambda x: x, self._template)
             nnx.replace_by_pure_dict(state, params)
             params = state
-        want = jax.tree.map(lambda x: (x.shape,), self._template)
-        got = jax.tree.map(lambda x: (tuple(np.shape(x)),), params)
-        if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(
-            want
-        ) != jax.tree.leaves(got):
+        leaves = jax.tree.leaves(params)
+        want = [x.shape for x in jax.tree.leaves(self._template)]
+        if (
+            jax.tree.structure(params) != jax.tree.structure(self._template)
+            or any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)  # left unfilled
+            or [tuple(np.shape(x)) for x in leaves] != want
+        ):
             raise ValueError(
                 "JaxEngine params do not match the Qwen3 parameter tree of model_config"
             )
-        return params
+        # Host (numpy) leaves are copied to device once; device arrays are kept as they are.
+        return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
 
     def _install(self, params) -> int:
         params = self._as_state(params)
