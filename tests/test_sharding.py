@@ -1,6 +1,8 @@
 """Mesh, rules table and born-sharded models on 8 forced CPU devices: parameters carry the
 shardings the table says, and sharded forwards equal the single-device forward."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,12 @@ CFG = tiny(num_layers=2)
 @nnx.jit
 def fwd(model, ids, mask):
     return model(ids, mask)
+
+
+@functools.cache
+def _model(mesh_cfg: MeshConfig, n_devices: int = 8):
+    """Born-sharded tiny model per mesh, built once per test session (init compiles)."""
+    return create_sharded_model(CFG, make_mesh(mesh_cfg, jax.devices()[:n_devices]), seed=3)
 
 
 def test_rules_table_and_specs():
@@ -73,8 +81,8 @@ EXPECTED_SPECS = {
 )
 def test_born_sharded_model_matches_single_device(mesh_cfg):
     mesh = make_mesh(mesh_cfg)
-    model = create_sharded_model(CFG, mesh, seed=3)
-    single = create_sharded_model(CFG, make_mesh(MeshConfig(), jax.devices()[:1]), seed=3)
+    model = _model(mesh_cfg)
+    single = _model(MeshConfig(), 1)
     for dotted, spec in EXPECTED_SPECS.items():
         obj = model
         for part in dotted.split("."):
@@ -107,7 +115,7 @@ def test_born_sharded_model_matches_single_device(mesh_cfg):
 
 def test_split_merge_keeps_shardings():
     mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
-    model = create_sharded_model(CFG, mesh, seed=0)
+    model = _model(MeshConfig(fsdp=4, tensor=2))
     graphdef, params = nnx.split(model, nnx.Param)
     assert isinstance(nnx.merge(graphdef, params), Qwen3)
     leaves = jax.tree.leaves(params)
