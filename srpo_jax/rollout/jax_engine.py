@@ -76,6 +76,7 @@ def _generate(
     top_p,
     max_new,
     stop_ids_S,
+    num_rows,
     *,
     n: int,
     spec: sampling.SamplerSpec,
@@ -114,7 +115,8 @@ def _generate(
     tok_B, logp_B = pick(logits_BV, 0)
     tokens_BR = jnp.zeros((b, r_bucket), jnp.int32).at[:, 0].set(tok_B)
     logps_BR = jnp.zeros((b, r_bucket), jnp.float32).at[:, 0].set(logp_B)
-    stopped_B = is_stop(tok_B)
+    # Rows of dummy prompts start finished so they never hold the loop open.
+    stopped_B = is_stop(tok_B) | (jnp.arange(b) >= num_rows)
     lengths_B = jnp.ones((b,), jnp.int32)
     init = (jnp.int32(1), tok_B, cache, tokens_BR, logps_BR, lengths_B, stopped_B)
 
@@ -339,6 +341,7 @@ class JaxEngine:
             np.float32(sp.top_p),
             np.int32(sp.max_new_tokens),
             stop_S,
+            np.int32(rows),
         )
         spec = self._spec(sp)
         if self.mesh is None:
