@@ -39,14 +39,10 @@ SERVER_ARGS = (
 
 def server_env() -> tuple[tuple[str, str], ...]:
     """The test process forces 8 fake CPU devices via XLA_FLAGS; the server wants its default
-    one. A persistent XLA cache lets a restarted server (and the next run) skip compiling."""
-    return (
-        ("JAX_PLATFORMS", "cpu"),
-        ("XLA_FLAGS", ""),
-        ("JAX_COMPILATION_CACHE_DIR", str(cache_root() / "sglang-jax-xla-cache")),
-        ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
-        ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0"),
-    )
+    one. No JAX persistent compilation cache: with one written by a first server, a server
+    restarted on new weights in the same run served log-probs matching neither checkpoint
+    (seen with sglang-jax 0.1.0rc0 on CPU; a cache that was already warm behaved)."""
+    return (("JAX_PLATFORMS", "cpu"), ("XLA_FLAGS", ""))
 
 
 def cache_root() -> pathlib.Path:
@@ -126,25 +122,6 @@ def _rope_theta_on_top(path: pathlib.Path) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["rope_theta"] = cfg.get("rope_parameters", {}).get("rope_theta", 1e6)
     cfg_path.write_text(json.dumps(cfg, indent=2))
-
-
-def write_perturbed_checkpoint(src: pathlib.Path, dst: pathlib.Path, seed: int, scale=0.05):
-    """`src`'s weights plus Gaussian noise, as a new checkpoint in `dst`."""
-    import numpy as np
-    from safetensors.numpy import load_file, save_file
-
-    dst.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for f in src.iterdir():
-        if f.suffix == ".safetensors":
-            t = load_file(f)
-            t = {
-                k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in t.items()
-            }
-            save_file(t, dst / f.name, metadata={"format": "pt"})
-        elif f.is_file():
-            shutil.copy(f, dst / f.name)
-    return dst
 
 
 class Reference:

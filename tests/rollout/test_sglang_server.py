@@ -9,6 +9,7 @@ under $SRPO_CACHE). Set SRPO_SKIP_SGLANG_SERVER=1 to skip these tests.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -22,7 +23,6 @@ from sglang_env import (
     launch_template,
     server_env,
     timer,
-    write_perturbed_checkpoint,
     write_tiny_checkpoint,
 )
 
@@ -69,12 +69,8 @@ def engine(server_python, ckpt, tmp_path_factory):
         export_dir=str(work / "exports"),
         keep_exports=1,
     )
-
-    def export_perturbed(params, path):
-        # Stands in for hf_io.save_hf: the "params" here are a perturbation seed.
-        write_perturbed_checkpoint(ckpt, path, seed=params["seed"])
-
-    eng = SGLangEngine(cfg, model_path=ckpt, exporter=export_perturbed)
+    # Default exporter: weights go out through srpo_jax.model.hf_io.save_hf in bf16.
+    eng = SGLangEngine(cfg, model_path=ckpt)
     yield eng
     eng.close()
 
@@ -139,15 +135,58 @@ def test_update_route_missing_is_reported_and_server_resumes(engine, ckpt, tmp_p
     assert out.lengths_B.tolist() == [MAX_NEW] * len(PROMPTS) * N  # generation continued
 
 
-def test_restart_sync_serves_the_new_weights(engine, ckpt, tmp_path):
+def _srpo_model(path):
+    from srpo_jax.model import load_hf
+
+    return load_hf(path, config_overrides={"dtype": "float32"})  # fp32 compute for parity
+
+
+def _srpo_logprobs_error(rollouts, model) -> float:
+    """Max |engine log-prob - srpo_jax fp32 log-prob|: the gap the learner's truncated-IS
+    correction sees between rollout engine and trainer."""
+    import jax
+    import jax.numpy as jnp
+
+    worst = 0.0
+    for row in range(rollouts.num_rows):
+        prompt, completion = PROMPTS[rollouts.prompt_index_B[row]], rollouts.completion(row)
+        logits = model(jnp.asarray([prompt + completion], jnp.int32))[0]
+        # fp32 log-softmax: the reference must not lose precision in the normaliser.
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        p = len(prompt)
+        ref = np.asarray([logp[p - 1 + t, tok] for t, tok in enumerate(completion)])
+        worst = max(
+            worst, float(np.max(np.abs(ref - rollouts.logprobs_BR[row, : len(completion)])))
+        )
+    return worst
+
+
+def test_restart_sync_serves_the_new_weights(engine, ckpt):
+    import jax
+    from flax import nnx
+
+    # A "trained" policy: the served checkpoint plus noise, as the learner holds it.
+    model = _srpo_model(ckpt)
+    params = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    noisy = [
+        x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)
+    ]
+    nnx.update(model, jax.tree.unflatten(treedef, noisy))
+
     old_pid = engine.servers[0].proc.pid
-    metrics = engine.update_weights({"seed": 1}, version=1)
+    metrics = engine.update_weights(model, version=1)
     assert engine.servers[0].proc.pid != old_pid
     assert metrics["sync/checkpoint_bytes"] > 0 and metrics["sync/total_s"] > 0
-    new_ckpt = engine.export_dir / "step_00000001"
+    exported = engine.export_dir / "step_00000001"
+    assert json.loads((exported / "config.json").read_text())["rope_theta"] == 1e6
     out = engine.generate(PROMPTS, N, SamplingParams(max_new_tokens=MAX_NEW, seed=3), step=2)
     assert out.weight_version == 1
-    assert _max_logprob_error(out, Reference(new_ckpt)) < LOGPROB_TOL
+    # The server runs the exported bf16 weights (upcast to fp32): compare against references
+    # on exactly those weights, from transformers (float64) and from srpo_jax itself (fp32).
+    assert _max_logprob_error(out, Reference(exported)) < LOGPROB_TOL
+    assert _srpo_logprobs_error(out, _srpo_model(exported)) < LOGPROB_TOL
     assert _max_logprob_error(out, Reference(ckpt)) > 100 * LOGPROB_TOL  # not the old weights
 
 
