@@ -373,6 +373,7 @@ class SGLangEngine:
         # weights, load, resume. continue_generation runs even if the load failed, so a bad
         # checkpoint does not leave the server paused forever.
         self._request("POST", url, "/pause_generation", {"mode": self.config.pause_mode})
+        failure = None
         try:
             self._request("POST", url, "/flush_cache")
             body = {
@@ -385,8 +386,15 @@ class SGLangEngine:
             out = self._request("POST", url, "/update_weights_from_disk", body)
             if not (isinstance(out, dict) and out.get("success")):
                 raise RolloutError(f"SGLang server {url} refused the weights in {path}: {out!r}")
-        finally:
+        except RolloutError as e:
+            failure = e
+        try:
             self._request("POST", url, "/continue_generation", {})
+        except RolloutError:
+            if failure is None:
+                raise
+        if failure is not None:  # the load error, not a later resume error, is the cause
+            raise failure
         reported = self._reported_version(url)
         if reported is not None and reported != str(version):
             raise RolloutError(
