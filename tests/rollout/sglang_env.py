@@ -50,9 +50,17 @@ def cache_root() -> pathlib.Path:
 
 
 def find_python312() -> str | None:
-    """$SRPO_SGLANG_PYTHON, python3.12 on PATH, or pyenv's 3.12.1."""
+    """$SRPO_SGLANG_PYTHON, python3.12 on PATH, or pyenv's 3.12.1 -- the first that really
+    runs Python 3.12 (a pyenv shim is on PATH even when it would refuse to run)."""
     for cand in (os.environ.get("SRPO_SGLANG_PYTHON"), shutil.which("python3.12"), PYENV_PYTHON312):
-        if cand and os.access(cand, os.X_OK):
+        if not (cand and os.access(cand, os.X_OK)):
+            continue
+        probe = subprocess.run(
+            [cand, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
             return cand
     return None
 
