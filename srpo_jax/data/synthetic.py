@@ -15,8 +15,8 @@ same MCQ verifier). The system prompt is short (long prompts are slow on CPU) bu
 the same format. Why this task:
 
 - Learnable by a tiny model (2 layers, hidden 64) in minutes. All words come from a
-  24-word lexicon and each word has a fixed *home letter* (its lexicon index mod 4); the
-  generator always puts the key word at its home letter. So the answer can be found two
+  24-word lexicon and each word has a fixed *home letter* (its lexicon index mod 4); every
+  unhinted question has its key word at its home letter. So the answer can be found two
   ways: by reading the options (match the key, copy the letter in front of it: a two-step
   induction-style circuit that a tiny model forms slowly), or by recalling the key word's
   home letter, a 24-entry fact table learned from reward like a knowledge question (one
