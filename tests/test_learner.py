@@ -1,0 +1,214 @@
+"""Learner: the jitted SRPO train step on a tiny Qwen3 (CPU, 8 forced devices)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from srpo_jax import batching, learner
+from srpo_jax.algo import advantages, routing
+from srpo_jax.model import Qwen3, tiny
+from srpo_jax.sharding import MeshConfig, create_sharded_model, make_mesh
+
+G = 4
+PROMPTS = 4
+VOCAB = 97
+
+
+def model_config():
+    return tiny(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, head_dim=8)
+
+
+def make_rows(seed: int, method: str, *, rewards=None) -> batching.StepRows:
+    rng = np.random.default_rng(seed)
+    b = PROMPTS * G
+    prompts = [rng.integers(1, VOCAB, rng.integers(3, 9)).tolist() for _ in range(PROMPTS)]
+    responses = [rng.integers(1, VOCAB, rng.integers(2, 12)).tolist() for _ in range(b)]
+    rollout_lp = [(-rng.random(len(r)) * 3).tolist() for r in responses]
+    if rewards is None:
+        rewards = rng.integers(0, 2, b).astype(float)
+        rewards[:G] = [1, 0, 0, 1]  # at least one routable group
+    sdpo_mask, teacher_idx = routing.route(rewards, G, method)
+    adv = np.asarray(advantages.group_advantages(rewards, G))
+    teacher_prompts = {
+        int(r): rng.integers(1, VOCAB, rng.integers(5, 14)).tolist()
+        for r in np.flatnonzero(teacher_idx >= 0)
+    }
+    grpo = np.zeros(b, bool) if method == "sdpo" else ~sdpo_mask
+    return batching.StepRows(
+        prompt_ids=[prompts[r // G] for r in range(b)],
+        response_ids=responses,
+        rollout_logprobs=rollout_lp,
+        advantages=adv,
+        grpo_rows=grpo,
+        sdpo_rows=sdpo_mask,
+        teacher_rows=teacher_idx >= 0,
+        teacher_prompt_ids=teacher_prompts,
+    )
+
+
+def lcfg(method="srpo", **kw):
+    base = dict(method=method, topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
+    base.update(kw)
+    return learner.LearnerConfig(**base)
+
+
+def fresh_state(cfg, mesh=None, seed=0):
+    if mesh is None:
+        mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+    model = create_sharded_model(model_config(), mesh, seed=seed)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, learner.init_state(params, cfg, mesh)
+
+
+def run_step(cfg, rows, *, mesh=None, n_mini=1, micro=None):
+    graphdef, state = fresh_state(cfg, mesh)
+    batch = batching.build_train_batch(
+        rows, num_minibatches=n_mini, micro_batch_rows=micro or rows.num_rows // n_mini, pad_id=0
+    )
+    lrn = learner.Learner(cfg, graphdef, mesh)
+    new_state, metrics = lrn.train_step(state, batch)
+    return jax.device_get(new_state), jax.device_get(metrics), batch
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [dict(fsdp=4, tensor=2), dict(data=2, fsdp=4)])
+def test_sharded_step_equals_single_device(shape):
+    cfg = lcfg()
+    rows = make_rows(0, "srpo")
+    single, m1, _ = run_step(cfg, rows)
+    mesh = make_mesh(MeshConfig(**shape))
+    sharded, m8, _ = run_step(cfg, rows, mesh=mesh)
+    assert_trees_close(single.params, sharded.params)
+    assert_trees_close(single.teacher, sharded.teacher)
+    assert_trees_close(single.opt_state, sharded.opt_state)
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m8["grad_norm"], rtol=1e-5)
+
+
+def test_params_are_sharded_by_the_rules_table():
+    mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
+    _, state = fresh_state(lcfg(), mesh)
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+    assert any("fsdp" in s for s in specs) and any("tensor" in s for s in specs)
+    # the EMA teacher and Adam moments live exactly where the params live
+    for p, t in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.teacher), strict=True):
+        assert p.sharding.is_equivalent_to(t.sharding, p.ndim)
+
+
+@pytest.mark.parametrize("method", ["srpo", "sdpo", "srpo_no_dw"])
+def test_micro_batches_equal_one_batch(method):
+    cfg = lcfg(method)
+    rows = make_rows(1, method)
+    full, mf, _ = run_step(cfg, rows)
+    micro, mm, batch = run_step(cfg, rows, micro=4)
+    assert batch["input_ids"].shape[:3] == (1, 4, 4)
+    np.testing.assert_allclose(mf["loss"], mm["loss"], rtol=1e-5)
+    assert_trees_close(full.params, micro.params)
+
+
+def test_teacher_rows_are_only_the_routed_rows_and_cost_scales():
+    rewards_some = np.array([1, 0, 0, 0] + [0] * 12, float)  # 3 routed
+    rewards_more = np.array([1, 0, 0, 0] * 4, float)  # 12 routed
+    rewards_none = np.array([1, 1, 1, 1] + [0] * 12, float)  # nothing routed
+    b_some = batching.build_train_batch(
+        make_rows(2, "srpo", rewards=rewards_some), num_minibatches=1, micro_batch_rows=16, pad_id=0
+    )
+    assert b_some["teacher_valid"].sum() == 3
+    assert set(b_some["teacher_src"][0, 0][b_some["teacher_valid"][0, 0]]) == {1, 2, 3}
+    b_none = batching.build_train_batch(
+        make_rows(2, "srpo", rewards=rewards_none), num_minibatches=1, micro_batch_rows=16, pad_id=0
+    )
+    assert b_none["teacher_input_ids"].shape[2] == 0
+
+    cfg = lcfg()
+    graphdef, state = fresh_state(cfg)
+
+    def flops(rewards):
+        batch = batching.build_train_batch(
+            make_rows(2, "srpo", rewards=rewards), num_minibatches=1, micro_batch_rows=16, pad_id=0
+        )
+        fn = jax.jit(lambda s, b: learner.train_step_fn(cfg, graphdef, s, b))
+        return fn.lower(state, batch).compile().cost_analysis()["flops"]
+
+    f_none, f_some, f_more = flops(rewards_none), flops(rewards_some), flops(rewards_more)
+    # teacher cost grows with the routed count (bucketed to 4 and 16 rows)
+    assert f_none < f_some < f_more
+    assert (f_more - f_none) > 2.5 * (f_some - f_none)
+
+
+def test_nan_gradient_skips_the_update():
+    cfg = lcfg("grpo")
+    rows = make_rows(3, "grpo")
+    rows = dataclasses.replace(rows, advantages=np.full(rows.num_rows, np.nan))
+    graphdef, state = fresh_state(cfg)
+    before = jax.device_get(state)
+    batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=16, pad_id=0)
+    new, metrics = learner.Learner(cfg, graphdef).train_step(state, batch)
+    new, metrics = jax.device_get((new, metrics))
+    assert metrics["skipped_updates"] == 1
+    assert new.skipped_updates == 1 and new.consecutive_skips == 1
+    assert_trees_close(before.params, new.params, rtol=0, atol=0)
+    assert_trees_close(before.teacher, new.teacher, rtol=0, atol=0)
+    assert_trees_close(before.opt_state.inner_state, new.opt_state.inner_state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", learner.METHODS)
+def test_one_step_lowers_the_methods_own_objective(method):
+    cfg = lcfg(method, lr=3e-3)
+    rows = make_rows(4, method)
+    graphdef, state = fresh_state(cfg)
+    batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=16, pad_id=0)
+    mb = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), batch)
+    old_logp = learner._student_logp(cfg, graphdef, state.params, mb)[0]
+    teacher0 = state.teacher
+
+    def objective(params):
+        num, _ = learner.micro_objective(cfg, graphdef, params, teacher0, mb, old_logp, None)
+        return float(num / learner._denominator(cfg, jax.tree.map(lambda x: x[None], mb)))
+
+    before = objective(state.params)
+    params0 = jax.device_get(state.params)
+    new, _ = learner.Learner(cfg, graphdef).train_step(state, batch)
+    after = objective(new.params)
+    assert after < before, (method, before, after)
+    # and the EMA teacher moved 5% of the way to the new student
+    for t0, p1, t1 in zip(
+        jax.tree.leaves(params0),
+        jax.tree.leaves(new.params),
+        jax.tree.leaves(new.teacher),
+        strict=True,
+    ):
+        np.testing.assert_allclose(t1, 0.95 * t0 + 0.05 * np.asarray(p1), rtol=1e-6, atol=1e-7)
+
+
+def test_grpo_four_minibatches_use_pi_old_from_before_the_first_update():
+    cfg = lcfg("grpo")
+    rows = make_rows(5, "grpo")
+    new, metrics, batch = run_step(cfg, rows, n_mini=4)
+    assert batch["input_ids"].shape[:3] == (4, 1, 4)
+    assert np.isfinite(metrics["loss"]) and metrics["skipped_updates"] == 0
+    # the LR schedule advances once per training step, not per update
+    assert int(new.step) == 1
+    assert int(new.opt_state.inner_state[0].count) == 4
+
+
+def test_warmup_schedule():
+    cfg = lcfg(lr=1.0, warmup_steps=10)
+    got = [float(learner.lr_at(cfg, jnp.asarray(s))) for s in range(12)]
+    np.testing.assert_allclose(got, [min((s + 1) / 10, 1.0) for s in range(12)], rtol=1e-6)
+
+
+def test_model_is_plain_qwen3():
+    # the learner's graphdef is a plain Qwen3 module; no learner-specific state in it
+    graphdef, _ = fresh_state(lcfg())
+    assert isinstance(nnx.merge(graphdef, fresh_state(lcfg())[1].params), Qwen3)
