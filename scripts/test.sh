@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# Creates (or reuses) .venv, installs srpo_jax with its test extras, runs ruff and pytest.
+# Sets up .venv with the test and parity extras, then runs ruff and the whole test suite.
 # Usage: bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
+# torch is pinned to the CPU build in the parity extra (a bare `torch` pulls CUDA wheels).
+bash scripts/setup.sh test,parity
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-# torch is pinned to the CPU build (parity extra); transformers is in core.
-python -m pip install -q -e ".[test,parity]"
 ruff format --check srpo_jax tests configs kernels
 ruff check srpo_jax tests configs kernels
 set +e
