@@ -24,7 +24,12 @@ plain sum, so parts add across micro-batches and devices. Two exact ways for a l
    (numerator, z) are exactly (sdpo_sum, sdpo_z) here (pass them as `fused_sdpo=`). Accumulate
    the gradients of grpo_sum and of sdpo_sum separately (or fix the scale first as in 1) and
    form g_grpo + (|S|/Z) g_sdpo at the end.
-Both paths agree because the kernel's u, Z and token weight are the definitions used here.
+Both paths agree because the kernel's u, Z and token weight are the definitions used here
+(tested in tests/algo/test_objective.py::test_fused_form_matches_per_token_form). Methods
+without entropy weighting (srpo_no_dw, sdpo) need the kernel's u = 1, i.e. tau = inf, so
+that its z equals |S|; otherwise the fused numerator would silently be entropy-weighted.
+Micro-batched sums equal the full batch up to float rounding (1 ulp observed in float64),
+not bit for bit: the two sum the same terms in a different order.
 
 Methods (SPEC 3, 8): grpo (GRPO on all), srpo (routing + entropy weights), srpo_no_dw
 (w = 1), sdpo (distillation on sdpo_mask, no GRPO term; others give zero loss but count in

@@ -92,8 +92,11 @@ def test_divergence_float64_values_and_grads(**case):
 
 @pytest.mark.slow
 @SETTINGS
-@given(**divergence_args)
+@given(**dict(divergence_args, scale=st.floats(0.3, 1.0)))
 def test_divergence_float32_values_and_grads(**case):
+    # The SPEC tail log(-expm1(log S)) carries an fp32 error of ~eps / (1 - S) relative, so
+    # a very peaked student (1 - S ~ 1e-3) is outside 1e-5 in fp32 (seen: alpha=0, logits of
+    # std 3.3 -> 1.5e-5 relative). float64 covers that regime; fp32 keeps 1 - S moderate.
     _check_divergences(**case, dtype=np.float32, tol=1e-5)
 
 
