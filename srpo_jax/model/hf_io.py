@@ -230,8 +230,8 @@ def _lookup(tree, dotted: str):
 
 # ----- saving ---------------------------------------------------------------------------
 def _params_dict(params_state) -> dict[str, Any]:
-    if hasattr(params_state, "to_pure_dict"):
-        return params_state.to_pure_dict()
+    if isinstance(params_state, nnx.State):
+        return nnx.to_pure_dict(params_state)
     return params_state
 
 
