@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 # torch is pinned to the CPU build in the parity extra (a bare `torch` pulls CUDA wheels).
 bash scripts/setup.sh test,parity
 . .venv/bin/activate
-ruff format --check srpo_jax tests configs kernels
-ruff check srpo_jax tests configs kernels
+ruff format --check srpo_jax tests configs kernels benchmarks
+ruff check srpo_jax tests configs kernels benchmarks
 set +e
 python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
