@@ -1,0 +1,181 @@
+"""The one entry point the learner calls: fused_distill (SPEC sections 5-6, DESIGN section 3).
+
+Picks an implementation ("auto": the Triton kernel on GPU, the Mosaic kernel on TPU, the
+chunked XLA path elsewhere), validates arguments with errors that name the bad value, and
+returns FusedDistillOutput(numerator, z, divergence_N, entropy_N).
+
+Gradients: only `numerator` is differentiable, and only wrt the student hidden states and
+the student unembedding. Teacher inputs, mask and token weights are stop-gradient (their
+cotangents are zero); divergence_N and entropy_N are diagnostics. The learner forms
+sum_t w_t l_t = |S| * numerator / z, accumulating numerator-gradients and z over
+micro-batches (and psum over devices) before dividing once.
+
+Sharding: inside jit with token-sharded inputs the call is correct as is; for the fast path
+under a mesh, use `fused_distill_sharded`, which runs each device's tokens locally via
+shard_map and psums the two scalars (the unembedding gradient is psummed by the transpose).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from srpo_jax.kernels.fused_distill import pallas_gpu, pallas_tpu, xla
+from srpo_jax.kernels.fused_distill.reference import FusedDistillOutput, fused_distill_reference
+
+IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas_gpu", "pallas_tpu")
+
+
+def resolve_implementation(implementation: str) -> str:
+    """Map "auto" to the back-end for the default device platform."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}")
+    if implementation != "auto":
+        return implementation
+    platform = jax.default_backend()
+    return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform, "xla")
+
+
+def _validate(hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, topk, alpha, tau, entropy_over, temp):
+    if hs_ND.ndim != 2 or ht_ND.shape != hs_ND.shape:
+        raise ValueError(
+            f"student_hidden_ND {hs_ND.shape} and teacher_hidden_ND {ht_ND.shape} must be "
+            "equal [N, D]"
+        )
+    n_tokens, d_model = hs_ND.shape
+    if ws_DV.ndim != 2 or ws_DV.shape[0] != d_model or wt_DV.shape != ws_DV.shape:
+        raise ValueError(
+            f"student_unembed_DV {ws_DV.shape} and teacher_unembed_DV {wt_DV.shape} must be "
+            f"equal [D={d_model}, V]"
+        )
+    if mask_N.shape != (n_tokens,):
+        raise ValueError(f"mask_N has shape {mask_N.shape}; expected ({n_tokens},)")
+    if tw_N is not None and tw_N.shape != (n_tokens,):
+        raise ValueError(f"token_weight_N has shape {tw_N.shape}; expected ({n_tokens},)")
+    if not 1 <= topk <= ws_DV.shape[1]:
+        raise ValueError(f"topk={topk} must lie in [1, V={ws_DV.shape[1]}]")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must lie in [0, 1]")
+    if tau <= 0.0 or temp <= 0.0:
+        raise ValueError(f"tau={tau} and temperature={temp} must be positive")
+    if entropy_over not in ("vocab", "buckets"):
+        raise ValueError(f"entropy_over={entropy_over!r}; expected 'vocab' or 'buckets'")
+
+
+def fused_distill(
+    student_hidden_ND: jax.Array,
+    teacher_hidden_ND: jax.Array,
+    student_unembed_DV: jax.Array,
+    teacher_unembed_DV: jax.Array,
+    mask_N: jax.Array,
+    token_weight_N: jax.Array | None = None,
+    *,
+    topk: int = 100,
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    add_tail: bool = True,
+    entropy_over: str = "vocab",
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    implementation: str = "auto",
+    interpret: bool = False,
+) -> FusedDistillOutput:
+    """SDPO distillation numerator and entropy-weight normaliser (see module docstring).
+
+    interpret=True runs the Pallas kernels in interpret mode (CPU tests).
+    """
+    _validate(
+        student_hidden_ND,
+        teacher_hidden_ND,
+        student_unembed_DV,
+        teacher_unembed_DV,
+        mask_N,
+        token_weight_N,
+        topk,
+        alpha,
+        tau,
+        entropy_over,
+        temperature,
+    )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be positive")
+    impl = resolve_implementation(implementation)
+    if token_weight_N is None:
+        token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
+    args = (student_hidden_ND, teacher_hidden_ND, student_unembed_DV, teacher_unembed_DV)
+    args += (mask_N, token_weight_N)
+    loss_kwargs = dict(
+        topk=topk,
+        alpha=float(alpha),
+        tau=float(tau),
+        add_tail=bool(add_tail),
+        entropy_over=entropy_over,
+        temperature=float(temperature),
+    )
+    if impl == "reference":
+        return fused_distill_reference(*args, **loss_kwargs)
+    stats = {
+        "xla": xla.xla_vocab_stats,
+        "pallas_gpu": pallas_gpu.GpuVocabStats(interpret=interpret),
+        "pallas_tpu": pallas_tpu.TpuVocabStats(interpret=interpret),
+    }[impl]
+    cfg = xla.ChunkedConfig(chunk_size=chunk_size, stats=stats, **loss_kwargs)
+    return xla.chunked_fused_distill(cfg, *args)
+
+
+def fused_distill_sharded(
+    mesh: jax.sharding.Mesh,
+    student_hidden_ND: jax.Array,
+    teacher_hidden_ND: jax.Array,
+    student_unembed_DV: jax.Array,
+    teacher_unembed_DV: jax.Array,
+    mask_N: jax.Array,
+    token_weight_N: jax.Array | None = None,
+    *,
+    token_axes: tuple[str, ...] = ("data", "fsdp"),
+    **kwargs,
+) -> FusedDistillOutput:
+    """fused_distill with tokens split over `token_axes` of `mesh`, scalars psummed.
+
+    N must divide by the product of the token axes' sizes (pad with masked rows). The
+    unembeddings enter replicated (gathered once, as FSDP does for any weight use).
+    """
+    n_shards = 1
+    for axis in token_axes:
+        n_shards *= mesh.shape[axis]
+    if student_hidden_ND.shape[0] % n_shards:
+        raise ValueError(
+            f"N={student_hidden_ND.shape[0]} tokens do not split over {n_shards} shards of "
+            f"mesh axes {token_axes}; pad with masked rows"
+        )
+    if token_weight_N is None:
+        token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
+    tok = P(token_axes)
+
+    @functools.partial(
+        jax.shard_map,
+        mesh=mesh,
+        in_specs=(tok, tok, P(), P(), tok, tok),
+        out_specs=FusedDistillOutput(P(), P(), tok, tok),
+        # Pallas out_shapes carry no varying-axes type; shard_map's transpose then sums the
+        # replicated unembedding's cotangent over the token shards itself.
+        check_vma=False,
+    )
+    def local(hs, ht, ws, wt, mask, tw):
+        out = fused_distill(hs, ht, ws, wt, mask, tw, **kwargs)
+        return out._replace(
+            numerator=jax.lax.psum(out.numerator, token_axes),
+            z=jax.lax.psum(out.z, token_axes),
+        )
+
+    return local(
+        student_hidden_ND,
+        teacher_hidden_ND,
+        student_unembed_DV,
+        teacher_unembed_DV,
+        mask_N,
+        token_weight_N,
+    )

@@ -1,0 +1,280 @@
+"""Token-chunked fused distillation loss in plain XLA, gradient computed in the forward pass.
+
+Per chunk of C tokens (lax.scan over chunks, so only one chunk's [C, V] logits is live):
+  1. student and teacher logits with ordinary matmuls (bf16 in, fp32 accumulate),
+  2. lax.top_k on the student chunk (top-k does not lower inside Pallas kernels),
+  3. one streaming pass over V for both log-sum-exps, the teacher entropy and the mass
+     outside the top-k (`stats`, which the Pallas back-ends replace with their kernels),
+  4. gather at the top-k ids, tail bucket, JSD and its closed-form gradient,
+  5. the gradient wrt the student logits contracted at once into d(hidden) [C, D] and
+     accumulated into d(unembedding) [D, V].
+
+Closed-form gradient. With buckets A (student) and B (teacher) of exact log-probs:
+  dD/dA_j = (1-a) p_j (A_j - log M_j)    for 0 < a < 1 (the log M terms cancel),
+  dD/dA_j = -q_j                          for a = 0 (KL(P_t||P_s)),
+  dD/dA_j = p_j (A_j - B_j + 1)           for a = 1 (KL(P_s||P_t)).
+Tail bucket. SPEC's A_k = log(-expm1(min(log S, -1e-7))), S = sum_{i<k} p_i, cancels in
+fp32 when S is near 1 (error ~ eps / (1 - S), amplified by the teacher's tail mass when
+alpha < 1). We evaluate the same number as the log-mass outside the top-k,
+A_k = max(lse(z over {z < thr}) - lse(z), log(-expm1(-1e-7))), thr = k-th largest student
+logit, with the sums taken in the streaming pass; its gradient is
+dA_k/dz = [z < thr] softmax_rest(z) - softmax(z) (zero when floored). Rows where a logit tied
+with thr was left out of the top-k use SPEC's form, whose gradient is
+dA_k/dA_i = -exp(A_i - A_k) (unclamped case). With G the top-k gradient and g_k the tail's,
+  dD/dz = scatter(K, G) + g_k [z < thr] softmax_rest(z) - (sum_i G_i + g_k) softmax(z)
+(rest form; SPEC form: G_i - g_k exp(A_i - A_k) in the scatter and no rest term), and the
+temperature adds a factor 1/T on the way back to the raw logits h @ W.
+
+Only the numerator is differentiable; z, divergence_N and entropy_N carry no gradient, and
+the teacher inputs, mask and token weights get zero cotangents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from srpo_jax.kernels.fused_distill.reference import (
+    TAIL_LOG_MASS_CAP,
+    TAIL_LOG_PROB_FLOOR,
+    FusedDistillOutput,
+)
+
+f32 = jnp.float32
+
+
+class VocabStats(NamedTuple):
+    """Per-row results of the streaming vocabulary pass (all fp32 [C])."""
+
+    lse_s: jax.Array  # logsumexp of the student row
+    lse_t: jax.Array  # logsumexp of the teacher row
+    ent_t: jax.Array  # teacher entropy over the full row
+    rest_s: jax.Array  # logsumexp of the student over {z_s < thr}
+    rest_t: jax.Array  # logsumexp of the teacher over {z_s < thr}
+    ties: jax.Array  # count of z_s == thr (float)
+
+
+def xla_vocab_stats(zs_CV: jax.Array, zt_CV: jax.Array, thr_C: jax.Array) -> VocabStats:
+    """The vocabulary pass in XLA; thr_C is the k-th largest student logit of each row."""
+    lse_s_C = jax.nn.logsumexp(zs_CV, axis=-1)
+    lse_t_C = jax.nn.logsumexp(zt_CV, axis=-1)
+    q_CV = jnp.exp(zt_CV - lse_t_C[:, None])
+    # H = lse - E_q[z], one pass with no [C, V] log-prob temporary.
+    ent_C = lse_t_C - jnp.sum(q_CV * zt_CV, axis=-1)
+    rest_CV = zs_CV < thr_C[:, None]
+    rest_s_C = jax.nn.logsumexp(jnp.where(rest_CV, zs_CV, -jnp.inf), axis=-1)
+    rest_t_C = jax.nn.logsumexp(jnp.where(rest_CV, zt_CV, -jnp.inf), axis=-1)
+    ties_C = jnp.sum(zs_CV == thr_C[:, None], axis=-1).astype(f32)
+    return VocabStats(lse_s_C, lse_t_C, ent_C, rest_s_C, rest_t_C, ties_C)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkedConfig:
+    """Static settings of one chunked run (hashable: it is a custom_vjp nondiff argument)."""
+
+    topk: int
+    alpha: float
+    tau: float
+    add_tail: bool
+    entropy_over: str
+    temperature: float
+    chunk_size: int
+    stats: Callable = xla_vocab_stats
+
+
+def _spec_tail(lp_CK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """SPEC's tail log(-expm1(min(lse, -1e-7))) and whether its clamp is inactive."""
+    lse_C = jax.nn.logsumexp(lp_CK, axis=-1)
+    tail_C = jnp.log(-jnp.expm1(jnp.minimum(lse_C, TAIL_LOG_MASS_CAP)))
+    return tail_C, lse_C < TAIL_LOG_MASS_CAP
+
+
+def bucket_jsd_and_grad(A_CB: jax.Array, B_CB: jax.Array, alpha: float):
+    """D per row and dD/dA over the buckets, treating every bucket as a free variable."""
+    p, q = jnp.exp(A_CB), jnp.exp(B_CB)
+    if alpha == 0.0:
+        return jnp.sum(q * (B_CB - A_CB), axis=-1), -q
+    if alpha == 1.0:
+        return jnp.sum(p * (A_CB - B_CB), axis=-1), p * (A_CB - B_CB + 1.0)
+    log_m = jnp.logaddexp(A_CB + math.log(1.0 - alpha), B_CB + math.log(alpha))
+    kl_s_C = jnp.sum(p * (A_CB - log_m), axis=-1)
+    kl_t_C = jnp.sum(q * (B_CB - log_m), axis=-1)
+    return (1.0 - alpha) * kl_s_C + alpha * kl_t_C, (1.0 - alpha) * p * (A_CB - log_m)
+
+
+def _tail_buckets(cfg, a_CK, b_CK, top_CK, st: VocabStats):
+    """Append the tail bucket to student (A) and teacher (B) log-probs; see module docstring.
+
+    Returns A, B and the pieces the gradient needs: which form each row used and whether
+    its clamp is inactive.
+    """
+    thr_C = top_CK[:, -1]
+    # Logits tied with the k-th that top_k left out belong to neither the top-k nor
+    # {z < thr}; such (rare) rows fall back to SPEC's literal form.
+    chosen_ties_C = jnp.sum(top_CK == thr_C[:, None], axis=-1).astype(f32)
+    exact_C = st.ties <= chosen_ties_C
+    rest_a_C, rest_b_C = st.rest_s - st.lse_s, st.rest_t - st.lse_t
+    spec_a_C, spec_free_C = _spec_tail(a_CK)
+    spec_b_C, _ = _spec_tail(b_CK)
+    tail_a_C = jnp.where(exact_C, jnp.maximum(rest_a_C, TAIL_LOG_PROB_FLOOR), spec_a_C)
+    tail_b_C = jnp.where(exact_C, jnp.maximum(rest_b_C, TAIL_LOG_PROB_FLOOR), spec_b_C)
+    rest_free_C = exact_C & (rest_a_C > TAIL_LOG_PROB_FLOOR)
+    spec_free_C = ~exact_C & spec_free_C
+    A = jnp.concatenate([a_CK, tail_a_C[:, None]], axis=-1)
+    B = jnp.concatenate([b_CK, tail_b_C[:, None]], axis=-1)
+    return A, B, rest_free_C, spec_free_C
+
+
+def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_grad: bool):
+    """Loss pieces (and gradients) for one chunk of C tokens."""
+    inv_t = 1.0 / cfg.temperature
+    # fp32 logits from bf16 operands via the accumulator type, never by upcasting W: an
+    # explicit astype on the [D, V] matrix would be loop-invariant and XLA would hoist a full
+    # fp32 copy out of the scan.
+    zs_CV = jnp.einsum("cd,dv->cv", hs_CD, ws_DV, preferred_element_type=f32) * inv_t
+    zt_CV = jnp.einsum("cd,dv->cv", ht_CD, wt_DV, preferred_element_type=f32) * inv_t
+    top_CK, ids_CK = jax.lax.top_k(zs_CV, cfg.topk)
+    # Log-sum-exps and entropy in fp32: the JSD lives in small log-prob differences.
+    st = cfg.stats(zs_CV, zt_CV, top_CK[:, -1])
+    a_CK = top_CK - st.lse_s[:, None]
+    b_CK = jnp.take_along_axis(zt_CV, ids_CK, axis=-1) - st.lse_t[:, None]
+    if cfg.add_tail:
+        A, B, rest_free_C, spec_free_C = _tail_buckets(cfg, a_CK, b_CK, top_CK, st)
+    else:
+        A, B = a_CK, b_CK
+    div_C, g_CB = bucket_jsd_and_grad(A, B, cfg.alpha)
+    ent_C = st.ent_t
+    if cfg.entropy_over == "buckets":
+        ent_C = -jnp.sum(jnp.exp(B) * B, axis=-1)
+    u_C = jnp.exp(-ent_C / cfg.tau)
+    live_C = mask_C > 0
+    coef_C = jnp.where(live_C, mask_C * u_C * tw_C, 0.0)
+    # where(), not a product, so a masked row with a non-finite D cannot poison the sums.
+    num_C = jnp.where(live_C, coef_C * div_C, 0.0)
+    z_C = jnp.where(live_C, mask_C * u_C, 0.0)
+    out = (num_C, z_C, div_C, ent_C)
+    if not with_grad:
+        return out, None
+    g_CB = jnp.where(live_C[:, None], g_CB * coef_C[:, None], 0.0)
+    g_CK = g_CB[:, : cfg.topk]
+    rest_g_C = jnp.zeros_like(coef_C)
+    if cfg.add_tail:
+        g_tail_C = g_CB[:, -1]
+        # SPEC form: dA_k/dA_i = -exp(A_i - A_k).
+        spec_g_C = jnp.where(spec_free_C, g_tail_C, 0.0)
+        g_CK = g_CK - spec_g_C[:, None] * jnp.exp(a_CK - A[:, -1:])
+        # Rest form: dA_k/dz = [z < thr] softmax_rest(z) - softmax(z).
+        rest_g_C = jnp.where(rest_free_C, g_tail_C, 0.0)
+    s_C = jnp.sum(g_CK, axis=-1) + rest_g_C
+    dz_CV = -s_C[:, None] * jnp.exp(zs_CV - st.lse_s[:, None])
+    if cfg.add_tail:
+        shift_C = jnp.where(rest_free_C, st.rest_s, 0.0)
+        in_rest_CV = zs_CV < top_CK[:, -1:]
+        dz_CV += jnp.where(in_rest_CV, rest_g_C[:, None] * jnp.exp(zs_CV - shift_C[:, None]), 0.0)
+    # At the top-k ids, G_i - S p_i cancels when p_i ~ 1 (peaked rows); write it instead as
+    # G_i (1 - p_i) - (S - G_i) p_i with 1 - p_i = -expm1(A_i) and S - G_i from exclusive
+    # prefix and suffix sums, so no large terms cancel. top_k ids are distinct: set, not add.
+    zero_C1 = jnp.zeros_like(g_CK[:, :1])
+    before_CK = jnp.concatenate([zero_C1, jnp.cumsum(g_CK, axis=-1)[:, :-1]], axis=-1)
+    after_CK = jnp.concatenate([jnp.cumsum(g_CK[:, ::-1], axis=-1)[:, -2::-1], zero_C1], axis=-1)
+    others_CK = before_CK + after_CK + rest_g_C[:, None]
+    top_dz_CK = -g_CK * jnp.expm1(a_CK) - others_CK * jnp.exp(a_CK)
+    rows_C1 = jnp.arange(dz_CV.shape[0])[:, None]
+    dz_CV = dz_CV.at[rows_C1, ids_CK].set(top_dz_CK) * inv_t
+    dz_CV = dz_CV.astype(ws_DV.dtype)
+    dh_CD = jnp.einsum("cv,dv->cd", dz_CV, ws_DV, preferred_element_type=f32)
+    dw_DV = jnp.einsum("cd,cv->dv", hs_CD, dz_CV, preferred_element_type=f32)
+    return out, (dh_CD.astype(hs_CD.dtype), dw_DV)
+
+
+def _run(cfg: ChunkedConfig, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad: bool):
+    """Pad tokens to whole chunks and scan; returns outputs and (optionally) student grads."""
+    n_tokens = hs_ND.shape[0]
+    chunk = min(cfg.chunk_size, -(-n_tokens // 8) * 8)
+    n_pad = -(-n_tokens // chunk) * chunk
+    n_chunks = n_pad // chunk
+
+    def split(x):
+        pad = [(0, n_pad - n_tokens)] + [(0, 0)] * (x.ndim - 1)
+        return jnp.pad(x, pad).reshape(n_chunks, chunk, *x.shape[1:])
+
+    xs = (split(hs_ND), split(ht_ND), split(mask_N), split(tw_N))
+
+    def body(dw_acc, x):
+        out, grads = _chunk(cfg, x[0], x[1], ws_DV, wt_DV, x[2], x[3], with_grad)
+        if not with_grad:
+            return dw_acc, (out, None)
+        dh_CD, dw_DV = grads
+        return dw_acc + dw_DV, (out, dh_CD)
+
+    dw0 = None
+    if with_grad:
+        dw0 = jnp.zeros(ws_DV.shape, f32)
+        # Under shard_map the per-chunk dW varies over the token axes like the hidden states.
+        vma = tuple(jax.typeof(hs_ND).manual_axis_type.varying)
+        if vma:
+            dw0 = jax.lax.pcast(dw0, vma, to="varying")
+    dw_DV, (outs, dh) = jax.lax.scan(body, dw0, xs)
+    num_N, z_N, div_N, ent_N = (o.reshape(n_pad)[:n_tokens] for o in outs)
+    result = FusedDistillOutput(jnp.sum(num_N), jnp.sum(z_N), div_N, ent_N)
+    if not with_grad:
+        return result, None
+    dh_ND = dh.reshape(n_pad, -1)[:n_tokens]
+    return result, (dh_ND, dw_DV.astype(ws_DV.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N):
+    return _run(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad=False)[0]
+
+
+def _fused_fwd(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N):
+    out, grads = _run(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad=True)
+    # ws_DV[:0] is an empty stand-in that keeps the unembedding's dtype and sharding type.
+    return out, (grads, ws_DV[:0])
+
+
+def _fused_bwd(cfg, res, ct):
+    (dh_ND, dw_DV), ws_like = res
+    ct_num = ct.numerator.astype(f32)
+    dh_ND = (dh_ND.astype(f32) * ct_num).astype(dh_ND.dtype)
+    dw_DV = dw_DV.astype(f32) * ct_num
+    # Under shard_map a replicated unembedding's cotangent is the sum over the token shards.
+    extra = jax.typeof(dw_DV).manual_axis_type.varying
+    extra -= jax.typeof(ws_like).manual_axis_type.varying
+    if extra:
+        dw_DV = jax.lax.psum(dw_DV, tuple(sorted(extra)))
+    # None: zero cotangent for the teacher inputs, mask and token weights.
+    return (dh_ND, None, dw_DV.astype(ws_like.dtype), None, None, None)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def chunked_fused_distill(
+    cfg: ChunkedConfig,
+    student_hidden_ND: jax.Array,
+    teacher_hidden_ND: jax.Array,
+    student_unembed_DV: jax.Array,
+    teacher_unembed_DV: jax.Array,
+    mask_N: jax.Array,
+    token_weight_N: jax.Array,
+) -> FusedDistillOutput:
+    """Chunked fused distillation with closed-form gradients; `cfg.stats` picks the back-end."""
+    mask_N = jax.lax.stop_gradient(mask_N.astype(f32))
+    token_weight_N = jax.lax.stop_gradient(token_weight_N.astype(f32))
+    return _fused(
+        cfg,
+        student_hidden_ND,
+        jax.lax.stop_gradient(teacher_hidden_ND),
+        student_unembed_DV,
+        jax.lax.stop_gradient(teacher_unembed_DV),
+        mask_N,
+        token_weight_N,
+    )
