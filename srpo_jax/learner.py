@@ -27,8 +27,10 @@ One call of `train_step(state, batch)` is one training step of SPEC section 10:
 4. EMA teacher: phi <- (1 - rate) phi + rate theta, only if some update of the step was
    applied (SPEC 9).
 
-Deviations from SPEC, deliberate: none in the maths. `srpo_no_dw` uses tau = inf, which
-makes u_t = exp(-0) = 1 exactly, i.e. w_t = 1.
+Deviations from SPEC, deliberate: none in the maths. Methods without entropy weights
+(`srpo_no_dw`, `sdpo`) call the kernel with tau = inf, which makes u_t = exp(-0) = 1
+exactly, i.e. w_t = 1 and Z = |S|. Step metrics that are means within a micro-batch are
+averaged over micro-batches (exact with one micro-batch).
 """
 
 from __future__ import annotations
@@ -42,12 +44,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from srpo_jax.algo import losses
-from srpo_jax.kernels import chunked_vocab
-from srpo_jax.kernels.fused_distill import api as fused_api
+from srpo_jax.forward import denominator, micro_objective, student_logp, teacher_entropy_sum
 from srpo_jax.sharding import named_sharding
 
 METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
@@ -102,7 +101,8 @@ class LearnerConfig:
 
     @property
     def effective_tau(self) -> float:
-        return math.inf if self.method == "srpo_no_dw" else self.tau
+        """The fused kernel's tau: inf (u = 1, Z = |S|) for methods without entropy weights."""
+        return self.tau if self.method == "srpo" else math.inf
 
     @property
     def uses_sdpo(self) -> bool:
@@ -151,199 +151,6 @@ def init_state(params: Any, cfg: LearnerConfig, mesh: Mesh | None = None) -> Tra
     return build(params)
 
 
-# ----------------------------------------------------------------------------- forward
-
-
-def _forward_hidden(graphdef, params, ids_BS, mask_BS, prompt_len: int, resp_len: int):
-    """Final hidden states at the positions that predict response tokens: [B, R, D]."""
-    model = nnx.merge(graphdef, params)
-    h_BSD = model.hidden_states(ids_BS, attention_mask_BT=mask_BS)
-    return h_BSD[:, prompt_len - 1 : prompt_len - 1 + resp_len], model.unembedding()
-
-
-def _dims(mb):
-    s = mb["input_ids"].shape[-1]
-    r = mb["response_ids"].shape[-1]
-    ts = mb["teacher_input_ids"].shape[-1]
-    return s - r, r, ts - r, mb["teacher_input_ids"].shape[-2]
-
-
-def _student_logp(cfg, graphdef, params, mb):
-    p_len, r_len, _, _ = _dims(mb)
-    h_BRD, w_DV = _forward_hidden(
-        graphdef, params, mb["input_ids"], mb["attention_mask"], p_len, r_len
-    )
-    b, r, d = h_BRD.shape
-    logp_BR = chunked_vocab.token_logprobs(
-        h_BRD.reshape(b * r, d),
-        w_DV,
-        mb["response_ids"].reshape(-1),
-        temperature=cfg.temperature,
-        chunk_size=cfg.chunk_size,
-    ).reshape(b, r)
-    return logp_BR, h_BRD, w_DV
-
-
-def _teacher_hidden(graphdef, teacher_params, mb):
-    _, r_len, tp_len, _ = _dims(mb)
-    teacher_params = jax.lax.stop_gradient(teacher_params)
-    return _forward_hidden(
-        graphdef,
-        teacher_params,
-        mb["teacher_input_ids"],
-        mb["teacher_attention_mask"],
-        tp_len,
-        r_len,
-    )
-
-
-def _teacher_token_mask(mb):
-    """[M, R] validity of teacher tokens: the source row's response mask, padded rows off."""
-    src_resp = jnp.take(mb["response_mask"], mb["teacher_src"], axis=0)
-    return src_resp * mb["teacher_valid"][:, None].astype(jnp.float32)
-
-
-def _token_scale(cfg, mb):
-    """Per-token aggregation factor [B, R]: 1 (token-mean) or 1/|y_i| (seq-mean-token-mean)."""
-    mask = mb["response_mask"]
-    if cfg.loss_agg == "token-mean":
-        return mask
-    return mask / jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
-
-
-def teacher_entropy_sum(cfg, graphdef, teacher_params, mb) -> tuple[jax.Array, jax.Array]:
-    """(Z, |S|) of one micro-batch: sum of exp(-H/tau) and count over routed SDPO tokens."""
-    _, _, _, m_rows = _dims(mb)
-    if m_rows == 0 or not cfg.uses_sdpo:
-        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-    ht_MRD, wt_DV = _teacher_hidden(graphdef, teacher_params, mb)
-    m, r, d = ht_MRD.shape
-    ent_MR = chunked_vocab.token_entropy(
-        ht_MRD.reshape(m * r, d), wt_DV, temperature=cfg.temperature, chunk_size=cfg.chunk_size
-    ).reshape(m, r)
-    mask_MR = _teacher_token_mask(mb) * jnp.take(mb["sdpo_rows"], mb["teacher_src"])[:, None]
-    u_MR = jnp.exp(-ent_MR / cfg.effective_tau)
-    return jnp.sum(u_MR * mask_MR), jnp.sum(mask_MR)
-
-
-# ----------------------------------------------------------------------------- objective
-
-
-def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo_scale):
-    """Numerator of SPEC 7 for one micro-batch (to be divided by the mini-batch denominator).
-
-    sdpo_scale: |S| / Z of the whole mini-batch when known (pre-pass), or None to use this
-    micro-batch's own Z (exact when the mini-batch is one micro-batch).
-    Returns (numerator, aux) where aux holds Z, |S| and metric sums.
-    """
-    _, _, _, m_rows = _dims(mb)
-    logp_BR, h_BRD, w_DV = _student_logp(cfg, graphdef, params, mb)
-    old_BR = jax.lax.stop_gradient(logp_BR) if old_logp_BR is None else old_logp_BR
-    resp_BR = mb["response_mask"]
-    scale_BR = _token_scale(cfg, mb)
-    valid_B = mb["row_valid"].astype(jnp.float32)
-    adv_BR = jnp.broadcast_to(mb["advantages"][:, None], logp_BR.shape)
-    aux = {}
-
-    teacher_needed = m_rows > 0 and cfg.method != "grpo"
-    if teacher_needed:
-        ht_MRD, wt_DV = _teacher_hidden(graphdef, teacher_params, mb)
-        src_M = mb["teacher_src"]
-        tmask_MR = _teacher_token_mask(mb)
-        m, r, d = ht_MRD.shape
-
-    if cfg.method == "advantage_mix" and teacher_needed:
-        # A^SDPO_t = sg(log pi_phi(y_t) - log pi_theta(y_t)) on rows with a teacher (SPEC 8).
-        t_logp_MR = chunked_vocab.token_logprobs(
-            ht_MRD.reshape(m * r, d),
-            wt_DV,
-            jnp.take(mb["response_ids"], src_M, axis=0).reshape(-1),
-            temperature=cfg.temperature,
-            chunk_size=cfg.chunk_size,
-        ).reshape(m, r)
-        s_logp_MR = jnp.take(jax.lax.stop_gradient(logp_BR), src_M, axis=0)
-        bonus_MR = jax.lax.stop_gradient(t_logp_MR - s_logp_MR) * tmask_MR
-        bonus_BR = jnp.zeros_like(logp_BR).at[src_M].add(bonus_MR)
-        adv_BR = adv_BR + cfg.adv_mix_lambda * bonus_BR
-
-    grpo_rows_B = mb["grpo_rows"].astype(jnp.float32) * valid_B
-    grpo_tok_BR = losses.grpo_token_loss(
-        logp_BR,
-        old_BR,
-        mb["rollout_logprobs"],
-        adv_BR,
-        resp_BR,
-        clip_low=cfg.clip_low,
-        clip_high=cfg.clip_high,
-        dual_clip=cfg.dual_clip,
-        tis_cap=cfg.tis_cap,
-    )
-    numerator = jnp.sum(grpo_tok_BR * scale_BR * grpo_rows_B[:, None])
-
-    z = jnp.zeros((), jnp.float32)
-    s_count = jnp.zeros((), jnp.float32)
-    ent_sum = jnp.zeros((), jnp.float32)
-    if cfg.uses_sdpo and teacher_needed:
-        sdpo_M = jnp.take(mb["sdpo_rows"].astype(jnp.float32) * valid_B, src_M)
-        mask_MR = tmask_MR * sdpo_M[:, None]
-        # Per-token multiplier, stop-gradient: min(ratio, is_clip) * w_IS * aggregation factor.
-        log_ratio_BR = jnp.clip(logp_BR - old_BR, -20.0, 20.0)
-        w_is_BR = jnp.minimum(
-            jnp.exp(jnp.clip(old_BR - mb["rollout_logprobs"], -20.0, 20.0)), cfg.tis_cap
-        )
-        c_BR = jnp.minimum(jnp.exp(log_ratio_BR), cfg.is_clip) * w_is_BR * scale_BR
-        c_MR = jax.lax.stop_gradient(jnp.take(c_BR, src_M, axis=0))
-        hs_MRD = jnp.take(h_BRD, src_M, axis=0)
-        out = fused_api.fused_distill(
-            hs_MRD.reshape(m * r, d),
-            ht_MRD.reshape(m * r, d),
-            w_DV,
-            wt_DV,
-            mask_MR.reshape(-1),
-            c_MR.reshape(-1),
-            topk=cfg.topk,
-            alpha=cfg.alpha,
-            tau=cfg.effective_tau,
-            add_tail=cfg.add_tail,
-            entropy_over=cfg.entropy_over,
-            temperature=cfg.temperature,
-            chunk_size=cfg.chunk_size,
-            implementation="reference" if cfg.loss_impl == "plain" else cfg.fused_implementation,
-        )
-        z = out.z
-        s_count = jnp.sum(mask_MR)
-        scale = (s_count / jnp.maximum(z, 1e-30)) if sdpo_scale is None else sdpo_scale
-        numerator = numerator + jax.lax.stop_gradient(scale) * out.numerator
-        ent_sum = jnp.sum(out.entropy_N * mask_MR.reshape(-1))
-        u_N = jnp.exp(-out.entropy_N / cfg.effective_tau)
-        w_N = jnp.where(mask_MR.reshape(-1) > 0, u_N * scale, jnp.nan)
-        aux["weight_max"] = jnp.nanmax(jnp.where(s_count > 0, w_N, 0.0))
-        aux["weight_min"] = jnp.nanmin(jnp.where(s_count > 0, w_N, 0.0))
-        aux["divergence_sum"] = jnp.sum(out.divergence_N * mask_MR.reshape(-1))
-
-    # metric sums (divided by counts in the step)
-    ratio_BR = jnp.exp(jnp.clip(logp_BR - old_BR, -20.0, 20.0))
-    g_mask = resp_BR * grpo_rows_B[:, None]
-    aux.update(
-        z=z,
-        sdpo_tokens=s_count,
-        entropy_sum=ent_sum,
-        grpo_tokens=jnp.sum(g_mask),
-        clip_high_tokens=jnp.sum(g_mask * (adv_BR > 0) * (ratio_BR > 1 + cfg.clip_high)),
-        clip_low_tokens=jnp.sum(g_mask * (adv_BR < 0) * (ratio_BR < 1 - cfg.clip_low)),
-        logp_gap_sum=jnp.sum(jnp.abs(old_BR - mb["rollout_logprobs"]) * resp_BR),
-        logp_gap_max=jnp.max(jnp.abs(old_BR - mb["rollout_logprobs"]) * resp_BR),
-    )
-    return numerator, aux
-
-
-def _denominator(cfg, mini):
-    """One denominator per optimisation batch (SPEC 7)."""
-    if cfg.loss_agg == "token-mean":
-        return jnp.sum(mini["response_mask"] * mini["row_valid"][..., None])
-    return jnp.sum(mini["row_valid"].astype(jnp.float32))
-
-
 # ----------------------------------------------------------------------------- the step
 
 
@@ -360,7 +167,7 @@ def train_step_fn(cfg: LearnerConfig, graphdef, state: TrainState, batch: dict):
     if n_mini > 1:
         # pi_old for every row before any update (forward only).
         def old_micro(mb):
-            return _student_logp(cfg, graphdef, state.params, mb)[0]
+            return student_logp(cfg, graphdef, state.params, mb)[0]
 
         old_logp = jax.lax.map(
             lambda mini: jax.lax.map(old_micro, mini), batch
@@ -372,9 +179,15 @@ def train_step_fn(cfg: LearnerConfig, graphdef, state: TrainState, batch: dict):
     def one_update(carry, xs):
         params, opt_state, applied, skipped = carry
         mini, old_mini = xs
-        denom = jnp.maximum(_denominator(cfg, mini), 1.0)
+        denom = jnp.maximum(denominator(cfg, mini), 1.0)
         sdpo_scale = None
-        if n_micro > 1 and cfg.uses_sdpo:
+        if n_micro > 1 and cfg.method == "srpo":
+            if cfg.entropy_over != "vocab":
+                raise ValueError(
+                    "entropy_over='buckets' with several micro-batches is not supported: the "
+                    "teacher-entropy pre-pass computes full-vocabulary entropies; set "
+                    "train.micro_batch_rows to the mini-batch rows or entropy_over='vocab'"
+                )
             zs, ss = jax.lax.map(
                 lambda mb: teacher_entropy_sum(cfg, graphdef, state.teacher, mb), mini
             )
@@ -449,13 +262,13 @@ def train_step_fn(cfg: LearnerConfig, graphdef, state: TrainState, batch: dict):
         skipped_updates=state.skipped_updates + skipped,
         consecutive_skips=jnp.where(applied, 0, state.consecutive_skips + 1),
     )
-    return new_state, _step_metrics(aux, lr, skipped, n_mini)
+    return new_state, _step_metrics(aux, lr, skipped, n_mini, n_micro)
 
 
 def _merge_aux(a, b):
     out = {}
     for k in a:
-        if k.endswith("_max"):
+        if k.endswith("_max") or k.endswith("/max") or k.endswith("/p99"):
             out[k] = jnp.maximum(a[k], b[k])
         elif k.endswith("_min"):
             out[k] = jnp.minimum(a[k], b[k])
@@ -464,29 +277,28 @@ def _merge_aux(a, b):
     return out
 
 
-def _step_metrics(aux, lr, skipped, n_mini):
-    """Per-step metrics from per-update sums ([n_mini] leading axis)."""
-    s = {k: jnp.sum(v) for k, v in aux.items()}
-    sdpo_tok = jnp.maximum(s["sdpo_tokens"], 1.0)
-    grpo_tok = jnp.maximum(s["grpo_tokens"], 1.0)
-    metrics = {
-        "loss": s["loss"] / n_mini,
-        "grad_norm": jnp.max(aux["grad_norm"]),
-        "lr": lr,
-        "skipped_updates": skipped.astype(jnp.float32),
-        "sdpo/tokens": s["sdpo_tokens"],
-        "grpo/tokens": s["grpo_tokens"],
-        "teacher/entropy_mean": s["entropy_sum"] / sdpo_tok,
-        "grpo/clip_high_frac": s["clip_high_tokens"] / grpo_tok,
-        "grpo/clip_low_frac": s["clip_low_tokens"] / grpo_tok,
-        "logp_gap/mean": s["logp_gap_sum"] / jnp.maximum(jnp.sum(aux["denominator"]), 1.0),
-        "logp_gap/max": jnp.max(aux["logp_gap_max"]),
-    }
-    if "weight_max" in aux:
-        metrics["sdpo/weight_max"] = jnp.max(aux["weight_max"])
-        metrics["sdpo/weight_min"] = jnp.min(aux["weight_min"])
-        metrics["sdpo/divergence_mean"] = s["divergence_sum"] / sdpo_tok
-    return metrics
+_SUMMED = ("loss", "sdpo/tokens", "sdpo/z", "skipped")
+
+
+def _step_metrics(aux, lr, skipped, n_mini, n_micro):
+    """Per-step metrics: sums for counts and the loss, maxima for maxima, means otherwise
+    (metrics that are means within a micro-batch are averaged over micro-batches)."""
+    out = {}
+    for k, v in aux.items():
+        if k in _SUMMED:
+            out[k] = jnp.sum(v)
+        elif k.endswith("_max") or k.endswith("/max") or k.endswith("/p99") or k == "grad_norm":
+            out[k] = jnp.max(v)
+        elif k.endswith("_min"):
+            out[k] = jnp.min(v)
+        elif k == "denominator":
+            continue
+        else:
+            out[k] = jnp.sum(v) / (n_mini * n_micro)
+    out["loss"] = out["loss"] / n_mini
+    out["lr"] = lr
+    out["skipped_updates"] = skipped.astype(jnp.float32)
+    return out
 
 
 # ----------------------------------------------------------------------------- jit wrapper

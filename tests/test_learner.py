@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from srpo_jax import batching, learner
+from srpo_jax import batching, forward, learner
 from srpo_jax.algo import advantages, routing
 from srpo_jax.model import Qwen3, tiny
 from srpo_jax.sharding import MeshConfig, create_sharded_model, make_mesh
@@ -169,12 +169,12 @@ def test_one_step_lowers_the_methods_own_objective(method):
     graphdef, state = fresh_state(cfg)
     batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=16, pad_id=0)
     mb = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), batch)
-    old_logp = learner._student_logp(cfg, graphdef, state.params, mb)[0]
-    teacher0 = state.teacher
+    old_logp = forward.student_logp(cfg, graphdef, state.params, mb)[0]
+    teacher0 = jax.device_get(state.teacher)  # state is donated by train_step
 
     def objective(params):
-        num, _ = learner.micro_objective(cfg, graphdef, params, teacher0, mb, old_logp, None)
-        return float(num / learner._denominator(cfg, jax.tree.map(lambda x: x[None], mb)))
+        num, _ = forward.micro_objective(cfg, graphdef, params, teacher0, mb, old_logp, None)
+        return float(num / forward.denominator(cfg, jax.tree.map(lambda x: x[None], mb)))
 
     before = objective(state.params)
     params0 = jax.device_get(state.params)

@@ -1,0 +1,206 @@
+"""The model side of one micro-batch's loss: student and teacher forwards feeding the objective.
+
+The learner (learner.py) owns the optimisation loop; this module turns one micro-batch
+of the packed batch (batching.py) into the numerator of SPEC 7:
+
+* student hidden states on [prompt | response] for every row, and the log-probs of the
+  sampled tokens, chunked over tokens (kernels/chunked_vocab.py);
+* teacher (EMA params, stop-gradient) hidden states on [reprompt | response] for the
+  packed routed rows only;
+* the SDPO tokens through the fused distillation kernel, the rest through
+  srpo_jax.algo.objective (the executable spec of the maths).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from srpo_jax.algo import objective
+from srpo_jax.kernels import chunked_vocab
+from srpo_jax.kernels.fused_distill import api as fused_api
+
+
+def _forward_hidden(graphdef, params, ids_BS, mask_BS, prompt_len: int, resp_len: int):
+    """Final hidden states at the positions that predict response tokens: [B, R, D]."""
+    model = nnx.merge(graphdef, params)
+    h_BSD = model.hidden_states(ids_BS, attention_mask_BT=mask_BS)
+    return h_BSD[:, prompt_len - 1 : prompt_len - 1 + resp_len], model.unembedding()
+
+
+def _dims(mb):
+    s = mb["input_ids"].shape[-1]
+    r = mb["response_ids"].shape[-1]
+    ts = mb["teacher_input_ids"].shape[-1]
+    return s - r, r, ts - r, mb["teacher_input_ids"].shape[-2]
+
+
+def student_logp(cfg, graphdef, params, mb):
+    p_len, r_len, _, _ = _dims(mb)
+    h_BRD, w_DV = _forward_hidden(
+        graphdef, params, mb["input_ids"], mb["attention_mask"], p_len, r_len
+    )
+    b, r, d = h_BRD.shape
+    logp_BR = chunked_vocab.token_logprobs(
+        h_BRD.reshape(b * r, d),
+        w_DV,
+        mb["response_ids"].reshape(-1),
+        temperature=cfg.temperature,
+        chunk_size=cfg.chunk_size,
+    ).reshape(b, r)
+    return logp_BR, h_BRD, w_DV
+
+
+def _teacher_hidden(graphdef, teacher_params, mb):
+    _, r_len, tp_len, _ = _dims(mb)
+    teacher_params = jax.lax.stop_gradient(teacher_params)
+    return _forward_hidden(
+        graphdef,
+        teacher_params,
+        mb["teacher_input_ids"],
+        mb["teacher_attention_mask"],
+        tp_len,
+        r_len,
+    )
+
+
+def _teacher_token_mask(mb):
+    """[M, R] validity of teacher tokens: the source row's response mask, padded rows off."""
+    src_resp = jnp.take(mb["response_mask"], mb["teacher_src"], axis=0)
+    return src_resp * mb["teacher_valid"][:, None].astype(jnp.float32)
+
+
+def teacher_entropy_sum(cfg, graphdef, teacher_params, mb) -> tuple[jax.Array, jax.Array]:
+    """(Z, |S|) of one micro-batch: sum of exp(-H/tau) and count over routed SDPO tokens."""
+    _, _, _, m_rows = _dims(mb)
+    if m_rows == 0 or not cfg.uses_sdpo:
+        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    ht_MRD, wt_DV = _teacher_hidden(graphdef, teacher_params, mb)
+    m, r, d = ht_MRD.shape
+    ent_MR = chunked_vocab.token_entropy(
+        ht_MRD.reshape(m * r, d), wt_DV, temperature=cfg.temperature, chunk_size=cfg.chunk_size
+    ).reshape(m, r)
+    mask_MR = _teacher_token_mask(mb) * jnp.take(mb["sdpo_rows"], mb["teacher_src"])[:, None]
+    u_MR = jnp.exp(-ent_MR / cfg.effective_tau)
+    return jnp.sum(u_MR * mask_MR), jnp.sum(mask_MR)
+
+
+def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo_scale):
+    """Numerator of SPEC 7 for one micro-batch (to be divided by the mini-batch denominator).
+
+    The maths is srpo_jax.algo.objective's (the executable spec, tested against float64
+    NumPy); this function feeds it: student log-probs for every row, and for the packed
+    teacher rows either the fused kernel's (sum u c D, Z) (SDPO methods) or the teacher
+    log-probs of the sampled tokens (advantage_mix).
+
+    sdpo_scale: |S| / Z of the whole mini-batch when known (pre-pass), or None to use this
+    micro-batch's own Z (exact when the mini-batch is one micro-batch).
+    Returns (numerator, metrics).
+    """
+    _, _, _, m_rows = _dims(mb)
+    logp_BR, h_BRD, w_DV = student_logp(cfg, graphdef, params, mb)
+    old_BR = jax.lax.stop_gradient(logp_BR) if old_logp_BR is None else old_logp_BR
+    valid_B = mb["row_valid"]
+    resp_BR = mb["response_mask"] * valid_B[:, None]
+    sdpo_B = mb["sdpo_rows"] & valid_B
+    rollout_BR = mb["rollout_logprobs"]
+    entropy_BR = jnp.zeros_like(logp_BR)
+    fused = teacher_logp_BR = has_teacher_B = None
+
+    if m_rows > 0 and cfg.method != "grpo":
+        ht_MRD, wt_DV = _teacher_hidden(graphdef, teacher_params, mb)
+        src_M, tvalid_M = mb["teacher_src"], mb["teacher_valid"].astype(jnp.float32)
+        m, r, d = ht_MRD.shape
+        if cfg.method == "advantage_mix":
+            t_logp_MR = chunked_vocab.token_logprobs(
+                ht_MRD.reshape(m * r, d),
+                wt_DV,
+                jnp.take(mb["response_ids"], src_M, axis=0).reshape(-1),
+                temperature=cfg.temperature,
+                chunk_size=cfg.chunk_size,
+            ).reshape(m, r)
+            teacher_logp_BR = jnp.zeros_like(logp_BR).at[src_M].add(t_logp_MR * tvalid_M[:, None])
+            has_teacher_B = jnp.zeros(logp_BR.shape[:1], jnp.float32).at[src_M].max(tvalid_M)
+        if cfg.uses_sdpo:
+            mult_BR = objective.sdpo_token_multiplier(
+                logp_BR,
+                old_BR,
+                rollout_BR,
+                resp_BR,
+                loss_agg=cfg.loss_agg,
+                is_clip=cfg.is_clip,
+                tis_cap=cfg.tis_cap,
+            )
+            routed_BR = objective.routed_token_mask(resp_BR, sdpo_B)
+            mask_MR = jnp.take(routed_BR, src_M, axis=0) * tvalid_M[:, None]
+            out = fused_api.fused_distill(
+                jnp.take(h_BRD, src_M, axis=0).reshape(m * r, d),
+                ht_MRD.reshape(m * r, d),
+                w_DV,
+                wt_DV,
+                mask_MR.reshape(-1),
+                jnp.take(mult_BR, src_M, axis=0).reshape(-1),
+                topk=cfg.topk,
+                alpha=cfg.alpha,
+                tau=cfg.effective_tau,
+                add_tail=cfg.add_tail,
+                entropy_over=cfg.entropy_over,
+                temperature=cfg.temperature,
+                chunk_size=cfg.chunk_size,
+                implementation="reference"
+                if cfg.loss_impl == "plain"
+                else cfg.fused_implementation,
+            )
+            fused = (out.numerator, out.z)
+            ent_MR = jax.lax.stop_gradient(out.entropy_N.reshape(m, r)) * mask_MR
+            entropy_BR = entropy_BR.at[src_M].add(ent_MR)
+
+    if has_teacher_B is None and cfg.method == "advantage_mix":  # nothing has a teacher
+        teacher_logp_BR = jnp.zeros_like(logp_BR)
+        has_teacher_B = jnp.zeros(logp_BR.shape[:1], jnp.float32)
+    parts, metrics = objective.objective_parts(
+        logp_BR,
+        old_BR,
+        rollout_BR,
+        mb["advantages"],
+        resp_BR,
+        sdpo_B,
+        None,
+        entropy_BR,
+        method=cfg.method,
+        loss_agg=cfg.loss_agg,
+        tau=cfg.tau,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        dual_clip=cfg.dual_clip,
+        tis_cap=cfg.tis_cap,
+        is_clip=cfg.is_clip,
+        teacher_logp_BT=teacher_logp_BR,
+        has_teacher_B=has_teacher_B,
+        mix_lambda=cfg.adv_mix_lambda,
+        fused_sdpo=fused if cfg.uses_sdpo else None,
+    )
+    if sdpo_scale is None:
+        numerator, _ = objective.combine(parts)
+    else:
+        numerator = parts.grpo_sum + jax.lax.stop_gradient(sdpo_scale) * parts.sdpo_sum
+    # Engine vs trainer log-prob gap (SPEC 4's rollout correction exists because of it).
+    gap_BR = jnp.abs(old_BR - rollout_BR)
+    metrics = {f"loss/{k}": v for k, v in metrics.items()}
+    metrics.update(
+        {
+            "logp_gap/mean": jnp.sum(gap_BR * resp_BR) / jnp.maximum(jnp.sum(resp_BR), 1.0),
+            "logp_gap/p99": jnp.nanpercentile(jnp.where(resp_BR > 0, gap_BR, jnp.nan), 99.0),
+            "logp_gap/max": jnp.max(gap_BR * resp_BR),
+            "sdpo/tokens": parts.sdpo_count,
+            "sdpo/z": parts.sdpo_z,
+        }
+    )
+    return numerator, metrics
+
+
+def denominator(cfg, mini):
+    """One denominator per optimisation batch (SPEC 7), from the mini-batch's masks."""
+    resp = mini["response_mask"] * mini["row_valid"][..., None]
+    return objective.aggregation(resp.reshape(-1, resp.shape[-1]), cfg.loss_agg)[1]
