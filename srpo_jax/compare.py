@@ -1,0 +1,245 @@
+"""Method comparison on equal budgets (issue 10): every method x seed, one table, one plot.
+
+    python -m srpo_jax.compare --config=configs/demo.py \
+        --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=30 --out=compare
+
+Each (method, seed) trains with `trainer.run` in out/runs/<method>_s<seed>, from the config
+file's own `get_config("method=<m>")` so the method-dependent defaults (learning rate,
+mini-batch) are resolved for that method; the seed sets train.seed only, so the data and the
+prompt order are identical across methods and seeds. Every run gets the same step budget
+(train.num_steps, hence the same prompts and rollouts per step) and evaluates at the same
+steps; --budget_minutes adds an equal wall-clock budget per run (training time, evaluation
+excluded), which makes the table timing-dependent.
+
+The supervised warm-up (config.train.sft_warmup_steps) depends on the seed, not the method,
+so it runs once per seed: its params are saved as an fp32 HF checkpoint (bit-exact round
+trip) under out/warmup/s<seed> and every method of that seed starts from it through
+config.model.hf_path with the warm-up switched off.
+
+Outputs: out/table.md (a pure function of the config, methods, seeds and step budget when no
+wall-clock budget is given: best avg@k within 1/10, 5/10 and 10/10 of the budget, paper
+Table 1 style; the Table 2 ablation block; learning-dynamics statistics; the paper's claims
+checked one by one; compare_report.py), out/timing.md (wall-clock: seconds per step, cost
+trend, best avg@k per wall-clock budget) and out/curves.png (compare_plot.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import pathlib
+import shutil
+import sys
+import time
+
+from srpo_jax import compare_plot, compare_report
+from srpo_jax import config as config_lib
+
+DEFAULT_METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
+DEFAULT_BUDGET_STEPS = 30
+DEFAULT_SEEDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to run: methods x seeds on one config with one budget."""
+
+    config_path: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    budget_steps: int
+    budget_minutes: float = 0.0  # 0 = step budget only (deterministic table)
+    eval_every: int = 0  # 0 = budget_steps // 10 (so each tenth of the budget has an eval)
+    overrides: tuple[tuple[str, object], ...] = ()  # (dotted key, value) applied to every run
+    share_warmup: bool = True
+
+    def __post_init__(self):
+        for m in self.methods:
+            if m not in config_lib.METHODS:
+                raise ValueError(
+                    f"--methods: unknown method {m!r}; valid: {', '.join(config_lib.METHODS)}"
+                )
+        if len(set(self.methods)) != len(self.methods) or not self.methods:
+            raise ValueError(f"--methods must name distinct methods, got {self.methods}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        if self.budget_steps < 1:
+            raise ValueError(f"--budget_steps must be >= 1, got {self.budget_steps}")
+        if self.budget_minutes < 0:
+            raise ValueError(f"--budget_minutes must be >= 0, got {self.budget_minutes}")
+        if self.eval_every < 0:
+            raise ValueError(f"--eval_every must be >= 0, got {self.eval_every}")
+
+    @property
+    def eval_steps(self) -> int:
+        return self.eval_every or max(1, self.budget_steps // 10)
+
+
+def _set_dotted(cd, key: str, value) -> None:
+    *path, leaf = key.split(".")
+    node = cd
+    for part in path:
+        if part not in node:
+            raise ValueError(f"override {key!r}: config has no section {part!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"override {key!r}: config has no key {leaf!r} under {'.'.join(path)}")
+    node[leaf] = value
+
+
+def run_config_dict(plan: Plan, method: str, seed: int):
+    """The ConfigDict of one run: the file's config for `method`, the plan's budget and seed."""
+    path = pathlib.Path(plan.config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {str(path)!r} is not a file")
+    spec = importlib.util.spec_from_file_location(f"srpo_compare_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cd = module.get_config(f"method={method}")
+    with cd.unlocked():
+        cd.train.seed = seed
+        cd.train.num_steps = plan.budget_steps
+        cd.train.time_budget_hours = plan.budget_minutes / 60.0
+        cd.eval.every_steps = plan.eval_steps
+        cd.checkpoint.every_steps = 0  # final checkpoint only: saves time, runs are not resumed
+        cd.log.tensorboard = False
+        for key, value in plan.overrides:
+            _set_dotted(cd, key, value)
+    return cd
+
+
+def _warm_started(cd, warm_dir: pathlib.Path):
+    """Same run, but starting from the shared warm-up checkpoint instead of warming up."""
+    with cd.unlocked():
+        if not cd.tokenizer.path:  # the tiny tokenizer was built beside the warm-up params
+            cd.tokenizer.path = str(warm_dir / "tokenizer")
+        cd.model.hf_path = str(warm_dir)
+        cd.model.preset = ""  # architecture from the saved config.json (overrides baked in)
+        cd.train.sft_warmup_steps = 0
+    return cd
+
+
+def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path, log=print) -> None:
+    """Runs the trainer's own warm-up once and saves the result as an fp32 HF checkpoint.
+
+    Uses the trainer's setup helpers so the params are exactly those `trainer.run` would
+    train from (same initialisation, data, tokenizer and SFT schedule for this seed).
+    """
+    from srpo_jax import trainer
+    from srpo_jax.data import datasets
+    from srpo_jax.model import hf_io
+    from srpo_jax.sharding import make_mesh
+
+    if warm_dir.exists():
+        shutil.rmtree(warm_dir)
+    warm_dir.mkdir(parents=True)
+    mesh = make_mesh(cfg.mesh)
+    tokenizer = trainer._tokenizer(cfg, warm_dir)
+    model_cfg = cfg.model.architecture()
+    train_set = datasets.PromptSet(
+        trainer._examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len
+    )
+    graphdef, params = trainer._initial_params(cfg, model_cfg, mesh)
+    params = trainer._warmup(cfg, graphdef, params, train_set, tokenizer, log)
+    # dtype None keeps fp32: load_hf of this directory gives back the same bits.
+    hf_io.save_hf_params(params, model_cfg, warm_dir, dtype=None)
+
+
+def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
+    """Trains every (method, seed) of the plan under out/ and writes the reports."""
+    from srpo_jax import trainer
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_dir = out / "runs"
+    t_start, cpu_start = time.perf_counter(), time.process_time()
+    records: dict[str, dict[int, list[dict]]] = {m: {} for m in plan.methods}
+    warmup_s: dict[int, float] = {}
+    for seed in plan.seeds:
+        warm_dir = out / "warmup" / f"s{seed}"
+        first = config_lib.from_config_dict(run_config_dict(plan, plan.methods[0], seed))
+        share = plan.share_warmup and first.train.sft_warmup_steps > 0
+        if share:
+            t0 = time.perf_counter()
+            log(f"[compare] seed {seed}: warm-up ({first.train.sft_warmup_steps} SFT steps)")
+            build_warmup(first, warm_dir, log)
+            warmup_s[seed] = time.perf_counter() - t0
+        for method in plan.methods:
+            cd = run_config_dict(plan, method, seed)
+            if share:
+                cd = _warm_started(cd, warm_dir)
+            cfg = config_lib.from_config_dict(cd)
+            wd = runs_dir / f"{method}_s{seed}"
+            if wd.exists():
+                shutil.rmtree(wd)  # a fresh comparison: never resume a stale run
+            log(f"[compare] {method} seed {seed}: {plan.budget_steps} steps -> {wd}")
+            trainer.run(cfg, wd)
+            records[method][seed] = compare_report.load_run(wd)
+    total_s = time.perf_counter() - t_start
+    report = compare_report.Report(
+        plan=plan,
+        records=records,
+        warmup_s=warmup_s,
+        total_s=total_s,
+        cpu_s=time.process_time() - cpu_start,
+    )
+    (out / "table.md").write_text(compare_report.table_md(report))
+    (out / "timing.md").write_text(compare_report.timing_md(report))
+    compare_plot.plot(report, out / "curves.png")
+    log(f"[compare] done in {total_s / 60:.1f} min: {out / 'table.md'}, {out / 'curves.png'}")
+    return {"table": out / "table.md", "timing": out / "timing.md", "curves": out / "curves.png"}
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set {text!r} must look like section.key=value")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string, e.g. --set=train.fused_implementation=xla
+    return key, value
+
+
+def parse_args(argv: list[str]) -> tuple[Plan, str]:
+    p = argparse.ArgumentParser(
+        prog="python -m srpo_jax.compare", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--config", default="configs/demo.py", help="config file with get_config(arg)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds")
+    p.add_argument("--first_seed", type=int, default=0, help="seeds are first_seed, +1, ...")
+    p.add_argument("--budget_steps", type=int, default=DEFAULT_BUDGET_STEPS)
+    p.add_argument("--budget_minutes", type=float, default=0.0, help="per run; 0 = none")
+    p.add_argument("--eval_every", type=int, default=0, help="0 = budget_steps // 10")
+    p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[])
+    p.add_argument("--no_share_warmup", action="store_true", help="warm up inside every run")
+    p.add_argument("--out", default="compare")
+    a = p.parse_args(argv)
+    if a.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {a.seeds}")
+    try:
+        plan = Plan(
+            config_path=a.config,
+            methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
+            seeds=tuple(range(a.first_seed, a.first_seed + a.seeds)),
+            budget_steps=a.budget_steps,
+            budget_minutes=a.budget_minutes,
+            eval_every=a.eval_every,
+            overrides=tuple(a.overrides),
+            share_warmup=not a.no_share_warmup,
+        )
+    except ValueError as e:
+        p.error(str(e))
+    return plan, a.out
+
+
+def main(argv: list[str] | None = None) -> None:
+    plan, out = parse_args(sys.argv[1:] if argv is None else argv)
+    run_all(plan, out)
+
+
+if __name__ == "__main__":
+    main()

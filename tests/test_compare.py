@@ -1,0 +1,106 @@
+"""srpo_jax.compare: a shortened comparison runs end to end, writes its reports, and is
+deterministic (same seeds -> the same table.md text); the report maths on hand-made logs."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import pytest
+
+from srpo_jax import compare, compare_report
+
+CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
+
+
+def _tiny_overrides() -> tuple[tuple[str, object], ...]:
+    # conftest forces 8 CPU devices: rows (4 prompts x 2 rollouts) split 8 ways over "data".
+    return (
+        ("mesh.data", jax.device_count()),
+        ("data.synthetic_train_size", 32),
+        ("data.synthetic_test_size", 8),
+        ("data.max_response_len", 12),
+        ("algo.group_size", 2),
+        ("train.prompts_per_step", 4),
+        ("train.mini_batch_prompts", 4),
+        ("train.sft_warmup_steps", 2),
+        ("eval.num_samples", 2),
+        ("eval.max_examples", 4),
+    )
+
+
+@pytest.mark.slow
+def test_short_comparison_writes_reports_and_is_deterministic(tmp_path):
+    plan = compare.Plan(
+        config_path=CONFIG,
+        methods=("grpo", "srpo"),
+        seeds=(0,),
+        budget_steps=2,
+        eval_every=1,
+        overrides=_tiny_overrides(),
+    )
+    first = compare.run_all(plan, tmp_path / "a", log=lambda msg: None)
+    table = first["table"].read_text()
+    assert first["curves"].stat().st_size > 0
+    assert "wall-clock" in first["timing"].read_text()
+    # Paper Table 1 layout: one row per method, a column per budget fraction.
+    header = next(line for line in table.splitlines() if line.startswith("| method | step 0"))
+    for col in ("best <= 1 steps (1/10)", "best <= 1 steps (5/10)", "best <= 2 steps (10/10)"):
+        assert col in header
+    assert "final" in header
+    for method in ("grpo", "srpo"):
+        assert any(line.startswith(f"| {method} |") for line in table.splitlines())
+        assert (tmp_path / "a" / "runs" / f"{method}_s0" / "metrics.jsonl").is_file()
+    # The warm-up ran once and both methods started from it: equal step-0 accuracy.
+    runs = {m: compare_report.load_run(tmp_path / "a" / "runs" / f"{m}_s0") for m in plan.methods}
+    init = {m: compare_report.series(r, compare_report.ACC)[0] for m, r in runs.items()}
+    assert init["grpo"] == init["srpo"]
+
+    second = compare.run_all(plan, tmp_path / "b", log=lambda msg: None)
+    assert second["table"].read_text() == table
+
+
+def _log(accs: dict[int, float], routed: list[float]) -> list[dict]:
+    records = [{"step": s, "eval/avg_at_k": a} for s, a in accs.items()]
+    for i, frac in enumerate(routed, start=1):
+        records.append({"step": i, "route/sdpo_frac": frac, "reward/accuracy": 1.0 - frac})
+    return sorted(records, key=lambda r: r["step"])
+
+
+def test_budget_columns_take_best_eval_after_step_zero():
+    # Evaluations every 2 of 10 steps: budgets 1, 5 and 10 steps.
+    rec = _log({0: 0.9, 2: 0.3, 4: 0.5, 6: 0.4, 8: 0.7, 10: 0.6}, [0.5] * 10)
+    assert compare_report.budget_steps(10) == [1, 5, 10]
+    assert compare_report.best_within(rec, 1) is None  # step 0 does not count
+    assert compare_report.best_within(rec, 5) == 0.5
+    assert compare_report.best_within(rec, 10) == 0.7
+
+
+def test_table_and_claims_on_handmade_logs():
+    plan = compare.Plan(
+        config_path=CONFIG, methods=("grpo", "sdpo", "srpo"), seeds=(0, 1), budget_steps=10
+    )
+    falling = [0.8 - 0.05 * i for i in range(10)]
+    logs = {
+        "grpo": {0: _log({0: 0.2, 1: 0.3, 5: 0.5, 10: 0.6}, [0.0] * 10)},
+        "sdpo": {0: _log({0: 0.2, 1: 0.5, 5: 0.55, 10: 0.4}, [0.9] * 10)},
+        "srpo": {0: _log({0: 0.2, 1: 0.5, 5: 0.6, 10: 0.7}, falling)},
+    }
+    # Second seed: everything 10 points higher.
+    for runs in logs.values():
+        runs[1] = [
+            {k: (v + 0.1 if k == "eval/avg_at_k" else v) for k, v in r.items()} for r in runs[0]
+        ]
+    report = compare_report.Report(plan=plan, records=logs, warmup_s={}, total_s=1.0)
+    table = compare_report.table_md(report)
+    # grpo, seeds 0 and 1: step 0 at 0.2 / 0.3, best within 1 step 0.3 / 0.4, within 5
+    # steps 0.5 / 0.6, within 10 steps and final 0.6 / 0.7 -> mean [min, max] in %.
+    row = "| grpo | 25.0 [20.0, 30.0] | 35.0 [30.0, 40.0] | 55.0 [50.0, 60.0] | 65.0 [60.0, 70.0]"
+    assert row + " | 65.0 [60.0, 70.0] |" in table
+    verdicts = {c.split(" (")[0]: v for c, v, _ in compare_report.claims(report)}
+    assert verdicts["SDPO improves fastest early"] == "yes"  # +30 vs +10 points
+    assert verdicts["SDPO stalls"] == "yes"  # final 45 < best 60 - 5
+    assert verdicts["GRPO improves steadily"] == "yes"
+    assert verdicts["SRPO ends above both"] == "yes"  # 75 > 65, 60
+    assert verdicts["SRPO's routed fraction falls as accuracy rises"] == "yes"
+    assert verdicts["Dynamic weighting adds late gains"] == "n/a"  # srpo_no_dw not run
