@@ -156,6 +156,8 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
             ent_MR = jax.lax.stop_gradient(out.entropy_N.reshape(m, r)) * mask_MR
             entropy_BR = entropy_BR.at[src_M].add(ent_MR)
 
+    if fused is None and cfg.uses_sdpo:  # nothing routed in this batch: no SDPO term
+        fused = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
     if has_teacher_B is None and cfg.method == "advantage_mix":  # nothing has a teacher
         teacher_logp_BR = jnp.zeros_like(logp_BR)
         has_teacher_B = jnp.zeros(logp_BR.shape[:1], jnp.float32)
