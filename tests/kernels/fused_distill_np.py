@@ -32,6 +32,8 @@ def np_fused_distill(
     lpt = np.take_along_axis(zt, ids, 1) - _lse(zt)[:, None]
     if add_tail:
         lps, lpt = _with_tail(lps), _with_tail(lpt)
+    else:  # renormalised over the k buckets (the SDPO code's choice without a tail)
+        lps, lpt = lps - _lse(lps)[:, None], lpt - _lse(lpt)[:, None]
     ps, pt = np.exp(lps), np.exp(lpt)
     if alpha == 0.0:
         div = np.sum(pt * (lpt - lps), 1)

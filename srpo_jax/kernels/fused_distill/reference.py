@@ -97,6 +97,10 @@ def divergence_from_logits(
         tail_t_N = tail_log_prob(rest_t_N)
         lps_NK = jnp.concatenate([lps_NK, tail_s_N[:, None]], axis=-1)
         lpt_NK = jnp.concatenate([lpt_NK, tail_t_N[:, None]], axis=-1)
+    else:
+        # No tail: renormalise over the k buckets, as the SDPO code does (SPEC leaves it open).
+        lps_NK = jax.nn.log_softmax(lps_NK, axis=-1)
+        lpt_NK = jax.nn.log_softmax(lpt_NK, axis=-1)
     div_N = bucket_divergence(lps_NK, lpt_NK, alpha)
     if entropy_over == "vocab":
         logq_NV = zt_NV - lse_t_N[:, None]

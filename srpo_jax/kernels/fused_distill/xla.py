@@ -147,7 +147,9 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
     if cfg.add_tail:
         A, B, rest_free_C, spec_free_C = _tail_buckets(cfg, a_CK, b_CK, top_CK, st)
     else:
-        A, B = a_CK, b_CK
+        # No tail: renormalise over the k buckets (SDPO code; the full normalisers cancel).
+        A = a_CK - jax.nn.logsumexp(a_CK, axis=-1, keepdims=True)
+        B = b_CK - jax.nn.logsumexp(b_CK, axis=-1, keepdims=True)
     div_C, g_CB = bucket_jsd_and_grad(A, B, cfg.alpha)
     ent_C = st.ent_t
     if cfg.entropy_over == "buckets":
@@ -163,20 +165,23 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
         return out, None
     g_CB = jnp.where(live_C[:, None], g_CB * coef_C[:, None], 0.0)
     g_CK = g_CB[:, : cfg.topk]
-    rest_g_C = jnp.zeros_like(coef_C)
-    if cfg.add_tail:
-        g_tail_C = g_CB[:, -1]
-        # SPEC form: dA_k/dA_i = -exp(A_i - A_k).
-        spec_g_C = jnp.where(spec_free_C, g_tail_C, 0.0)
-        g_CK = g_CK - spec_g_C[:, None] * jnp.exp(a_CK - A[:, -1:])
-        # Rest form: dA_k/dz = [z < thr] softmax_rest(z) - softmax(z).
-        rest_g_C = jnp.where(rest_free_C, g_tail_C, 0.0)
+    rows_C1 = jnp.arange(zs_CV.shape[0])[:, None]
+    if not cfg.add_tail:
+        # dA_i/dz = onehot(K_i) - softmax over the top-k: only the k ids get gradient.
+        g_CK = g_CK - jnp.exp(A) * jnp.sum(g_CK, axis=-1, keepdims=True)
+        dz_CV = jnp.zeros_like(zs_CV).at[rows_C1, ids_CK].set(g_CK) * inv_t
+        return out, _contract(dz_CV, hs_CD, ws_DV)
+    g_tail_C = g_CB[:, -1]
+    # SPEC form: dA_k/dA_i = -exp(A_i - A_k).
+    spec_g_C = jnp.where(spec_free_C, g_tail_C, 0.0)
+    g_CK = g_CK - spec_g_C[:, None] * jnp.exp(a_CK - A[:, -1:])
+    # Rest form: dA_k/dz = [z < thr] softmax_rest(z) - softmax(z).
+    rest_g_C = jnp.where(rest_free_C, g_tail_C, 0.0)
     s_C = jnp.sum(g_CK, axis=-1) + rest_g_C
     dz_CV = -s_C[:, None] * jnp.exp(zs_CV - st.lse_s[:, None])
-    if cfg.add_tail:
-        shift_C = jnp.where(rest_free_C, st.rest_s, 0.0)
-        in_rest_CV = zs_CV < top_CK[:, -1:]
-        dz_CV += jnp.where(in_rest_CV, rest_g_C[:, None] * jnp.exp(zs_CV - shift_C[:, None]), 0.0)
+    shift_C = jnp.where(rest_free_C, st.rest_s, 0.0)
+    in_rest_CV = zs_CV < top_CK[:, -1:]
+    dz_CV += jnp.where(in_rest_CV, rest_g_C[:, None] * jnp.exp(zs_CV - shift_C[:, None]), 0.0)
     # At the top-k ids, G_i - S p_i cancels when p_i ~ 1 (peaked rows); write it instead as
     # G_i (1 - p_i) - (S - G_i) p_i with 1 - p_i = -expm1(A_i) and S - G_i from exclusive
     # prefix and suffix sums, so no large terms cancel. top_k ids are distinct: set, not add.
@@ -185,12 +190,16 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
     after_CK = jnp.concatenate([jnp.cumsum(g_CK[:, ::-1], axis=-1)[:, -2::-1], zero_C1], axis=-1)
     others_CK = before_CK + after_CK + rest_g_C[:, None]
     top_dz_CK = -g_CK * jnp.expm1(a_CK) - others_CK * jnp.exp(a_CK)
-    rows_C1 = jnp.arange(dz_CV.shape[0])[:, None]
     dz_CV = dz_CV.at[rows_C1, ids_CK].set(top_dz_CK) * inv_t
+    return out, _contract(dz_CV, hs_CD, ws_DV)
+
+
+def _contract(dz_CV, hs_CD, ws_DV):
+    """Logit gradient -> (d hidden [C, D], d unembedding [D, V]), fp32 accumulation."""
     dz_CV = dz_CV.astype(ws_DV.dtype)
     dh_CD = jnp.einsum("cv,dv->cd", dz_CV, ws_DV, preferred_element_type=f32)
     dw_DV = jnp.einsum("cd,cv->dv", hs_CD, dz_CV, preferred_element_type=f32)
-    return out, (dh_CD.astype(hs_CD.dtype), dw_DV)
+    return dh_CD.astype(hs_CD.dtype), dw_DV
 
 
 def _run(cfg: ChunkedConfig, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad: bool):
