@@ -93,6 +93,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(_unknown_override(argv) or _last_error_line(str(e)))
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad user input found at run time (a data file, an HF directory, a
+    checkpoint of another model): one line and exit 2, like a config error. Everything else
+    keeps its traceback, since it is a bug. Imported here: these modules pull in JAX."""
+    from srpo_jax.checkpoint import CheckpointMismatchError
+    from srpo_jax.data.datasets import DataError
+    from srpo_jax.model.hf_io import HFCheckpointError
+
+    return (config_lib.ConfigError, DataError, HFCheckpointError, CheckpointMismatchError)
+
+
 def _init_distributed() -> None:
     """Multi-host start-up; must run before any other JAX call touches the devices."""
     import jax
@@ -144,7 +155,10 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
-    trainer.run(cfg, _WORKDIR.value)
+    try:
+        trainer.run(cfg, _WORKDIR.value)
+    except _input_errors() as e:
+        _fail(str(e))
 
 
 def run() -> None:

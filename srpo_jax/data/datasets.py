@@ -3,6 +3,8 @@
 Data layout (SPEC section 11, ../shared/data/README.md): JSON Lines, one object per line
 with fields idx, kind ("mcq" | "tooluse"), dataset, prompt, system (str or null), answer.
 Other fields (description, tests, elo, embedding) are ignored.
+A malformed line, a missing or mistyped field, an unknown kind or an empty split raises
+`DataError` naming the file and 1-based line (main prints it as one line, exit 2).
 
     <data_dir>/sciknoweval/{chemistry,physics,biology,material}/{train,test}.json
     <data_dir>/tooluse/{train,test}.json      (tooluse/train.json is not shipped)
@@ -40,6 +42,14 @@ TOOLUSE_TRAIN_HELP = (
 )
 
 
+class DataError(ValueError):
+    """A data file or split is unusable; the message names the file (and line)."""
+
+
+class SplitNotFoundError(DataError, FileNotFoundError):
+    """A split file does not exist (also a FileNotFoundError, for callers that expect one)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One benchmark row. `answer` is a letter (mcq) or a JSON list string (tooluse)."""
@@ -58,12 +68,12 @@ class Example:
 
 def _example_from_row(row: Any, where: str) -> Example:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     missing = [f for f in REQUIRED_FIELDS if f not in row]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}")
+        raise DataError(f"{where}: missing field(s) {missing}")
     if row["kind"] not in KINDS:
-        raise ValueError(f"{where}: unknown kind {row['kind']!r}, expected one of {KINDS}")
+        raise DataError(f"{where}: unknown kind {row['kind']!r}, expected one of {KINDS}")
     checks = (
         ("idx", isinstance(row["idx"], int) and not isinstance(row["idx"], bool)),
         ("dataset", isinstance(row["dataset"], str)),
@@ -73,7 +83,7 @@ def _example_from_row(row: Any, where: str) -> Example:
     )
     for name, ok in checks:
         if not ok:
-            raise ValueError(f"{where}: field {name!r} has the wrong type: {row[name]!r:.80}")
+            raise DataError(f"{where}: field {name!r} has the wrong type: {row[name]!r:.80}")
     return Example(
         idx=row["idx"],
         kind=row["kind"],
@@ -88,7 +98,7 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
     """Reads a JSON Lines split; every error names the file and the 1-based line."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise SplitNotFoundError(f"split file not found: {path}")
     examples = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -98,10 +108,10 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
             examples.append(_example_from_row(row, where))
     if not examples:
-        raise ValueError(f"{path}: empty split (no rows)")
+        raise DataError(f"{path}: empty split (no rows)")
     return examples
 
 
@@ -117,7 +127,7 @@ def load_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> list
     """Loads one benchmark split from the shared data layout (see the module docstring)."""
     path = split_path(data_dir, benchmark, split)
     if benchmark == "tooluse" and split == "train" and not path.is_file():
-        raise FileNotFoundError(f"{path} is missing. {TOOLUSE_TRAIN_HELP}")
+        raise SplitNotFoundError(f"{path} is missing. {TOOLUSE_TRAIN_HELP}")
     return load_jsonl(path)
 
 
@@ -165,7 +175,7 @@ class PromptSet:
             self.examples.append(ex)
             self.prompt_ids.append(ids)
         if not self.examples:
-            raise ValueError(
+            raise DataError(
                 f"PromptSet: all {len(self.filtered_idx)} prompts exceed max_prompt_len="
                 f"{max_prompt_len}; nothing left to train or evaluate on"
             )

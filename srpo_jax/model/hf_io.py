@@ -34,6 +34,10 @@ SINGLE_FILE = "model.safetensors"
 _DEFAULT_MAX_SHARD_BYTES = 4 * 2**30
 
 
+class HFCheckpointError(ValueError):
+    """An HF directory cannot be loaded (missing file or tensor, wrong shape); names it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _TensorMap:
     """One parameter <-> HF tensor(s): ours_layer = reshape(hf.T if transpose else hf).
@@ -96,16 +100,16 @@ class _Checkpoint:
             with safe_open(path / SINGLE_FILE, "np") as f:
                 self.weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
         else:
-            raise ValueError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+            raise HFCheckpointError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
         self._handles: dict[str, Any] = {}
 
     def slice(self, name: str):
         if name not in self.weight_map:
-            raise ValueError(f"checkpoint tensor {name!r} is missing from {self.path}")
+            raise HFCheckpointError(f"checkpoint tensor {name!r} is missing from {self.path}")
         file = self.weight_map[name]
         if file not in self._handles:
             if not (self.path / file).is_file():
-                raise ValueError(
+                raise HFCheckpointError(
                     f"checkpoint tensor {name!r}: file {self.path / file} does not exist"
                 )
             self._handles[file] = safe_open(self.path / file, "np")
@@ -114,7 +118,7 @@ class _Checkpoint:
     def check(self, name: str, expected: tuple[int, ...]) -> None:
         found = tuple(self.slice(name).get_shape())
         if found != tuple(expected):
-            raise ValueError(
+            raise HFCheckpointError(
                 f"checkpoint tensor {name!r} in {self.path / self.weight_map[name]} has shape "
                 f"{found}, expected {tuple(expected)}"
             )
@@ -195,7 +199,7 @@ def load_hf(path, *, config_overrides: dict[str, Any] | None = None, mesh=None) 
     path = pathlib.Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"{config_file} does not exist")
+        raise HFCheckpointError(f"{config_file} does not exist")
     config = Qwen3Config.from_hf_dict(
         json.loads(config_file.read_text()), **(config_overrides or {})
     )
