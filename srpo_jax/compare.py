@@ -156,16 +156,20 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
     runs_dir = out / "runs"
     t_start, cpu_start = time.perf_counter(), time.process_time()
     records: dict[str, dict[int, list[dict]]] = {m: {} for m in plan.methods}
-    warmup_s: dict[int, float] = {}
+    costs: dict[str, tuple[float, float]] = {}  # "<method>_s<seed>" | "warmup_s<seed>"
+
+    def timed(name, fn, *args):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(*args)
+        costs[name] = (time.perf_counter() - t0, time.process_time() - c0)
+
     for seed in plan.seeds:
         warm_dir = out / "warmup" / f"s{seed}"
         first = config_lib.from_config_dict(run_config_dict(plan, plan.methods[0], seed))
         share = plan.share_warmup and first.train.sft_warmup_steps > 0
         if share:
-            t0 = time.perf_counter()
             log(f"[compare] seed {seed}: warm-up ({first.train.sft_warmup_steps} SFT steps)")
-            build_warmup(first, warm_dir, log)
-            warmup_s[seed] = time.perf_counter() - t0
+            timed(f"warmup_s{seed}", build_warmup, first, warm_dir, log)
         for method in plan.methods:
             cd = run_config_dict(plan, method, seed)
             if share:
@@ -175,13 +179,20 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
             if wd.exists():
                 shutil.rmtree(wd)  # a fresh comparison: never resume a stale run
             log(f"[compare] {method} seed {seed}: {plan.budget_steps} steps -> {wd}")
-            trainer.run(cfg, wd)
+            timed(f"{method}_s{seed}", trainer.run, cfg, wd)
             records[method][seed] = compare_report.load_run(wd)
+            last = max(compare_report.series(records[method][seed], "time/step_s"), default=0)
+            if last < plan.budget_steps and not plan.budget_minutes:
+                # The trainer exits cleanly on SIGTERM: do not report a truncated run.
+                raise RuntimeError(
+                    f"{wd}: stopped at step {last} of {plan.budget_steps} (preempted?); "
+                    "the comparison is incomplete"
+                )
     total_s = time.perf_counter() - t_start
     report = compare_report.Report(
         plan=plan,
         records=records,
-        warmup_s=warmup_s,
+        costs=costs,
         total_s=total_s,
         cpu_s=time.process_time() - cpu_start,
     )

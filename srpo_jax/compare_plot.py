@@ -64,6 +64,8 @@ def plot(report: Report, out_png: str | pathlib.Path) -> pathlib.Path:
                 continue
             if xaxis == "minutes":
                 t_steps, t_mat = _aligned(report, method, ELAPSED, 1)
+                if not len(t_steps):  # no timed training steps logged
+                    continue
                 at = dict(zip(t_steps.tolist(), t_mat.mean(0).tolist(), strict=True))
                 keep = [j for j, s in enumerate(steps) if s == 0 or s in at]
                 xs = np.array([at.get(int(steps[j]), 0.0) / 60.0 for j in keep])

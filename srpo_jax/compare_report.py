@@ -30,9 +30,11 @@ ABLATION = ("srpo", "srpo_no_dw", "advantage_mix")
 class Report:
     plan: Any  # compare.Plan
     records: dict[str, dict[int, list[dict]]]  # method -> seed -> metrics.jsonl records
-    warmup_s: dict[int, float]
+    # "<method>_s<seed>" or "warmup_s<seed>" -> (wall-clock s, process CPU s). CPU time (all
+    # threads) is the load-independent measure: on a shared machine wall-clock stretches.
+    costs: dict[str, tuple[float, float]]
     total_s: float  # wall-clock of the whole comparison
-    cpu_s: float = 0.0  # process CPU time (all threads): load-independent cost measure
+    cpu_s: float = 0.0
 
 
 def load_run(workdir: str | pathlib.Path) -> list[dict]:
@@ -336,27 +338,34 @@ def timing_md(report: Report) -> str:
         for recs in report.records[m].values()
     ]
     budget_s = report.plan.budget_minutes * 60.0 or max(elapsed, default=0.0)
+    warm = (
+        ", ".join(
+            f"{name.removeprefix('warmup_')} {wall:.0f} s wall / {cpu:.0f} s CPU"
+            for name, (wall, cpu) in sorted(report.costs.items())
+            if name.startswith("warmup_")
+        )
+        or "off (each run warmed up itself)"
+    )
     lines = [
         "# Method comparison: wall-clock",
         "",
-        f"Total {report.total_s / 60:.1f} min wall-clock ({report.cpu_s / 60:.1f} min of "
-        f"process CPU time) for {len(methods)} methods x {len(report.plan.seeds)} seeds; "
-        "shared warm-up "
-        + (
-            ", ".join(f"seed {k}: {v:.0f} s" for k, v in sorted(report.warmup_s.items()))
-            if report.warmup_s
-            else "off"
-        )
-        + ". Seconds per step: median over the first / last third of the steps after step 1 "
-        "(which includes compilation).",
+        f"Total {report.total_s / 60:.1f} min wall-clock, {report.cpu_s / 60:.1f} min of "
+        f"process CPU time (all threads; on a shared machine wall-clock stretches, CPU time "
+        f"does not) for {len(methods)} methods x {len(report.plan.seeds)} seeds. Shared "
+        f"warm-up: {warm}. Run = the whole trainer.run (compilation, training, evaluation); "
+        "train time excludes evaluation. Seconds per step: median over the first / last third "
+        "of the steps after step 1 (which includes compilation).",
         "",
-        "| method | train time (s) | s/step early | s/step late | "
+        "| method | run wall (s) | run CPU (s) | train time (s) | s/step early | s/step late | "
         + " | ".join(f"best within {f:g} x {budget_s:.0f} s" for f in FRACTIONS)
         + " |",
-        "|---|---|---|---|" + "---|" * len(FRACTIONS),
+        "|---|---|---|---|---|---|" + "---|" * len(FRACTIONS),
     ]
     for m in methods:
+        runs = [report.costs.get(f"{m}_s{seed}") for seed in sorted(report.records[m])]
         cells = [
+            _cell([c and c[0] for c in runs], 1.0, 0),
+            _cell([c and c[1] for c in runs], 1.0, 0),
             _cell(
                 _per_seed(report, m, lambda r: max(series(r, ELAPSED).values(), default=None)),
                 1.0,

@@ -8,7 +8,7 @@ import pathlib
 import jax
 import pytest
 
-from srpo_jax import compare, compare_report
+from srpo_jax import compare, compare_plot, compare_report
 
 CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 
@@ -76,7 +76,7 @@ def test_budget_columns_take_best_eval_after_step_zero():
     assert compare_report.best_within(rec, 10) == 0.7
 
 
-def test_table_and_claims_on_handmade_logs():
+def test_table_and_claims_on_handmade_logs(tmp_path):
     plan = compare.Plan(
         config_path=CONFIG, methods=("grpo", "sdpo", "srpo"), seeds=(0, 1), budget_steps=10
     )
@@ -91,7 +91,7 @@ def test_table_and_claims_on_handmade_logs():
         runs[1] = [
             {k: (v + 0.1 if k == "eval/avg_at_k" else v) for k, v in r.items()} for r in runs[0]
         ]
-    report = compare_report.Report(plan=plan, records=logs, warmup_s={}, total_s=1.0)
+    report = compare_report.Report(plan=plan, records=logs, costs={}, total_s=1.0)
     table = compare_report.table_md(report)
     # grpo, seeds 0 and 1: step 0 at 0.2 / 0.3, best within 1 step 0.3 / 0.4, within 5
     # steps 0.5 / 0.6, within 10 steps and final 0.6 / 0.7 -> mean [min, max] in %.
@@ -104,3 +104,6 @@ def test_table_and_claims_on_handmade_logs():
     assert verdicts["SRPO ends above both"] == "yes"  # 75 > 65, 60
     assert verdicts["SRPO's routed fraction falls as accuracy rises"] == "yes"
     assert verdicts["Dynamic weighting adds late gains"] == "n/a"  # srpo_no_dw not run
+    # Logs without timings still give a timing page and a plot (panels say "no data").
+    assert "| srpo |" in compare_report.timing_md(report)
+    assert compare_plot.plot(report, tmp_path / "curves.png").stat().st_size > 0
