@@ -321,3 +321,43 @@ def test_main_checkpoint_of_a_different_model_shape(heavy_runs):
     # The embedding's leaf, with both shapes: (vocab 512, hidden 32) saved vs 64 expected.
     msg = proc.stderr.strip().splitlines()[-1]
     assert "params/embed" in msg and "(512, 32)" in msg and "(512, 64)" in msg, msg
+
+
+@pytest.mark.slow
+def test_learner_step_on_empty_completions_stays_finite():
+    """One mixed batch (a single empty completion) and one where every completion is empty
+    (zero loss tokens): both steps give finite metrics and finite new params."""
+    from srpo_jax import learner
+    from srpo_jax.model import tiny
+
+    mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+    model = create_sharded_model(
+        tiny(vocab_size=97, hidden_size=32, intermediate_size=64, head_dim=8), mesh, seed=0
+    )
+    graphdef, params = nnx.split(model, nnx.Param)
+    cfg = learner.LearnerConfig(method="srpo", topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
+    state = learner.init_state(params, cfg, mesh)
+    lrn = learner.Learner(cfg, graphdef, mesh)
+    b = 4
+    for responses in ([[5, 6, 7], [], [8], [9, 10]], [[]] * b):
+        rows = batching.StepRows(
+            prompt_ids=[[1, 2, 3]] * b,
+            response_ids=responses,
+            rollout_logprobs=[[-0.5] * len(r) for r in responses],
+            advantages=np.array([1.0, -1.0, 1.0, -1.0]),
+            grpo_rows=np.ones(b, bool),
+            sdpo_rows=np.zeros(b, bool),
+            teacher_rows=np.zeros(b, bool),
+            teacher_prompt_ids={},
+        )
+        batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=b, pad_id=0)
+        state, metrics = lrn.train_step(state, batch)
+        metrics = jax.device_get(metrics)
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+        bad = {k: v for k, v in metrics.items() if not np.all(np.isfinite(v))}
+        # Known: with zero response tokens in the batch, the device-side p99 of the
+        # trainer/rollout log-prob gap is a percentile of nothing (NaN); metric only.
+        known = {"logp_gap/p99"} if not any(responses) else set()
+        assert not set(bad) - known, (responses, bad)
+        if bad:
+            pytest.xfail(f"metric of an all-empty batch is NaN: {sorted(bad)}")
