@@ -7,11 +7,12 @@
 # them (config.rollout.sglang.sync=update_from_disk). With no rollout nodes the learner uses
 # its embedded JAX sampler.
 #
-# Example: 3 nodes, 2 learner nodes (16 GPUs, fsdp=16) + 1 node of 4 SGLang servers (tp=2):
+# Example: 3 nodes, 2 learner nodes (16 GPUs: data=2 x the config's one-node tensor=8 layout)
+# + 1 node of 4 SGLang servers (tp=2):
 #   sbatch -N 3 --gpus-per-node=8 --ntasks-per-node=1 launch/slurm_gpu.sh \
 #       --learner-nodes 2 --sglang-tp 2 --model-path /shared/Qwen3-8B \
 #       --shared-dir /shared/runs/chem_srpo --config configs/qwen3_8b_chem.py:method=srpo \
-#       -- --config.train.micro_batch_rows=16
+#       -- --config.train.num_steps=200
 # Print what would run, outside SLURM (placeholder hosts node0..):
 #   bash launch/slurm_gpu.sh --dry-run --num-nodes 2 --model-path /m --shared-dir /s \
 #       --config configs/qwen3_8b_chem.py:method=srpo
@@ -21,6 +22,9 @@
 #                                         (python -m srpo_jax.plan) assumes 0.95
 #   XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true
 #                                         overlap FSDP all-gathers / reduce-scatters with compute
+# Mesh: the benchmark configs describe one 8-GPU node (mesh data*fsdp*tensor = 8, the layout
+# python -m srpo_jax.plan checked); across N learner nodes the script sets
+# --config.mesh.data=N (one data-parallel replica per node). --mesh D,F,T sets all three.
 # The coordinator is the first learner node at --port; each srun task passes its
 # $SLURM_PROCID as --process_id, so jax.distributed.initialize sees every learner process.
 #
@@ -31,6 +35,7 @@
 #   --learner-nodes N      nodes for the learner (default: all nodes)
 #   --gpus-per-node N      default $SLURM_GPUS_ON_NODE, else 8
 #   --sglang-tp N          GPUs per SGLang server (default 1)
+#   --mesh D,F,T           mesh data,fsdp,tensor (default: data=learner nodes, rest from config)
 #   --port P               coordinator port (default 12355)
 #   --python PY            python with srpo_jax installed (default python)
 #   --num-nodes N          dry run outside SLURM: pretend to have N nodes (node0 ...)
@@ -40,7 +45,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 config="" model_path="" shared_dir="" learner_nodes=0 gpus_per_node="${SLURM_GPUS_ON_NODE:-8}"
-sglang_tp=1 port=12355 python="python" num_nodes=0 dry_run=0 extra=()
+sglang_tp=1 mesh="" port=12355 python="python" num_nodes=0 dry_run=0 extra=()
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +55,7 @@ while [ $# -gt 0 ]; do
     --learner-nodes) learner_nodes="$2"; shift 2 ;;
     --gpus-per-node) gpus_per_node="$2"; shift 2 ;;
     --sglang-tp) sglang_tp="$2"; shift 2 ;;
+    --mesh) mesh="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --num-nodes) num_nodes="$2"; shift 2 ;;
@@ -91,9 +97,19 @@ urls_file="$shared_dir/sglang_urls.txt"
 
 main_args=(
   -m srpo_jax.main "--config=$config" "--workdir=$workdir"
-  "--config.model.hf_path=$model_path" "--config.mesh.fsdp=$devices"
-  "--coordinator_address=$coordinator" "--num_processes=$learner_nodes"
+  "--config.model.hf_path=$model_path"
 )
+if [ -n "$mesh" ]; then
+  IFS=, read -r mesh_d mesh_f mesh_t <<< "$mesh"
+  if [ $((mesh_d * mesh_f * mesh_t)) -ne "$devices" ]; then
+    echo "slurm_gpu.sh: --mesh $mesh has $((mesh_d * mesh_f * mesh_t)) devices, not $devices" >&2
+    exit 2
+  fi
+  main_args+=("--config.mesh.data=$mesh_d" "--config.mesh.fsdp=$mesh_f" "--config.mesh.tensor=$mesh_t")
+else
+  main_args+=("--config.mesh.data=$learner_nodes")
+fi
+main_args+=("--coordinator_address=$coordinator" "--num_processes=$learner_nodes")
 if [ ${#rollout[@]} -gt 0 ]; then
   main_args+=(
     "--config.rollout.engine=sglang"

@@ -7,7 +7,7 @@
 # then --shared-dir must be a directory both sides mount (e.g. a gcsfuse or Filestore path)
 # for the weight export.
 #
-# Example (v5p-16: 2 workers x 4 chips, fsdp=8), repo checked out at ~/srpo_jax on workers:
+# Example (v5p-16: 2 workers x 4 chips, tensor=8), repo checked out at ~/srpo_jax on workers:
 #   bash launch/tpu_vm.sh --tpu my-v5p-16 --zone us-east5-a --repo-dir '~/srpo_jax' \
 #       --config configs/qwen3_8b_chem.py:method=srpo --model-path /mnt/disks/ckpt/Qwen3-8B \
 #       --shared-dir /mnt/shared/chem_srpo
@@ -29,7 +29,9 @@
 #   --shared-dir DIR       workdir and weight export, readable on every worker (required)
 #   --repo-dir DIR         srpo_jax checkout on the workers (default ~/srpo_jax)
 #   --python PY            python on the workers (default python3)
-#   --chips N              chips in the slice (default: from gcloud); sets --config.mesh.fsdp
+#   --chips N              chips in the slice (default: from gcloud); sets the mesh size
+#   --mesh D,F,T           mesh data,fsdp,tensor (default: tensor=min(chips, 8), data=the rest,
+#                          the one-node layout of the benchmark configs per 8 chips)
 #   --num-workers N        workers in the slice (default: from gcloud)
 #   --port P               coordinator port (default 8476)
 #   --sglang-urls "u1 u2"  use these SGLang servers instead of the embedded engine
@@ -40,7 +42,7 @@ set -euo pipefail
 # The default repo dir is expanded on the workers (their home), not here.
 # shellcheck disable=SC2088
 tpu="" zone="" project="" config="" model_path="" shared_dir="" repo_dir="~/srpo_jax"
-python="python3" chips=0 num_workers=0 port=8476 sglang_urls="" dry_run=0 extra=()
+python="python3" mesh="" chips=0 num_workers=0 port=8476 sglang_urls="" dry_run=0 extra=()
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --repo-dir) repo_dir="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --chips) chips="$2"; shift 2 ;;
+    --mesh) mesh="$2"; shift 2 ;;
     --num-workers) num_workers="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --sglang-urls) sglang_urls="$2"; shift 2 ;;
@@ -95,9 +98,18 @@ else
   fi
 fi
 
+if [ -z "$mesh" ]; then
+  tensor=$((chips < 8 ? chips : 8))
+  mesh="$((chips / tensor)),1,$tensor"
+fi
+IFS=, read -r mesh_d mesh_f mesh_t <<< "$mesh"
+if [ $((mesh_d * mesh_f * mesh_t)) -ne "$chips" ]; then
+  echo "tpu_vm.sh: --mesh $mesh has $((mesh_d * mesh_f * mesh_t)) devices, not $chips" >&2; exit 2
+fi
 main_args=(
   -m srpo_jax.main "--config=$config" "--workdir=$shared_dir/workdir"
-  "--config.model.hf_path=$model_path" "--config.mesh.fsdp=$chips"
+  "--config.model.hf_path=$model_path" "--config.mesh.data=$mesh_d"
+  "--config.mesh.fsdp=$mesh_f" "--config.mesh.tensor=$mesh_t"
   "--coordinator_address=$coordinator_ip:$port" "--num_processes=$num_workers"
 )
 if [ -n "$sglang_urls" ]; then

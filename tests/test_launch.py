@@ -51,7 +51,7 @@ def test_slurm_one_node_embedded_engine():
     for arg in (
         "--workdir=/s/workdir",
         "--config.model.hf_path=/m",
-        "--config.mesh.fsdp=8",
+        "--config.mesh.data=1",  # the config's one-node layout, one replica
         "--coordinator_address=node0:12355",
         "--num_processes=1",
         "--process_id=$SLURM_PROCID",  # expanded by each srun task, not by the script
@@ -75,14 +75,23 @@ def test_slurm_two_learner_nodes_and_a_pool_node():
     cmd = inner_command(lines[-1])
     assert "--nodes=2" in lines[-1] and "--nodelist=node0,node1" in lines[-1]
     for arg in (
-        "--config.mesh.fsdp=16",
+        "--config.mesh.data=2",  # one data-parallel replica of the one-node layout per node
         "--num_processes=2",
         "--config.rollout.engine=sglang",
         "--config.rollout.sglang.export_dir=/s/weights",
         "--config.train.micro_batch_rows=16",  # the pass-through comes after the defaults
     ):
         assert arg in cmd, arg
-    assert cmd.index("--config.train.micro_batch_rows=16") > cmd.index("--config.mesh.fsdp=16")
+    assert cmd.index("--config.train.micro_batch_rows=16") > cmd.index("--config.mesh.data=2")
+
+
+def test_slurm_explicit_mesh_must_cover_the_learner_gpus():
+    cmd = inner_command(slurm_dry("--num-nodes", "2", "--mesh", "1,16,1").splitlines()[-1])
+    for arg in ("--config.mesh.data=1", "--config.mesh.fsdp=16", "--config.mesh.tensor=1"):
+        assert arg in cmd, arg
+    proc = run(SLURM, "--dry-run", "--num-nodes", "2", "--mesh", "1,8,1", "--model-path", "/m",
+               "--shared-dir", "/s", "--config", CONFIG, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--mesh 1,8,1 has 8 devices, not 16" in proc.stderr
 
 
 def test_slurm_refuses_missing_options_and_too_many_learner_nodes():
@@ -116,7 +125,7 @@ def test_slurm_real_path_passes_the_pool_urls_to_the_learner(tmp_path):
     payload = shlex.split((tmp_path / "learner.txt").read_text())
     urls = [a for a in payload if a.startswith("--config.rollout.sglang.urls=")]
     assert urls == ["--config.rollout.sglang.urls=('http://gpu2:30000','http://gpu2:30001',)"]
-    assert "--coordinator_address=gpu1:12355" in payload and "--config.mesh.fsdp=2" in payload
+    assert "--coordinator_address=gpu1:12355" in payload and "--config.mesh.data=1" in payload
     assert (shared / "workdir").is_dir()
 
 
@@ -127,8 +136,10 @@ def tpu_dry(*args):
     ).stdout  # fmt: skip
 
 
-@pytest.mark.parametrize("workers, chips", [(1, 4), (2, 8)])
-def test_tpu_dry_run_one_command_for_every_worker(workers, chips):
+@pytest.mark.parametrize(
+    "workers, chips, mesh", [(1, 4, (1, 1, 4)), (2, 8, (1, 1, 8)), (4, 16, (2, 1, 8))]
+)
+def test_tpu_dry_run_one_command_for_every_worker(workers, chips, mesh):
     lines = tpu_dry("--num-workers", str(workers), "--chips", str(chips)).strip().splitlines()
     assert lines[0].startswith(f"# v5p: {workers} worker(s), {chips} chips")
     words = shlex.split(lines[-1])
@@ -141,7 +152,9 @@ def test_tpu_dry_run_one_command_for_every_worker(workers, chips):
     assert cmd[:3] == ["python3", "-m", "srpo_jax.main"]
     for arg in (
         f"--config={CONFIG}",
-        f"--config.mesh.fsdp={chips}",
+        f"--config.mesh.data={mesh[0]}",
+        f"--config.mesh.fsdp={mesh[1]}",
+        f"--config.mesh.tensor={mesh[2]}",
         f"--num_processes={workers}",
         "--coordinator_address=WORKER0_IP:8476",
         "--process_id=$worker",
