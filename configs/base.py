@@ -101,8 +101,12 @@ def benchmark_config(preset: str, task: str, arg: str | None) -> ml_collections.
     c.model.preset = preset
     c.model.remat = True  # 8192-token responses: activations, not weights, bound memory
     c.data.task = task
-    c.mesh.fsdp = 8
-    c.train.micro_batch_rows = 8  # one row per device per micro-batch
+    # Memory plan (python -m srpo_jax.plan, docs/scale.md): with fsdp=8 and one row per
+    # device the materialised attention scores of the teacher's 24k-token sequences need
+    # ~190 GiB per GPU. Splitting the heads 8 ways (tensor=8) and 2 rows per micro-batch
+    # fits 8 x H20 with >= 10% headroom for Qwen3-8B and -4B (the largest that fits).
+    c.mesh.tensor = 8
+    c.train.micro_batch_rows = 2
     c.lock()
     return c
 

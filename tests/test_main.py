@@ -44,10 +44,10 @@ ERROR_CASES = [
         ["config.model.hf_path is empty for preset 'qwen3_8b'"],
     ),
     (["--config=configs/no_such_file.py"], ["no_such_file.py"]),
-    # Valid schema, but 8-way fsdp on this 1-device run: checked after start-up.
+    # Valid schema, but an 8-device mesh on this 1-device run: checked after start-up.
     (
         ["--config=configs/qwen3_8b_chem.py", "--config.model.hf_path=/models/q"],
-        ["config.mesh data*fsdp*tensor = 1*8*1 = 8 must equal the number of devices (1)"],
+        ["config.mesh data*fsdp*tensor = 1*1*8 = 8 must equal the number of devices (1)"],
     ),
 ]
 
