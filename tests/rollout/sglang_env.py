@@ -34,8 +34,9 @@ SERVER_ARGS = (
     " --skip-server-warmup --mem-fraction-static 0.1 --max-total-tokens 2048"
     " --max-running-requests 16 --context-length 512 --chunked-prefill-size 512"
     " --max-prefill-tokens 512 --precompile-bs-paddings 16 --precompile-token-paddings 512"
-    # Log-probs came back wrong (matching no checkpoint) when two servers shared the busy
-    # 2-core machine; the overlapped scheduler is the suspect, and it buys nothing here.
+    # Once, two servers started together on a busy 2-core machine returned wrong log-probs;
+    # not reproduced since, cause unknown. The overlapped scheduler buys nothing on CPU, so it
+    # is off to keep one less source of races.
     " --disable-overlap-schedule"
 )
 
