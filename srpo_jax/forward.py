@@ -193,7 +193,11 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
     metrics.update(
         {
             "logp_gap/mean": jnp.sum(gap_BR * resp_BR) / jnp.maximum(jnp.sum(resp_BR), 1.0),
-            "logp_gap/p99": jnp.nanpercentile(jnp.where(resp_BR > 0, gap_BR, jnp.nan), 99.0),
+            "logp_gap/p99": jnp.where(
+                jnp.any(resp_BR > 0),
+                jnp.nanpercentile(jnp.where(resp_BR > 0, gap_BR, jnp.nan), 99.0),
+                0.0,  # no response tokens: no gap (nanpercentile of all-NaN is NaN)
+            ),
             "logp_gap/max": jnp.max(gap_BR * resp_BR),
             "sdpo/tokens": parts.sdpo_count,
             "sdpo/z": parts.sdpo_z,
