@@ -1,0 +1,471 @@
+"""Memory plan: will the full SRPO train step fit a given accelerator topology?
+
+    python -m srpo_jax.plan --config=configs/qwen3_8b_chem.py:method=srpo --topology=h20x8
+
+builds the train state and one step's batch as abstract shapes only (ShapeDtypeStructs
+carrying their shardings; no weight is ever allocated), lowers and compiles the whole
+`learner.train_step_fn` (student forward/backward with the config's remat, routed teacher
+forward, fused SDPO loss, AdamW, EMA) for the topology's device count, and reads the
+per-device figures of `compiled.memory_analysis()`. The compiled program is the one
+device's SPMD partition, so its sizes are per device. Arguments are split into params,
+EMA teacher, optimizer state and batch by summing the per-device shard sizes of their
+known shapes. Peak = arguments + outputs - donated aliases + temporaries + code.
+
+The batch is SPEC section 10 in its worst case: 32 prompts x 8 rollouts, prompts bucketed
+to 2048 tokens, responses to 8192, and every row of every micro-batch routed to the
+teacher (M = micro_batch_rows teacher rows of --teacher_prompt_len tokens).
+
+With no accelerator attached the compile runs on the CPU backend with N forced host
+devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before jax is
+imported when run as a script). The CPU figures are an estimate of the GPU/TPU ones, not
+equal to them: the CPU backend fuses less, keeps bf16 dots in fp32 temporaries and lays
+out buffers differently (docs/scale.md). On the real machine run the same command with
+--native: the devices are then the real ones and the figures are the target compiler's.
+
+The layer stack is a lax.scan, so compiling all layers costs no more than compiling two;
+nothing is extrapolated unless --layers is given (then params/teacher/optimizer are
+computed exactly for the full depth and the temporaries are fitted linearly in the layer
+count from two compiles, as printed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from srpo_jax import topologies
+
+
+def _force_host_devices(argv: list[str]) -> None:
+    """Sets the forced CPU device count from --topology/--num_devices before jax loads."""
+    if any(a == "--native" or a.startswith("--native=t") for a in argv):
+        return
+    n = None
+    for a in argv:
+        if a.startswith("--num_devices="):
+            n = int(a.split("=", 1)[1])
+        elif a.startswith("--topology=") and n is None:
+            n = topologies.get(a.split("=", 1)[1]).num_devices
+    if n is None:
+        n = topologies.get("h20x8").num_devices
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = " ".join(f for f in flags.split() if "force_host_platform_device_count" not in f)
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+if __name__ == "__main__":
+    _force_host_devices(sys.argv)
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import math  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from srpo_jax import learner  # noqa: E402
+from srpo_jax.config import Config  # noqa: E402
+from srpo_jax.model import Qwen3  # noqa: E402
+from srpo_jax.sharding import MeshConfig, make_mesh, param_shardings  # noqa: E402
+
+GiB = topologies.GiB
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    """The batch of one training step (SPEC 10), as the trainer would bucket it."""
+
+    prompts: int = 32
+    group_size: int = 8
+    mini_batch_prompts: int = 32
+    micro_batch_rows: int = 8
+    prompt_len: int = 2048
+    response_len: int = 8192
+    teacher_prompt_len: int = 2048
+    teacher_rows: int = -1  # -1 = micro_batch_rows (every row routed: the worst case)
+
+    @property
+    def n_mini(self) -> int:
+        return self.prompts // self.mini_batch_prompts
+
+    @property
+    def n_micro(self) -> int:
+        return self.mini_batch_prompts * self.group_size // self.micro_batch_rows
+
+    @property
+    def m_rows(self) -> int:
+        return self.micro_batch_rows if self.teacher_rows < 0 else self.teacher_rows
+
+
+def batch_struct(s: StepShape) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes/dtypes of batching.build_train_batch's output for this step shape."""
+    lead = (s.n_mini, s.n_micro)
+    b, m, r = s.micro_batch_rows, s.m_rows, s.response_len
+    shapes = {
+        "input_ids": ((b, s.prompt_len + r), jnp.int32),
+        "attention_mask": ((b, s.prompt_len + r), jnp.int32),
+        "response_ids": ((b, r), jnp.int32),
+        "response_mask": ((b, r), jnp.float32),
+        "rollout_logprobs": ((b, r), jnp.float32),
+        "advantages": ((b,), jnp.float32),
+        "grpo_rows": ((b,), jnp.bool_),
+        "sdpo_rows": ((b,), jnp.bool_),
+        "row_valid": ((b,), jnp.bool_),
+        "teacher_input_ids": ((m, s.teacher_prompt_len + r), jnp.int32),
+        "teacher_attention_mask": ((m, s.teacher_prompt_len + r), jnp.int32),
+        "teacher_src": ((m,), jnp.int32),
+        "teacher_valid": ((m,), jnp.bool_),
+    }
+    return {k: jax.ShapeDtypeStruct(lead + shp, dt) for k, (shp, dt) in shapes.items()}
+
+
+def abstract_state(model_cfg, lcfg: learner.LearnerConfig, mesh):
+    """(graphdef, TrainState of ShapeDtypeStructs with shardings): nothing is allocated."""
+    abstract = nnx.eval_shape(lambda: Qwen3(model_cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    # param_shardings gives one NamedSharding per Variable; spread it to the Variable's leaf
+    # so the sharding tree has exactly the params' structure.
+    p_shard = jax.tree.map(
+        lambda sh, var: jax.tree.map(lambda _: sh, var), param_shardings(mesh, params), params
+    )
+    params = jax.tree.map(
+        lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), params, p_shard
+    )
+    state = jax.eval_shape(lambda p: learner.init_state(p, lcfg), params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    # Adam's moments are param-shaped trees inside the optax state: give them the params'
+    # shardings (what the jitted init in learner.init_state produces); scalars replicated.
+    opt_shard = optax.tree_map_params(
+        learner.make_optimizer(lcfg),
+        lambda _leaf, sh: sh,
+        state.opt_state,
+        p_shard,
+        transform_non_params=lambda _leaf: replicated,
+    )
+    shardings = learner.TrainState(
+        params=p_shard,
+        teacher=p_shard,
+        opt_state=opt_shard,
+        step=replicated,
+        skipped_updates=replicated,
+        consecutive_skips=replicated,
+    )
+    state = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings
+    )
+    return graphdef, state
+
+
+def per_device_bytes(tree) -> int:
+    """Sum over leaves of the bytes one device holds (the largest shard)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """Per-device bytes of one compiled train step."""
+
+    params: int
+    teacher: int
+    opt: int
+    batch: int
+    arguments: int
+    outputs: int
+    aliased: int
+    temp: int
+    code: int
+
+    @property
+    def peak(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temp + self.code
+
+
+def compile_step(cfg: Config, model_cfg, mesh, shape: StepShape) -> Figures:
+    """Lowers and compiles the train step for abstract inputs; returns its memory figures."""
+    from srpo_jax.trainer import learner_config  # the trainer's own LearnerConfig mapping
+
+    lcfg = learner_config(cfg)
+    graphdef, state = abstract_state(model_cfg, lcfg, mesh)
+    batch = batch_struct(shape)
+    b_shard = learner.batch_shardings(mesh, batch)
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_shard[k]) for k, v in batch.items()
+    }
+    s_shard = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(
+        functools.partial(learner.train_step_fn, lcfg, graphdef),
+        in_shardings=(s_shard, b_shard),
+        out_shardings=(s_shard, None),
+        donate_argnums=0,
+    )
+    compiled = step.lower(state, batch).compile()
+    mem = compiled.memory_analysis()
+    if mem is None:
+        raise RuntimeError(f"backend {jax.default_backend()!r} gives no memory analysis")
+    return Figures(
+        params=per_device_bytes(state.params),
+        teacher=per_device_bytes(state.teacher),
+        opt=per_device_bytes(state.opt_state),
+        batch=per_device_bytes(batch),
+        arguments=int(mem.argument_size_in_bytes),
+        outputs=int(mem.output_size_in_bytes),
+        aliased=int(mem.alias_size_in_bytes),
+        temp=int(mem.temp_size_in_bytes),
+        code=int(mem.generated_code_size_in_bytes),
+    )
+
+
+def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers: tuple[int, int]):
+    """Figures for the full depth from compiles at two smaller depths (see module doc).
+
+    Parameter, teacher, optimizer and batch bytes are exact (computed from the full-depth
+    abstract state); temporaries and outputs are fitted linearly in the layer count.
+    """
+    from srpo_jax.trainer import learner_config
+
+    (la, lb), full = layers, model_cfg.num_layers
+    fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape)
+    fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape)
+    _, state = abstract_state(model_cfg, learner_config(cfg), mesh)
+
+    def line(a, b):
+        return int(round(a + (b - a) * (full - la) / (lb - la)))
+
+    exact = dict(
+        params=per_device_bytes(state.params),
+        teacher=per_device_bytes(state.teacher),
+        opt=per_device_bytes(state.opt_state),
+        batch=fa.batch,
+    )
+    state_bytes = exact["params"] + exact["teacher"] + exact["opt"]
+    state_a = fa.params + fa.teacher + fa.opt
+    return Figures(
+        **exact,
+        arguments=state_bytes + fa.arguments - state_a,
+        outputs=state_bytes + fa.outputs - state_a,
+        aliased=state_bytes + fa.aliased - state_a,
+        temp=line(fa.temp, fb.temp),
+        code=max(fa.code, fb.code),
+    ), (fa, fb)
+
+
+def micro_candidates(mini_rows: int, batch_shards: int) -> list[int]:
+    """Valid micro_batch_rows: divisors of the mini-batch rows that the batch axes divide."""
+    return [d for d in range(1, mini_rows + 1) if mini_rows % d == 0 and d % batch_shards == 0]
+
+
+def parse_mesh(text: str) -> MeshConfig:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--mesh must be data,fsdp,tensor (three integers), got {text!r}")
+    data, fsdp, tensor = (int(p) for p in parts)
+    return MeshConfig(data=data, fsdp=fsdp, tensor=tensor)
+
+
+def default_mesh(config_mesh: MeshConfig, n_dev: int) -> MeshConfig:
+    """The mesh the launch scripts would use on n_dev devices: the config's (one-node)
+    layout, replicated over `data` when n_dev is a multiple of it (multi-node); otherwise
+    tensor over gcd(n_dev, 8) devices and data over the rest (e.g. a 4-chip TPU slice)."""
+    if n_dev % config_mesh.size == 0:
+        return dataclasses.replace(config_mesh, data=config_mesh.data * n_dev // config_mesh.size)
+    tensor = math.gcd(n_dev, 8)
+    return MeshConfig(data=n_dev // tensor, tensor=tensor)
+
+
+def fmt_gib(n: int) -> str:
+    return f"{n / GiB:7.2f}"
+
+
+def verdict(peak: int, usable: int) -> tuple[bool, float]:
+    """(fits, headroom % of the usable memory)."""
+    return peak <= usable, 100.0 * (usable - peak) / usable
+
+
+HEADER = "micro_rows n_micro  params teacher     opt   batch    temp    code    peak  verdict"
+
+
+def row(micro: int, n_micro: int, f: Figures, usable: int) -> str:
+    fits, head = verdict(f.peak, usable)
+    word = f"fits, {head:.1f}% headroom" if fits else f"DOES NOT FIT ({-head:.1f}% over)"
+    cols = (f.params, f.teacher, f.opt, f.batch, f.temp, f.code, f.peak)
+    return f"{micro:>10} {n_micro:>7} " + " ".join(fmt_gib(c) for c in cols) + f"  {word}"
+
+
+def search(cfg, model_cfg, mesh, base: StepShape, usable: int, *, tried, max_compiles, layers):
+    """Compiles micro_batch_rows candidates around the config's value; returns
+    {micro_rows: Figures}. Goes up while the step fits, down while it does not."""
+    mini_rows = base.mini_batch_prompts * base.group_size
+    cands = micro_candidates(mini_rows, mesh.shape["data"] * mesh.shape["fsdp"])
+    if not cands:
+        raise ValueError(
+            f"no micro_batch_rows divides the mini-batch of {mini_rows} rows and is a multiple "
+            f"of data*fsdp = {mesh.shape['data'] * mesh.shape['fsdp']}: choose another --mesh"
+        )
+    results: dict[int, Figures] = {}
+
+    def run(m):
+        shape = dataclasses.replace(base, micro_batch_rows=m)
+        if layers:
+            fig, _ = extrapolated(cfg, model_cfg, mesh, shape, layers)
+        else:
+            fig = compile_step(cfg, model_cfg, mesh, shape)
+        results[m] = fig
+        print(row(m, shape.n_micro, fig, usable), flush=True)
+        return fig.peak <= usable
+
+    if tried:
+        for m in tried:
+            run(m)
+        return results
+    start = base.micro_batch_rows if base.micro_batch_rows in cands else cands[0]
+    i = cands.index(start)
+    step = 1 if run(start) else -1
+    i += step
+    while 0 <= i < len(cands) and len(results) < max_compiles:
+        fits = run(cands[i])
+        if (step == 1 and not fits) or (step == -1 and fits):
+            break
+        i += step
+    return results
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    from srpo_jax import batching
+    from srpo_jax import config as config_lib
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
+    if f.list:
+        print(topologies.table())
+        return
+    if f.config is None:
+        raise SystemExit("--config is required, e.g. --config=configs/qwen3_8b_chem.py:method=srpo")
+    topo = topologies.get(f.topology)
+    if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+    n_dev = jax.device_count()
+    expected = f.num_devices or topo.num_devices
+    if n_dev != expected:
+        raise SystemExit(
+            f"{n_dev} JAX devices but topology {topo.name} needs {expected}: run as "
+            "`python -m srpo_jax.plan` (which forces the CPU device count) or pass --native "
+            "on the real machine"
+        )
+    c = f.config
+    c.model.random_init = True  # shapes only: the weights are never loaded or initialised
+    cfg = config_lib.from_config_dict(c)
+    model_cfg = cfg.model.architecture()
+    mesh_cfg = parse_mesh(f.mesh) if f.mesh else default_mesh(cfg.mesh, n_dev)
+    mesh = make_mesh(mesh_cfg)
+    t = cfg.train
+    mini_rows = t.mini_batch_prompts * cfg.algo.group_size
+    tp_len = f.teacher_prompt_len or batching.bucket_length(cfg.algo.max_reprompt_len)
+    base = StepShape(
+        prompts=t.prompts_per_step,
+        group_size=cfg.algo.group_size,
+        mini_batch_prompts=t.mini_batch_prompts,
+        micro_batch_rows=t.micro_batch_rows or mini_rows,
+        prompt_len=batching.bucket_length(cfg.data.max_prompt_len),
+        response_len=batching.bucket_length(cfg.data.max_response_len),
+        teacher_prompt_len=tp_len,
+    )
+    usable = topo.usable_bytes
+    layers = tuple(int(x) for x in f.layers.split(",")) if f.layers else ()
+    backend = (
+        f"native {jax.default_backend()} devices ({jax.devices()[0].device_kind})"
+        if f.native
+        else f"CPU backend, {n_dev} forced host devices: an ESTIMATE of the "
+        f"{topo.platform.upper()} figures (docs/scale.md)"
+    )
+    print(
+        f"SRPO train-step memory plan: {cfg.model.preset or cfg.model.hf_path} "
+        f"({model_cfg.num_layers} layers, remat={model_cfg.remat}), method {cfg.algo.method}\n"
+        f"topology {topo.name}: {topo.description}; {topo.num_devices} devices x "
+        f"{topo.device_bytes / GiB:.1f} GiB, usable {usable / GiB:.1f} GiB "
+        f"({topo.usable_fraction:.0%})\n"
+        f"mesh data={mesh_cfg.data} fsdp={mesh_cfg.fsdp} tensor={mesh_cfg.tensor}; step "
+        f"{base.prompts} prompts x {base.group_size} rollouts, {base.n_mini} update(s) of "
+        f"{mini_rows} rows; P={base.prompt_len} R={base.response_len} teacher Pt={tp_len}, "
+        f"teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
+        f"fused loss chunk {t.chunk_size} tokens\n"
+        f"figures: {backend}"
+    )
+    if layers:
+        print(
+            f"EXTRAPOLATED: compiled with {layers[0]} and {layers[1]} layers; params/teacher/"
+            f"optimizer exact for {model_cfg.num_layers} layers, temporaries fitted linearly"
+        )
+    print("per-device GiB:\n" + HEADER, flush=True)
+    tried = [int(x) for x in f.micro_batch_rows.split(",")] if f.micro_batch_rows else []
+    results = search(
+        cfg, model_cfg, mesh, base, usable, tried=tried, max_compiles=f.max_compiles,
+        layers=layers,
+    )  # fmt: skip
+    fitting = [m for m, fig in results.items() if fig.peak <= usable]
+    if fitting:
+        best = max(fitting)
+        fits, head = verdict(results[best].peak, usable)
+        print(
+            f"VERDICT: fits. Largest micro_batch_rows that fits: {best} "
+            f"(peak {results[best].peak / GiB:.2f} GiB per device, {head:.1f}% headroom)"
+        )
+    else:
+        print(
+            f"VERDICT: does NOT fit with any micro_batch_rows tried ({sorted(results)}); try "
+            "a mesh with tensor > 1 (--mesh=data,fsdp,tensor), more devices or shorter buckets"
+        )
+    if f.json:
+        import json
+
+        out = {
+            "topology": topo.name,
+            "mesh": dataclasses.asdict(mesh_cfg),
+            "usable_bytes": usable,
+            "native": bool(f.native),
+            "extrapolated_from_layers": list(layers),
+            "results": {
+                str(m): dict(dataclasses.asdict(fig), peak=fig.peak) for m, fig in results.items()
+            },
+        }
+        with open(f.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+def define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
+    flags.DEFINE_string("topology", "h20x8", "Target; --list shows the table.")
+    flags.DEFINE_bool("list", False, "Print the topology table and exit.")
+    flags.DEFINE_integer("num_devices", 0, "Override the topology's device count.")
+    flags.DEFINE_string(
+        "mesh",
+        "",
+        "data,fsdp,tensor (default: the config's, replicated over data; see default_mesh).",
+    )
+    flags.DEFINE_string("micro_batch_rows", "", "Comma list to compile (default: search).")
+    flags.DEFINE_integer("max_compiles", 4, "Most candidates the search compiles.")
+    flags.DEFINE_integer("teacher_prompt_len", 0, "Teacher prompt bucket (0: worst case).")
+    flags.DEFINE_string("layers", "", "a,b: compile a and b layers and extrapolate (slow CPU).")
+    flags.DEFINE_bool("native", False, "Use the real devices (no forced CPU devices).")
+    flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
+    app.run(main)

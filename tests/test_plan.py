@@ -1,0 +1,170 @@
+"""Memory planner: abstract shapes, per-device accounting, the compiled figures, the CLI.
+
+References are independent of srpo_jax.plan: the batch layout comes from
+batching.build_train_batch itself, parameter counts from the SPEC 12 architecture table,
+and the CLI is run as a subprocess exactly as documented.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from srpo_jax import batching, plan, topologies
+from srpo_jax.learner import LearnerConfig
+from srpo_jax.model.config import qwen3_4b, qwen3_8b, tiny
+from srpo_jax.sharding import MeshConfig, make_mesh
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def spec_param_count(layers, d, f, n, k, v, tied, h=128):
+    """Qwen3 parameter count from SPEC 12: embeddings, per-layer q/k/v/o, SwiGLU, norms."""
+    per_layer = d * n * h * 2 + d * k * h * 2 + 3 * d * f + 2 * d + 2 * h
+    return v * d * (1 if tied else 2) + layers * per_layer + d
+
+
+def test_batch_struct_matches_build_train_batch():
+    rng = np.random.default_rng(0)
+    b = 8
+    rows = batching.StepRows(
+        prompt_ids=[rng.integers(1, 50, 20).tolist()] * b,
+        response_ids=[rng.integers(1, 50, 60).tolist() for _ in range(b)],
+        rollout_logprobs=[[-1.0] * 60] * b,
+        advantages=np.zeros(b),
+        grpo_rows=np.zeros(b, bool),
+        sdpo_rows=np.ones(b, bool),
+        teacher_rows=np.ones(b, bool),  # every row routed: M = micro_batch_rows
+        teacher_prompt_ids={r: [3] * 40 for r in range(b)},
+    )
+    real = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=4, pad_id=0)
+    shape = plan.StepShape(
+        prompts=2, group_size=4, mini_batch_prompts=2, micro_batch_rows=4,
+        prompt_len=32, response_len=64, teacher_prompt_len=64,
+    )  # fmt: skip
+    abstract = plan.batch_struct(shape)
+    assert set(abstract) == set(real)
+    for k, v in real.items():
+        assert abstract[k].shape == v.shape, k
+        assert abstract[k].dtype == v.dtype, k
+
+
+@pytest.mark.parametrize(
+    "preset, arch",
+    [
+        (qwen3_8b, (36, 4096, 12288, 32, 8, 151936, False)),
+        (qwen3_4b, (36, 2560, 9728, 32, 8, 151936, True)),
+    ],
+)
+def test_abstract_state_is_exact_and_sharded_over_fsdp(preset, arch):
+    layers, d, f, n, k, v, tied = arch
+    count = spec_param_count(layers, d, f, n, k, v, tied)
+    mesh = make_mesh(MeshConfig(fsdp=8))
+    _, state = plan.abstract_state(preset(), LearnerConfig(), mesh)
+    leaves = jax.tree.leaves(state.params)
+    assert sum(x.size for x in leaves) == count
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
+    # Everything but the RMSNorm scales (replicated: 2 per layer of d, 2 of h, final d) is
+    # split 8 ways; fp32 params and teacher, two fp32 Adam moments.
+    norms = layers * (2 * d + 2 * 128) + d
+    per_device = 4 * ((count - norms) // 8 + norms)
+    assert plan.per_device_bytes(state.params) == per_device
+    assert plan.per_device_bytes(state.teacher) == per_device
+    opt = plan.per_device_bytes(state.opt_state)
+    assert 2 * per_device <= opt < 2 * per_device + 64  # + count and learning-rate scalars
+
+
+def test_micro_candidates_mesh_and_verdict():
+    assert plan.micro_candidates(256, 8) == [8, 16, 32, 64, 128, 256]
+    assert plan.micro_candidates(256, 1)[:4] == [1, 2, 4, 8]
+    assert plan.micro_candidates(24, 16) == []
+    assert plan.parse_mesh("1,2,4") == MeshConfig(data=1, fsdp=2, tensor=4)
+    with pytest.raises(ValueError, match="data,fsdp,tensor"):
+        plan.parse_mesh("8")
+    one_node = MeshConfig(tensor=8)
+    assert plan.default_mesh(one_node, 8) == one_node
+    assert plan.default_mesh(one_node, 16) == MeshConfig(data=2, tensor=8)  # h20x16
+    assert plan.default_mesh(one_node, 4) == MeshConfig(tensor=4)  # tpu-v5p-8
+    assert plan.default_mesh(MeshConfig(), 8) == MeshConfig(data=8)
+    assert plan.verdict(90, 100) == (True, pytest.approx(10.0))
+    assert plan.verdict(110, 100)[0] is False
+
+
+def test_topology_table_has_the_required_targets():
+    for name, n in [("h20x8", 8), ("h100x8", 8), ("h20x16", 16), ("tpu-v5p-8", 4)]:
+        assert topologies.get(name).num_devices == n
+    assert topologies.get("tpu-v5e-16").device_bytes == 16 * 2**30
+    assert topologies.get("h20x8").device_bytes > 95 * 2**30
+    with pytest.raises(ValueError, match="unknown topology 'h30x8'"):
+        topologies.get("h30x8")
+
+
+def test_force_host_devices_sets_the_count(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --foo=1")
+    plan._force_host_devices(["plan", "--topology=h20x16"])
+    assert os.environ["XLA_FLAGS"] == "--foo=1 --xla_force_host_platform_device_count=16"
+    plan._force_host_devices(["plan", "--topology=h20x16", "--num_devices=4"])
+    assert os.environ["XLA_FLAGS"].endswith("device_count=4")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    plan._force_host_devices(["plan", "--native"])
+    assert os.environ["XLA_FLAGS"] == ""
+
+
+def _tiny_cfg():
+    from srpo_jax import config as config_lib
+    from srpo_jax.config import load_config_module
+
+    c = load_config_module(str(REPO / "configs" / "demo.py"), "demo.py").get_config()
+    return config_lib.from_config_dict(c)
+
+
+def test_compiled_figures_account_for_the_state():
+    cfg = _tiny_cfg()
+    model_cfg = tiny(vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8)
+    mesh = make_mesh(MeshConfig(fsdp=8))
+    shape = plan.StepShape(
+        prompts=2, group_size=4, mini_batch_prompts=2, micro_batch_rows=8,
+        prompt_len=16, response_len=32, teacher_prompt_len=16,
+    )  # fmt: skip
+    fig = plan.compile_step(cfg, model_cfg, mesh, shape)
+    state = fig.params + fig.teacher + fig.opt
+    # Every argument is a known array: state + batch (+ nothing else).
+    assert fig.arguments == state + fig.batch
+    # The state is donated: its output buffers alias the inputs.
+    assert state <= fig.aliased <= fig.outputs
+    assert fig.temp > 0
+    assert fig.peak == fig.arguments + fig.outputs - fig.aliased + fig.temp + fig.code
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_the_demo_config(tmp_path):
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.plan", "--config=configs/demo.py",
+         "--topology=h20x8", "--micro_batch_rows=8", f"--json={out}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "mesh data=8 fsdp=1 tensor=1" in text  # demo's 1-device mesh, replicated 8 times
+    assert "ESTIMATE" in text and "VERDICT: fits" in text
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["topology"] == "h20x8" and list(result["results"]) == ["8"]
+    assert result["results"]["8"]["peak"] < topologies.get("h20x8").usable_bytes
+
+
+def test_cli_list():
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.plan", "--list"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("h20x8", "h100x8", "h20x16", "tpu-v5p-8", "tpu-v5e-16"):
+        assert name in proc.stdout
