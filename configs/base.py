@@ -78,7 +78,7 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
         sft_warmup_steps=0,
         sft_lr=1e-4,
     )
-    c.rollout = dict(engine="jax", temperature=1.0, top_p=1.0, top_k=-1)
+    c.rollout = dict(engine="jax", temperature=1.0, top_p=1.0, top_k=-1, max_retries=2)
     c.rollout.sglang = dict(
         urls=(),
         launch_command="",

@@ -33,11 +33,12 @@ def bucket_length(n: int, *, minimum: int = 16) -> int:
     return size
 
 
-def bucket_rows(n: int) -> int:
-    """Teacher rows per micro-batch: 0 stays 0 (no teacher forward compiled), else a power of 2."""
+def bucket_rows(n: int, *, minimum: int = 1) -> int:
+    """Teacher rows per micro-batch: 0 stays 0 (no teacher forward compiled), else a power of 2
+    >= minimum (a larger minimum means fewer distinct shapes, hence fewer compiles)."""
     if n == 0:
         return 0
-    return bucket_length(n, minimum=1)
+    return bucket_length(n, minimum=minimum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,7 @@ def build_train_batch(
     micro_batch_rows: int,
     pad_id: int,
     min_bucket: int = 16,
+    min_teacher_rows: int = 1,
 ) -> dict[str, np.ndarray]:
     """Packs `rows` into the learner's batch dict (numpy, shapes [n_mini, n_micro, ...]).
 
@@ -154,7 +156,7 @@ def build_train_batch(
 
     # Teacher rows, packed densely per micro-batch.
     teacher = np.asarray(rows.teacher_rows, bool).reshape(num_minibatches, n_micro, b)
-    m_rows = bucket_rows(int(teacher.sum(axis=-1).max()))
+    m_rows = min(bucket_rows(int(teacher.sum(axis=-1).max()), minimum=min_teacher_rows), b)
     if m_rows:
         tp_len = bucket_length(
             max(len(rows.teacher_prompt_ids[int(r)]) for r in np.flatnonzero(rows.teacher_rows)),

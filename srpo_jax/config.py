@@ -296,6 +296,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # -1 = off
+    # A failed engine call (any engine) is retried this many times before the run stops.
+    max_retries: int = 2
     sglang: SGLangConfig = dataclasses.field(default_factory=SGLangConfig)
 
     def __post_init__(self):
@@ -305,6 +307,7 @@ class RolloutConfig:
         _require(
             self.top_k == -1 or self.top_k >= 1, "rollout.top_k", "-1 (off) or >= 1", self.top_k
         )
+        _require(self.max_retries >= 0, "rollout.max_retries", ">= 0", self.max_retries)
         if self.engine == "sglang" and not (self.sglang.urls or self.sglang.launch_command):
             raise ConfigError(
                 "config.rollout.sglang.urls is empty and config.rollout.sglang.launch_command is "

@@ -1,19 +1,46 @@
 """The training loop (DESIGN.md section 1): the only module that knows every part.
 
-Per step: sample prompts -> generate G rollouts each with the configured engine -> score
-with the verifiers -> group advantages, correctness and teacher information -> route ->
-teacher prompts for the routed rollouts only -> pack static-shape batch -> jitted
-train_step -> push the new weights to the engine -> metrics; evaluation every N steps;
-checkpoint every N steps and on SIGTERM.
+Per step: sample prompts -> generate G rollouts each with the configured engine (retried
+on failure; a step only ever sees a whole batch) -> score with the verifiers -> group
+advantages, correctness and teacher information -> route -> teacher prompts for the
+routed rollouts only -> pack static-shape batch -> jitted train_step -> push the new
+weights to the engine -> metrics; evaluation every N steps; checkpoint every N steps, at
+the end, on SIGTERM and before aborting.
 
-Host/device overlap: train_step is dispatched asynchronously; the host then pushes the
-weights and starts sampling the next step's rollouts (which needs those weights anyway),
-and reads the finished step's metrics only afterwards.
+Exact resume. A run killed at any point and restarted with the same command continues
+exactly as the uninterrupted run (on CPU: bit-identical metrics, params, EMA teacher and
+optimizer state; tests/test_resume.py). Everything a step depends on is either in the
+checkpoint or a pure function of it: the train state (params, teacher, optimizer state and
+`state.step`, which is also the LR schedule position), the data cursor and shuffle seed,
+the rollout weight version, and the seeds. There is no carried PRNG state: the rollout
+noise of step t is fold(seed, t, row) inside the engine, evaluation folds its own offset
+seed (so it never perturbs training), routing's sibling order is seeded by algo.demo_seed.
+Metric lines written after the restored checkpoint are dropped and produced again.
+
+Preemption. SIGTERM (from the start of `run`) sets a flag; the loop finishes the current
+step, skips that step's evaluation (it runs first thing after the resume instead), writes
+a checkpoint and returns normally, so the process exits 0 within one step's time.
+
+Numerical faults. A step whose every update had a non-finite gradient norm is skipped by
+the learner; after optim.max_consecutive_skips such steps in a row the trainer checkpoints
+the last good state and raises TrainingAborted naming the step (main prints one line and
+exits 1).
+
+Testing aids (fault injection), read from the environment and never from the config, so a
+restarted run with the same command line does not fault again:
+  SRPO_DEBUG_KILL=mid_step:N          SIGKILL itself during step N (1-based, the step number
+                                      of metrics.jsonl), after its rollouts, before training
+  SRPO_DEBUG_KILL=after_checkpoint:N  SIGKILL itself once the checkpoint of step N is
+                                      finalised, before step N+1 starts
+  SRPO_DEBUG_NAN_STEPS=3,4            poison steps 3 and 4's batches (NaN advantages and
+                                      rollout log-probs) so their gradient norm is NaN
+  SRPO_DEBUG_ROLLOUT_FAILS=N:k        the first k engine calls of step N raise
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import signal
 import time
@@ -32,7 +59,7 @@ from srpo_jax.config import Config, check_mesh, to_dict
 from srpo_jax.data import datasets, rewards, synthetic
 from srpo_jax.data import tokenizer as tok_lib
 from srpo_jax.model import hf_io
-from srpo_jax.rollout.engine import FINISH_ABORT, SamplingParams
+from srpo_jax.rollout.engine import FINISH_ABORT, RolloutError, SamplingParams
 from srpo_jax.sft import SFTConfig, run_sft
 from srpo_jax.sharding import create_sharded_model, make_mesh
 
@@ -134,7 +161,97 @@ def _warmup(cfg, graphdef, params, train_set, tokenizer, log):
     return params
 
 
+# ----------------------------------------------------------------------------- faults
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultInjection:
+    """The testing aids of the module docstring, parsed from the environment."""
+
+    kill_point: str = ""  # "mid_step" | "after_checkpoint" | "" (off)
+    kill_step: int = 0  # 1-based step number
+    nan_steps: frozenset[int] = frozenset()
+    rollout_fail_step: int = 0
+    rollout_fails: int = 0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> FaultInjection:
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {}
+        kill = env.get("SRPO_DEBUG_KILL", "")
+        if kill:
+            point, _, n = kill.partition(":")
+            if point not in ("mid_step", "after_checkpoint") or not n.isdigit():
+                raise ValueError(
+                    f"SRPO_DEBUG_KILL must be mid_step:N or after_checkpoint:N, got {kill!r}"
+                )
+            kwargs.update(kill_point=point, kill_step=int(n))
+        nan = env.get("SRPO_DEBUG_NAN_STEPS", "")
+        if nan:
+            try:
+                kwargs["nan_steps"] = frozenset(int(x) for x in nan.split(","))
+            except ValueError:
+                raise ValueError(f"SRPO_DEBUG_NAN_STEPS must be like 3,4,5, got {nan!r}") from None
+        fails = env.get("SRPO_DEBUG_ROLLOUT_FAILS", "")
+        if fails:
+            n, _, k = fails.partition(":")
+            if not (n.isdigit() and k.isdigit()):
+                raise ValueError(f"SRPO_DEBUG_ROLLOUT_FAILS must be N:k, got {fails!r}")
+            kwargs.update(rollout_fail_step=int(n), rollout_fails=int(k))
+        return cls(**kwargs)
+
+    def maybe_kill(self, point: str, step: int) -> None:
+        if self.kill_point == point and self.kill_step == step:
+            print(f"SRPO_DEBUG_KILL: SIGKILL at {point}:{step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def before_generate(self, step: int, attempt: int) -> None:
+        """SRPO_DEBUG_ROLLOUT_FAILS: the first k attempts of step N raise (training only)."""
+        if step + 1 == self.rollout_fail_step and attempt < self.rollout_fails:
+            raise RuntimeError(f"injected rollout failure {attempt + 1} (SRPO_DEBUG_ROLLOUT_FAILS)")
+
+
 # ----------------------------------------------------------------------------- one step
+
+
+def generate_whole(
+    engine,
+    prompts,
+    n: int,
+    sp: SamplingParams,
+    *,
+    step: int,
+    max_retries: int,
+    faults: FaultInjection | None = None,
+):
+    """engine.generate, retried up to `max_retries` times; returns only a complete batch.
+
+    A result that lacks rows (a partial batch) counts as a failure, so a training step never
+    consumes one. Sampling noise is a function of (seed, step, row), so a retry draws exactly
+    what the failed attempt would have (resume stays exact).
+    """
+    last: Exception | None = None
+    for attempt in range(max_retries + 1):
+        try:
+            if faults is not None:
+                faults.before_generate(step, attempt)
+            ro = engine.generate(prompts, n, sp, step=step)
+            want = np.repeat(np.arange(len(prompts), dtype=np.int32), n)
+            if ro.num_rows != len(want) or not np.array_equal(ro.prompt_index_B, want):
+                raise RolloutError(
+                    f"engine returned {ro.num_rows} rows for {len(prompts)} prompts x {n}"
+                )
+            return ro
+        except Exception as e:  # any engine failure (device, HTTP, partial result) is retried
+            last = e
+            logging.warning(
+                "step %d: rollout attempt %d/%d failed: %s: %s",
+                step + 1, attempt + 1, max_retries + 1, type(e).__name__, e,
+            )  # fmt: skip
+    raise RolloutError(
+        f"step {step + 1}: rollout failed {max_retries + 1} times "
+        f"(config.rollout.max_retries={max_retries}); last error: {type(last).__name__}: {last}"
+    ) from last
 
 
 @dataclasses.dataclass
@@ -145,7 +262,9 @@ class HostStep:
     metrics: dict
 
 
-def prepare_step(cfg: Config, step: int, engine, train_set, sampler, tokenizer) -> HostStep:
+def prepare_step(
+    cfg: Config, step: int, engine, train_set, sampler, tokenizer, faults=None
+) -> HostStep:
     """Rollouts, rewards, routing and teacher prompts for one step -> learner batch."""
     a = cfg.algo
     g = a.group_size
@@ -161,7 +280,9 @@ def prepare_step(cfg: Config, step: int, engine, train_set, sampler, tokenizer) 
         stop_token_ids=_stop_ids(tokenizer),
         seed=cfg.train.seed,
     )
-    ro = engine.generate(prompts, g, sp, step=step)
+    ro = generate_whole(
+        engine, prompts, g, sp, step=step, max_retries=cfg.rollout.max_retries, faults=faults
+    )
     t1 = time.perf_counter()
 
     texts = [
@@ -178,10 +299,9 @@ def prepare_step(cfg: Config, step: int, engine, train_set, sampler, tokenizer) 
     )
     t2 = time.perf_counter()
 
-    sdpo_mask, teacher_idx = routing.route(
-        rew, g, a.method, a.success_threshold, seed=a.demo_seed if a.demo_seed else None
-    )
-    info = routing.teacher_info(rew, g, a.success_threshold)
+    seed = a.demo_seed if a.demo_seed else None
+    sdpo_mask, teacher_idx = routing.route(rew, g, a.method, a.success_threshold, seed=seed)
+    info = routing.teacher_info(rew, g, a.success_threshold, seed=seed)
     teacher_prompts: dict[int, Any] = {}
     keep = np.ones(ro.num_rows, bool)
     for r in np.flatnonzero(teacher_idx >= 0):
@@ -194,9 +314,10 @@ def prepare_step(cfg: Config, step: int, engine, train_set, sampler, tokenizer) 
         else:
             teacher_prompts[int(r)] = ids.tolist()
     sdpo_mask, teacher_idx = routing.drop_teachers(sdpo_mask, teacher_idx, keep)
+    t3 = time.perf_counter()
+
     adv = np.asarray(adv_lib.group_advantages(rew, g), np.float64)
-    method = a.method
-    grpo_rows = np.zeros(ro.num_rows, bool) if method == "sdpo" else ~sdpo_mask
+    grpo_rows = np.zeros(ro.num_rows, bool) if a.method == "sdpo" else ~sdpo_mask
     rows = batching.StepRows(
         prompt_ids=[prompts[r // g] for r in range(ro.num_rows)],
         response_ids=[ro.completion(r) for r in range(ro.num_rows)],
@@ -209,14 +330,17 @@ def prepare_step(cfg: Config, step: int, engine, train_set, sampler, tokenizer) 
         teacher_rows=teacher_idx >= 0,
         teacher_prompt_ids=teacher_prompts,
     )
-    mini_rows = cfg.train.mini_batch_prompts * g
+    micro_rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * g
     batch = batching.build_train_batch(
         rows,
         num_minibatches=cfg.num_updates_per_step,
-        micro_batch_rows=cfg.train.micro_batch_rows or mini_rows,
+        micro_batch_rows=micro_rows,
         pad_id=tokenizer.pad_token_id,
+        # Teacher rows per micro-batch come in at most 3 sizes besides 0 (b/4, b/2, b), so the
+        # train step compiles a bounded number of variants whatever the routed fraction.
+        min_teacher_rows=max(1, micro_rows // 4),
     )
-    t3 = time.perf_counter()
+    t4 = time.perf_counter()
     failures = ~info.correct
     lengths = ro.lengths_B.astype(np.float64)
     host_metrics = {
@@ -232,9 +356,45 @@ def prepare_step(cfg: Config, step: int, engine, train_set, sampler, tokenizer) 
         "rollout/truncated_frac": float(np.mean([f == "length" for f in ro.finish_reasons])),
         "time/rollout_s": t1 - t0,
         "time/reward_s": t2 - t1,
-        "time/teacher_prompts_s": t3 - t2,
+        "time/teacher_s": t3 - t2,  # host side: routing and teacher prompts
+        "time/packing_s": t4 - t3,
     }
     return HostStep(batch=batch, metrics=host_metrics)
+
+
+def _poison(batch: dict) -> dict:
+    """SRPO_DEBUG_NAN_STEPS: NaN advantages and rollout log-probs -> non-finite gradients."""
+    batch = dict(batch)
+    for key in ("advantages", "rollout_logprobs"):
+        batch[key] = np.full_like(batch[key], np.nan)
+    return batch
+
+
+def _logp_gap_p99(dev_metrics: dict, batch: dict) -> dict:
+    """Host-side 99th percentile of the per-token log-prob gap if the learner gave tokens."""
+    tokens = dev_metrics.pop("logp_gap/tokens", None)
+    if tokens is None or "logp_gap/p99" in dev_metrics:
+        return {}
+    mask = np.asarray(batch["response_mask"]) > 0
+    gaps = np.asarray(tokens)[mask]
+    return {"logp_gap/p99": float(np.percentile(gaps, 99)) if gaps.size else 0.0}
+
+
+def _summary_aliases(m: dict) -> dict:
+    """Short names for the curves and dashboards: teacher entropy, SDPO weight spread and
+    GRPO clip fractions (the learner's objective metrics are prefixed "loss/"). Teacher and
+    weight statistics only exist on steps that routed tokens to SDPO."""
+    out = {}
+    for name in ("clip_high_frac", "clip_low_frac", "clip_dual_frac"):
+        if f"loss/grpo_{name}" in m:
+            out[f"grpo/{name}"] = m[f"loss/grpo_{name}"]
+    if m.get("sdpo/tokens", 0.0) > 0:
+        if "loss/teacher_entropy_mean" in m:
+            out["teacher/entropy_mean"] = m["loss/teacher_entropy_mean"]
+        if "loss/sdpo_weight_max" in m:
+            out["sdpo/weight_spread"] = m["loss/sdpo_weight_max"] - m["loss/sdpo_weight_min"]
+            out["sdpo/weight_std"] = m["loss/sdpo_weight_std"]
+    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -261,8 +421,13 @@ class _Preemption:
 
 def run(cfg: Config, workdir: str | pathlib.Path) -> dict:
     """Trains per `cfg`; resumes from the latest checkpoint in workdir. Returns a summary."""
-    wd = pathlib.Path(workdir)
+    with _Preemption() as preempt:
+        return _run(cfg, pathlib.Path(workdir), preempt)
+
+
+def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     wd.mkdir(parents=True, exist_ok=True)
+    faults = FaultInjection.from_env()
 
     def log(msg):
         logging.info(msg)
@@ -287,6 +452,11 @@ def run(cfg: Config, workdir: str | pathlib.Path) -> dict:
     lcfg = learner_config(cfg)
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
+    seeds = {
+        "train_seed": cfg.train.seed,
+        "shuffle_seed": cfg.data.shuffle_seed,
+        "demo_seed": cfg.algo.demo_seed,
+    }
     restored = None
     if ckpt.latest_step() is not None:
         # The restore target carries the shardings the fresh state would be born with.
@@ -294,11 +464,17 @@ def run(cfg: Config, workdir: str | pathlib.Path) -> dict:
     if restored is None:
         params = _warmup(cfg, graphdef, params, train_set, tokenizer, log)
         state = learner.init_state(params, lcfg, mesh)
-        host = {"train_elapsed_s": 0.0, "weight_version": 0, "evals": []}
+        host = {"train_elapsed_s": 0.0, "weight_version": 0, "evals": [], "pending_eval": -1}
         # A fresh run starts a fresh log: lines of an earlier run without checkpoints go.
         writer = metrics_lib.MetricsWriter(wd, tensorboard=cfg.log.tensorboard, resume_step=-1)
     else:
         state, host = restored.state, restored.host_state
+        if host.get("seeds", seeds) != seeds:
+            logging.warning(
+                "resuming with seeds %s, but the checkpoint was written with %s: the run "
+                "will not continue as the original would have",
+                seeds, host["seeds"],
+            )  # fmt: skip
         sampler.load_state_dict(host["sampler"])
         writer = metrics_lib.MetricsWriter(
             wd, tensorboard=cfg.log.tensorboard, resume_step=restored.step
@@ -314,60 +490,85 @@ def run(cfg: Config, workdir: str | pathlib.Path) -> dict:
     budget_s = cfg.train.time_budget_hours * 3600.0
 
     def save(step_done):
-        host_state = dict(host, sampler=sampler.state_dict(), config=to_dict(cfg))
+        host_state = dict(host, sampler=sampler.state_dict(), seeds=seeds, config=to_dict(cfg))
+        host_state["step"] = step_done
         ckpt.save(step_done, state, host_state)
 
-    def maybe_eval(step_done):
-        if cfg.eval.every_steps and step_done % cfg.eval.every_steps == 0:
-            res = evaluator.run(engine, step=step_done, seed=cfg.train.seed)
-            res["time/train_elapsed_s"] = host["train_elapsed_s"]
-            writer.write(step_done, res)
-            host["evals"].append([host["train_elapsed_s"], res["eval/avg_at_k"]])
-            log(
-                f"step {step_done}: eval avg@{cfg.eval.num_samples} = {res['eval/avg_at_k']:.3f}, "
-                f"maj@{cfg.eval.num_samples} = {res['eval/maj_at_k']:.3f}"
-            )
+    def evaluate(step_done):
+        res = evaluator.run(engine, step=step_done, seed=cfg.train.seed)
+        res["time/train_elapsed_s"] = host["train_elapsed_s"]
+        writer.write(step_done, res)
+        host["evals"].append([host["train_elapsed_s"], res["eval/avg_at_k"]])
+        log(
+            f"step {step_done}: eval avg@{cfg.eval.num_samples} = {res['eval/avg_at_k']:.3f}, "
+            f"maj@{cfg.eval.num_samples} = {res['eval/maj_at_k']:.3f}"
+        )
 
-    if start_step == 0:
-        maybe_eval(0)
-    with _Preemption() as preempt:
-        for step in range(start_step, cfg.train.num_steps):
-            t_step = time.perf_counter()
-            prepared = prepare_step(cfg, step, engine, train_set, sampler, tokenizer)
-            t_learn = time.perf_counter()
-            state, dev_metrics = lrn.train_step(state, prepared.batch)
-            sync = engine.update_weights(state.params, step + 1)
-            host["weight_version"] = step + 1
-            dev_metrics = jax.device_get(dev_metrics)
-            t_done = time.perf_counter()
-            host["train_elapsed_s"] += t_done - t_step
-            m = dict(prepared.metrics)
-            m.update({k: float(v) for k, v in dev_metrics.items()})
-            m.update(sync)
-            m["time/learner_s"] = t_done - t_learn - sync.get("sync/seconds", 0.0)
-            m["time/step_s"] = t_done - t_step
-            m["time/train_elapsed_s"] = host["train_elapsed_s"]
-            writer.write(step + 1, m)
-            consecutive = int(jax.device_get(state.consecutive_skips))
-            if consecutive >= cfg.optim.max_consecutive_skips:
-                save(step + 1)
-                raise TrainingAborted(
-                    f"step {step + 1}: {consecutive} consecutive steps had a non-finite gradient "
-                    f"norm (limit optim.max_consecutive_skips={cfg.optim.max_consecutive_skips}); "
-                    "the last good params are in the checkpoint"
-                )
-            maybe_eval(step + 1)
-            done = step + 1 == cfg.train.num_steps
-            over_budget = budget_s > 0 and host["train_elapsed_s"] >= budget_s
-            every = cfg.checkpoint.every_steps
-            if done or over_budget or preempt.requested or (every and (step + 1) % every == 0):
-                save(step + 1)
+    def eval_due(step_done):
+        return cfg.eval.every_steps and step_done % cfg.eval.every_steps == 0
+
+    if start_step == 0 and eval_due(0):
+        evaluate(0)
+    if host.get("pending_eval", -1) == start_step and start_step > 0:
+        evaluate(start_step)  # skipped by the preemption that ended the previous run
+        host["pending_eval"] = -1
+    for step in range(start_step, cfg.train.num_steps):
+        n = step + 1  # the step's number in metrics.jsonl: steps completed after it
+        t_step = time.perf_counter()
+        prepared = prepare_step(cfg, step, engine, train_set, sampler, tokenizer, faults)
+        batch = _poison(prepared.batch) if n in faults.nan_steps else prepared.batch
+        faults.maybe_kill("mid_step", n)
+        t_learn = time.perf_counter()
+        state, dev_metrics = lrn.train_step(state, batch)
+        jax.block_until_ready(state)
+        t_sync = time.perf_counter()
+        sync = engine.update_weights(state.params, n)
+        host["weight_version"] = n
+        dev_metrics = jax.device_get(dev_metrics)
+        t_done = time.perf_counter()
+        host["train_elapsed_s"] += t_done - t_step
+        m = dict(prepared.metrics)
+        m.update(_logp_gap_p99(dev_metrics, batch))
+        m.update({k: float(v) for k, v in dev_metrics.items()})
+        m.update(_summary_aliases(m))
+        m.update(sync)
+        m["skipped_updates_total"] = float(jax.device_get(state.skipped_updates))
+        m["time/learner_s"] = t_sync - t_learn
+        m["time/sync_s"] = t_done - t_sync
+        m["time/step_s"] = t_done - t_step
+        m["time/train_elapsed_s"] = host["train_elapsed_s"]
+        m["compile/train_step_variants"] = float(lrn.num_compiled)
+        if hasattr(engine, "num_traces"):
+            m["compile/generate_traces"] = float(engine.num_traces)
+        writer.write(n, m)
+        consecutive = int(jax.device_get(state.consecutive_skips))
+        if consecutive >= cfg.optim.max_consecutive_skips:
+            save(n)
+            ckpt.wait()
+            raise TrainingAborted(
+                f"step {n}: {consecutive} consecutive steps had a non-finite gradient norm "
+                f"(limit optim.max_consecutive_skips={cfg.optim.max_consecutive_skips}); the "
+                f"last good params are in the checkpoint of step {n} in {wd / 'checkpoints'}"
+            )
+        if eval_due(n):
             if preempt.requested:
-                log(f"preempted: checkpoint written at step {step + 1}; exiting")
-                break
-            if over_budget:
-                log(f"time budget of {cfg.train.time_budget_hours} h reached at step {step + 1}")
-                break
+                host["pending_eval"] = n  # bounded exit time: evaluate after the resume
+            else:
+                evaluate(n)
+        done = n == cfg.train.num_steps
+        over_budget = budget_s > 0 and host["train_elapsed_s"] >= budget_s
+        every = cfg.checkpoint.every_steps
+        if done or over_budget or preempt.requested or (every and n % every == 0):
+            save(n)
+            if faults.kill_point == "after_checkpoint" and faults.kill_step == n:
+                ckpt.wait()
+                faults.maybe_kill("after_checkpoint", n)
+        if preempt.requested:
+            log(f"preempted: checkpoint written at step {n}; exiting")
+            break
+        if over_budget:
+            log(f"time budget of {cfg.train.time_budget_hours} h reached at step {n}")
+            break
     engine.close()
     ckpt.wait()
     curves = wd / "curves.png"
@@ -379,6 +580,7 @@ def run(cfg: Config, workdir: str | pathlib.Path) -> dict:
         "metrics": str(wd / "metrics.jsonl"),
         "curves": str(curves),
         "budget_table": table,
+        "train_step_variants": lrn.num_compiled,
     }
     writer.close()
     accs = [acc for _, acc in host["evals"]]
