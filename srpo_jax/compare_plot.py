@@ -28,7 +28,8 @@ PANELS = (
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(values) < 2:
         return values
-    kernel = np.ones(window)
+    # np.convolve's "same" output has the longer input's length: keep the kernel shorter.
+    kernel = np.ones(min(window, len(values)))
     # Normalise by the number of points under the window so the ends are not pulled to 0.
     num = np.convolve(values, kernel, mode="same")
     den = np.convolve(np.ones_like(values), kernel, mode="same")

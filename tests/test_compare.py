@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 from srpo_jax import compare, compare_plot, compare_report
@@ -74,6 +75,14 @@ def test_budget_columns_take_best_eval_after_step_zero():
     assert compare_report.best_within(rec, 1) is None  # step 0 does not count
     assert compare_report.best_within(rec, 5) == 0.5
     assert compare_report.best_within(rec, 10) == 0.7
+
+
+def test_smoothing_keeps_length():
+    for n in (1, 2, 4, 5, 9):
+        values = np.arange(n, dtype=float)
+        assert compare_plot._smooth(values, 5).shape == (n,)
+    # Interior points: the plain 5-point mean.
+    assert compare_plot._smooth(np.arange(9.0), 5)[4] == 4.0
 
 
 def test_table_and_claims_on_handmade_logs(tmp_path):
