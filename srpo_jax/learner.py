@@ -349,7 +349,21 @@ class Learner:
             else:
                 fn = jax.jit(step, donate_argnums=0)
             self._compiled[key] = fn
+        if self.mesh is not None and jax.process_count() > 1:
+            batch = self.place_batch(batch)
         return fn(state, batch)
+
+    def place_batch(self, batch: dict) -> dict:
+        """Global device arrays from a host batch that every process holds in full.
+
+        jit refuses numpy inputs with non-trivial shardings across processes; each process
+        supplies the slices its own devices hold.
+        """
+        shardings = batch_shardings(self.mesh, batch)
+        return {
+            k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
+            for k, v in batch.items()
+        }
 
     @property
     def num_compiled(self) -> int:
