@@ -424,7 +424,8 @@ def main(argv: list[str]) -> None:
     else:
         print(
             f"VERDICT: does NOT fit with any micro_batch_rows tried ({sorted(results)}); try "
-            "a mesh with tensor > 1 (--mesh=data,fsdp,tensor), more devices or shorter buckets"
+            "another mesh (--mesh=data,fsdp,tensor; tensor splits the attention heads), more "
+            "devices, or a shorter teacher bucket (--teacher_prompt_len)"
         )
     if f.json:
         import json
