@@ -178,8 +178,8 @@ def _worker(num_processes: int, process_id: int, port: int, out_dir: str, ckpt_d
             for a, b in zip(final, theirs, strict=True)
         )
     if num_processes > 1:
-        # Does the learner accept a host numpy batch across processes (what trainer.py
-        # passes)? Recorded for the report, not asserted: the test feeds global arrays.
+        # The learner must also accept the host numpy batch the trainer passes (it places
+        # it as global arrays itself when there are several processes).
         try:
             lrn.train_step(state, batch_np)
             result["numpy_batch"] = "ok"
@@ -263,6 +263,7 @@ def test_multihost_train_step_and_checkpoint_equal_single_process(tmp_path, num_
         np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=2e-6, err_msg=k)
     assert multi["restore_exact"] and multi["restored_step"] == STEPS
     assert multi["host_note"] == "multihost"
+    assert multi["numpy_batch"] == "ok", multi["numpy_batch"]
     assert single["max_diff_vs_multihost_ckpt"] < 1e-5
 
 
