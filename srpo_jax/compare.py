@@ -1,7 +1,7 @@
 """Method comparison on equal budgets (issue 10): every method x seed, one table, one plot.
 
     python -m srpo_jax.compare --config=configs/demo.py \
-        --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=30 --out=compare
+        --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=20 --out=compare
 
 Each (method, seed) trains with `trainer.run` in out/runs/<method>_s<seed>, from the config
 file's own `get_config("method=<m>")` so the method-dependent defaults (learning rate,
@@ -29,6 +29,7 @@ import argparse
 import ast
 import dataclasses
 import importlib.util
+import json
 import pathlib
 import shutil
 import sys
@@ -38,7 +39,7 @@ from srpo_jax import compare_plot, compare_report
 from srpo_jax import config as config_lib
 
 DEFAULT_METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
-DEFAULT_BUDGET_STEPS = 30
+DEFAULT_BUDGET_STEPS = 20  # 5 methods x 3 seeds in ~30 min of 2-core CPU (docs/compare.md)
 DEFAULT_SEEDS = 3
 
 
@@ -155,7 +156,6 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / "runs"
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    records: dict[str, dict[int, list[dict]]] = {m: {} for m in plan.methods}
     costs: dict[str, tuple[float, float]] = {}  # "<method>_s<seed>" | "warmup_s<seed>"
 
     def timed(name, fn, *args):
@@ -180,8 +180,8 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
                 shutil.rmtree(wd)  # a fresh comparison: never resume a stale run
             log(f"[compare] {method} seed {seed}: {plan.budget_steps} steps -> {wd}")
             timed(f"{method}_s{seed}", trainer.run, cfg, wd)
-            records[method][seed] = compare_report.load_run(wd)
-            last = max(compare_report.series(records[method][seed], "time/step_s"), default=0)
+            rec = compare_report.load_run(wd)
+            last = max(compare_report.series(rec, "time/step_s"), default=0)
             if last < plan.budget_steps and not plan.budget_minutes:
                 # The trainer exits cleanly on SIGTERM: do not report a truncated run.
                 raise RuntimeError(
@@ -189,12 +189,24 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
                     "the comparison is incomplete"
                 )
     total_s = time.perf_counter() - t_start
+    totals = {"total": (total_s, time.process_time() - cpu_start)}
+    (out / "costs.json").write_text(json.dumps({**costs, **totals}, indent=1, sort_keys=True))
+    return write_reports(plan, out, log)
+
+
+def write_reports(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
+    """table.md, timing.md and curves.png from the runs (and costs.json) under out/."""
+    out = pathlib.Path(out)
+    records = {
+        m: {s: compare_report.load_run(out / "runs" / f"{m}_s{s}") for s in plan.seeds}
+        for m in plan.methods
+    }
+    cost_file = out / "costs.json"
+    saved = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
+    costs = {k: tuple(v) for k, v in saved.items()}
+    total_s, cpu_s = costs.pop("total", (0.0, 0.0))
     report = compare_report.Report(
-        plan=plan,
-        records=records,
-        costs=costs,
-        total_s=total_s,
-        cpu_s=time.process_time() - cpu_start,
+        plan=plan, records=records, costs=costs, total_s=total_s, cpu_s=cpu_s
     )
     (out / "table.md").write_text(compare_report.table_md(report))
     (out / "timing.md").write_text(compare_report.timing_md(report))
@@ -214,7 +226,7 @@ def _parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def parse_args(argv: list[str]) -> tuple[Plan, str]:
+def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
     p = argparse.ArgumentParser(
         prog="python -m srpo_jax.compare", description=__doc__.split("\n")[0]
     )
@@ -228,6 +240,9 @@ def parse_args(argv: list[str]) -> tuple[Plan, str]:
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[])
     p.add_argument("--no_share_warmup", action="store_true", help="warm up inside every run")
     p.add_argument("--out", default="compare")
+    p.add_argument(
+        "--report_only", action="store_true", help="rewrite the reports from out/runs, no training"
+    )
     a = p.parse_args(argv)
     if a.seeds < 1:
         p.error(f"--seeds must be >= 1, got {a.seeds}")
@@ -244,12 +259,15 @@ def parse_args(argv: list[str]) -> tuple[Plan, str]:
         )
     except ValueError as e:
         p.error(str(e))
-    return plan, a.out
+    return plan, a.out, a.report_only
 
 
 def main(argv: list[str] | None = None) -> None:
-    plan, out = parse_args(sys.argv[1:] if argv is None else argv)
-    run_all(plan, out)
+    plan, out, report_only = parse_args(sys.argv[1:] if argv is None else argv)
+    if report_only:
+        write_reports(plan, out)
+    else:
+        run_all(plan, out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from srpo_jax.compare_report import ACC, ELAPSED, Report, series
+from srpo_jax.compare_report import ACC, ELAPSED, ENTROPY, Report, series
 
 # (metric key, title, x axis "step" | "minutes", smoothing window in steps)
 PANELS = (
@@ -18,7 +18,7 @@ PANELS = (
     (ACC, "eval accuracy avg@k vs training time", "minutes", 1),
     ("reward/accuracy", "train accuracy (5-step mean)", "step", 5),
     ("route/sdpo_frac", "fraction routed to SDPO (5-step mean)", "step", 5),
-    ("teacher/entropy_mean", "teacher entropy, nats (5-step mean)", "step", 5),
+    (ENTROPY, "teacher entropy, nats (5-step mean)", "step", 5),
     ("rollout/response_len_mean", "response length, tokens (5-step mean)", "step", 5),
     ("time/step_s", "seconds per step", "step", 1),
     (ELAPSED, "training minutes (evaluation excluded)", "step", 1),

@@ -23,6 +23,9 @@ from srpo_jax import metrics as metrics_lib
 FRACTIONS = (0.1, 0.5, 1.0)  # the paper's 1 h / 5 h / 10 h out of 10 h
 ACC = "eval/avg_at_k"
 ELAPSED = "time/train_elapsed_s"
+ENTROPY = "loss/teacher_entropy_mean"
+# Earlier trainer versions logged the teacher entropy under this name.
+ENTROPY_ALIASES = ("teacher/entropy_mean",)
 ABLATION = ("srpo", "srpo_no_dw", "advantage_mix")
 
 
@@ -39,6 +42,12 @@ class Report:
 
 def load_run(workdir: str | pathlib.Path) -> list[dict]:
     records = metrics_lib.read_metrics(pathlib.Path(workdir) / metrics_lib.FILENAME)
+    for r in records:
+        for alias in ENTROPY_ALIASES:
+            if alias in r and ENTROPY not in r:
+                r[ENTROPY] = r[alias]
+        if r.get("sdpo/tokens") == 0:
+            r.pop(ENTROPY, None)  # nothing routed: the logged 0 is a placeholder, not a value
     if not any(ACC in r for r in records):
         raise RuntimeError(f"{workdir}: metrics.jsonl has no evaluation ({ACC}) records")
     return records
@@ -127,7 +136,7 @@ def _dynamics_table(report: Report, methods: Sequence[str]) -> list[str]:
     cols = (
         ("train accuracy", "reward/accuracy", 100.0, 1),
         ("routed to SDPO (%)", "route/sdpo_frac", 100.0, 1),
-        ("teacher entropy (nats)", "teacher/entropy_mean", 1.0, 3),
+        ("teacher entropy (nats)", ENTROPY, 1.0, 3),
         ("response length (tokens)", "rollout/response_len_mean", 1.0, 1),
     )
     lines = [
@@ -160,8 +169,10 @@ def _pooled_corr(report: Report, method: str, key_a: str, key_b: str) -> float |
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _fmt(x: float | None, scale: float = 100.0) -> str:
-    return "n/a" if x is None else f"{scale * x:.1f}"
+def _fmt(x: float | None, scale: float = 100.0, *, signed: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{scale * x:+.1f}" if signed else f"{scale * x:.1f}"
 
 
 class _Summary:
@@ -232,7 +243,7 @@ def claims(report: Report) -> list[tuple[str, str, str]]:
         (
             "SDPO improves fastest early (gain over step 0 within 1/10 of the budget)",
             _verdict(d_gain, g_gain, test=lambda: d_gain > g_gain),
-            f"SDPO +{_fmt(d_gain)} vs GRPO +{_fmt(g_gain)} points",
+            f"SDPO {_fmt(d_gain, signed=True)} vs GRPO {_fmt(g_gain, signed=True)} points",
         ),
         (
             "SDPO stalls (gains less than GRPO from 5/10 to 10/10) or collapses (final "
