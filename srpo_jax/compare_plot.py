@@ -63,6 +63,8 @@ def plot(report: Report, out_png: str | pathlib.Path) -> pathlib.Path:
             steps, mat = _aligned(report, method, key, window)
             if not len(steps):
                 continue
+            if key == ELAPSED:
+                mat = mat / 60.0  # logged in seconds, drawn in minutes
             if xaxis == "minutes":
                 t_steps, t_mat = _aligned(report, method, ELAPSED, 1)
                 if not len(t_steps):  # no timed training steps logged
