@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from srpo_jax import compare, compare_plot, compare_report
+from srpo_jax import config as config_lib
 
 CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 
@@ -116,3 +117,28 @@ def test_table_and_claims_on_handmade_logs(tmp_path):
     # Logs without timings still give a timing page and a plot (panels say "no data").
     assert "| srpo |" in compare_report.timing_md(report)
     assert compare_plot.plot(report, tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_cli_and_per_run_config():
+    plan, out, report_only = compare.parse_args(
+        [
+            f"--config={CONFIG}",
+            "--methods=grpo,sdpo",
+            "--seeds=3",
+            "--budget_steps=30",
+            "--out=x",
+            "--set=eval.max_examples=16",
+        ]
+    )
+    assert (plan.methods, plan.seeds, plan.eval_steps, out, report_only) == (
+        ("grpo", "sdpo"),
+        (0, 1, 2),
+        3,
+        "x",
+        False,
+    )
+    cfg = config_lib.from_config_dict(compare.run_config_dict(plan, "sdpo", 2))
+    assert (cfg.algo.method, cfg.train.seed, cfg.train.num_steps) == ("sdpo", 2, 30)
+    assert (cfg.eval.every_steps, cfg.eval.max_examples) == (3, 16)
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--methods=grpo,dpo"])  # unknown method: argparse error, exit 2
