@@ -215,7 +215,7 @@ def train_step_fn(cfg: LearnerConfig, graphdef, state: TrainState, batch: dict):
             rest = jax.tree.map(lambda x: x[1:], (mini, old_mini))
             (g_acc, aux_acc), _ = jax.lax.scan(micro, (g_acc, aux_acc), rest)
 
-        gnorm = optax.global_norm(g_acc)
+        gnorm = optax.tree.norm(g_acc)
         finite = jnp.isfinite(gnorm)
         # Clip to the global norm (SPEC 10); a non-finite norm skips the update entirely.
         factor = jnp.where(finite, jnp.minimum(1.0, cfg.grad_clip / (gnorm + 1e-6)), 0.0)
