@@ -30,6 +30,7 @@ Testing aids (fault injection), read from the environment and never from the con
 restarted run with the same command line does not fault again:
   SRPO_DEBUG_KILL=mid_step:N          SIGKILL itself during step N (1-based, the step number
                                       of metrics.jsonl), after its rollouts, before training
+                                      (once any asynchronous checkpoint write has finished)
   SRPO_DEBUG_KILL=after_checkpoint:N  SIGKILL itself once the checkpoint of step N is
                                       finalised, before step N+1 starts
   SRPO_DEBUG_NAN_STEPS=3,4            poison steps 3 and 4's batches (NaN advantages and
@@ -517,7 +518,9 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         t_step = time.perf_counter()
         prepared = prepare_step(cfg, step, engine, train_set, sampler, tokenizer, faults)
         batch = _poison(prepared.batch) if n in faults.nan_steps else prepared.batch
-        faults.maybe_kill("mid_step", n)
+        if faults.kill_point == "mid_step" and faults.kill_step == n:
+            ckpt.wait()  # an async save still in flight would make the restart point vary
+            faults.maybe_kill("mid_step", n)
         t_learn = time.perf_counter()
         state, dev_metrics = lrn.train_step(state, batch)
         jax.block_until_ready(state)

@@ -40,6 +40,8 @@ TINY = [
     "--config.eval.num_samples=2",
     "--config.eval.max_examples=4",
     "--config.checkpoint.keep=10",
+    "--config.optim.lr=5e-4",
+    "--config.optim.warmup_steps=2",
 ]
 # Enough warm-up that some rollouts are correct, so routing and the teacher path run too.
 RESUME = TINY + [
@@ -54,21 +56,31 @@ VOLATILE = ("time/", "sync/seconds", "compile/")
 
 
 def start(workdir, args, **env_extra) -> subprocess.Popen:
+    """Starts a run; its output goes to files beside the workdir (no pipe to fill up)."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
     env.update(env_extra)
-    return subprocess.Popen(
+    workdir = pathlib.Path(workdir)
+    logs = workdir.parent / f"{workdir.name}.{time.monotonic_ns()}"
+    proc = subprocess.Popen(
         [sys.executable, "-m", "srpo_jax.main", f"--workdir={workdir}", *args],
         cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=open(f"{logs}.out", "w"),  # noqa: SIM115 - closed by the child's exit
+        stderr=open(f"{logs}.err", "w"),  # noqa: SIM115
         text=True,
     )
+    proc.logs = logs
+    return proc
 
 
-def finish(proc: subprocess.Popen, timeout=600) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+def finish(proc: subprocess.Popen, timeout=1800) -> tuple[int, str, str]:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = pathlib.Path(f"{proc.logs}.out").read_text()
+    return proc.returncode, out, pathlib.Path(f"{proc.logs}.err").read_text()
 
 
 def stable(records):
@@ -155,7 +167,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     proc = start(tmp_path, args)
     deadline = time.monotonic() + 600
     while not any("loss" in r for r in read_metrics(tmp_path / "metrics.jsonl")):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert proc.poll() is None, pathlib.Path(f"{proc.logs}.err").read_text()[-3000:]
         assert time.monotonic() < deadline, "no step finished in 600 s"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
