@@ -32,6 +32,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 EXIT_CONFIG_ERROR = 2
+EXIT_TRAINING_ABORTED = 1
 
 
 def _fail(message: str) -> None:
@@ -159,6 +160,11 @@ def main(argv: list[str]) -> None:
         trainer.run(cfg, _WORKDIR.value)
     except _input_errors() as e:
         _fail(str(e))
+    except (trainer.TrainingAborted, trainer.RolloutError) as e:
+        # The run stopped for a reason the message explains (non-finite steps, engine down):
+        # one line, not a traceback; the last good state is in the checkpoint.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_TRAINING_ABORTED)
 
 
 def run() -> None:
