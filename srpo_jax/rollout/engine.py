@@ -30,7 +30,9 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(
+                f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
         if self.temperature < 0:
             raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -62,7 +64,9 @@ class Rollouts:
                     f"Rollouts.{name} has {getattr(self, name).shape[0]} rows, token_ids_BR has {b}"
                 )
         if len(self.finish_reasons) != b:
-            raise ValueError(f"Rollouts.finish_reasons has {len(self.finish_reasons)} rows, expected {b}")
+            raise ValueError(
+                f"Rollouts.finish_reasons has {len(self.finish_reasons)} rows, expected {b}"
+            )
 
     @property
     def num_rows(self) -> int:
