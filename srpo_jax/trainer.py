@@ -128,14 +128,14 @@ def _stop_ids(tokenizer) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if i is not None and i >= 0))
 
 
-def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id):
+def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
     if cfg.rollout.engine == "jax":
         from srpo_jax.rollout.jax_engine import JaxEngine
 
         return JaxEngine(model_cfg, params, mesh=mesh, pad_id=pad_id)
     from srpo_jax.rollout import sglang
 
-    return sglang.engine_from_config(cfg.rollout.sglang, model_cfg, params)
+    return sglang.engine_from_config(cfg.rollout.sglang, model_cfg, params, workdir=workdir)
 
 
 def _initial_params(cfg: Config, model_cfg, mesh):
@@ -484,7 +484,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     del params
 
     lrn = learner.Learner(lcfg, graphdef, mesh)
-    engine = _make_engine(cfg, model_cfg, state.params, mesh, tokenizer.pad_token_id)
+    engine = _make_engine(cfg, model_cfg, state.params, mesh, tokenizer.pad_token_id, wd)
     engine.update_weights(state.params, host["weight_version"])
     evaluator = evaluation.Evaluator(cfg.eval, test_set, tokenizer, cfg.data.max_response_len)
     start_step = int(jax.device_get(state.step))

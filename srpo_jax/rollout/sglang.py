@@ -455,3 +455,28 @@ class SGLangEngine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def engine_from_config(run_cfg, model_config, params, *, workdir=None) -> SGLangEngine:
+    """An SGLangEngine from the run config's `rollout.sglang` section (srpo_jax.config).
+
+    With running servers (`urls`) the first `update_weights` pushes the learner's weights.
+    With a `launch_command` the initial params are exported first (bf16 HF checkpoint) so
+    the servers start on the learner's weights.
+    """
+    export_dir = run_cfg.export_dir or (str(pathlib.Path(workdir) / "export") if workdir else "")
+    cfg = SGLangConfig(
+        urls=tuple(run_cfg.urls),
+        launch_command=run_cfg.launch_command,
+        num_servers=run_cfg.num_servers if run_cfg.launch_command else 0,
+        sync=run_cfg.sync,
+        export_dir=export_dir,
+        timeout_s=run_cfg.timeout_s,
+        max_retries=run_cfg.max_retries,
+    )
+    model_path = None
+    if cfg.launch_command:
+        base = pathlib.Path(export_dir or tempfile.mkdtemp(prefix="srpo_sglang_init_"))
+        model_path = base / "initial"
+        default_exporter(model_config)(params, model_path)
+    return SGLangEngine(cfg, model_path=model_path, model_config=model_config)
