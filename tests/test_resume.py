@@ -120,27 +120,35 @@ def resume_runs(tmp_path_factory):
         ),
     }
     results = {name: finish(p) for name, p in first.items()}
+    # Where each killed run had got to (its log is rewritten by the restart below).
+    last_steps = {
+        name: max(r["step"] for r in read_metrics(dirs[name] / "metrics.jsonl") if "loss" in r)
+        for name in ("mid_step", "after_checkpoint")
+    }
+    checkpoints = {name: final_state(dirs[name])[0] for name in last_steps}
     # Restart the killed runs with exactly the same command line (no fault this time).
     second = {name: start(dirs[name], RESUME) for name in ("mid_step", "after_checkpoint")}
     restarted = {name: finish(p) for name, p in second.items()}
-    return dirs, results, restarted
+    return dirs, results, restarted, last_steps, checkpoints
 
 
 @pytest.mark.slow
 def test_killed_runs_die_where_asked(resume_runs):
-    dirs, results, _ = resume_runs
+    _, results, _, last_steps, checkpoints = resume_runs
     assert results["full"][0] == 0, results["full"][2][-3000:]
-    for name, step_line in (("mid_step", 3), ("after_checkpoint", 4)):
+    for name in ("mid_step", "after_checkpoint"):
         rc, out, err = results[name]
         assert rc == -signal.SIGKILL, (rc, err[-3000:])
-        steps = [r["step"] for r in read_metrics(dirs[name] / "metrics.jsonl") if "loss" in r]
-        assert steps[-1] == step_line, steps
+    # mid_step:4 dies after step 3's line, two steps past checkpoint 2;
+    # after_checkpoint:4 dies with step 4's line and checkpoint written.
+    assert last_steps == {"mid_step": 3, "after_checkpoint": 4}
+    assert checkpoints == {"mid_step": 2, "after_checkpoint": 4}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,resumed_from", [("mid_step", 2), ("after_checkpoint", 4)])
 def test_restart_continues_exactly_as_the_uninterrupted_run(resume_runs, name, resumed_from):
-    dirs, _, restarted = resume_runs
+    dirs, _, restarted, _, _ = resume_runs
     rc, out, err = restarted[name]
     assert rc == 0, err[-3000:]
     assert f"resumed from checkpoint step {resumed_from}" in out
