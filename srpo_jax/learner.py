@@ -43,6 +43,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -362,6 +363,8 @@ class Learner:
         shardings = batch_shardings(self.mesh, batch)
         return {
             k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
+            if isinstance(v, np.ndarray)
+            else v  # already a global jax.Array
             for k, v in batch.items()
         }
 

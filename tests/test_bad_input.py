@@ -99,13 +99,13 @@ def test_config_mini_batch_not_dividing(config_runs):
     runs, _ = config_runs
     assert_clean_error(
         runs["mini_batch"],
-        "config.train.mini_batch_prompts must divide config.train.prompts_per_step (8), got 3",
+        "config.train.mini_batch_prompts must divide config.train.prompts_per_step (16), got 3",
     )
 
 
 def test_config_mesh_mismatch(config_runs):
     runs, wd = config_runs
-    # fsdp=3 cannot split the demo's 32 rows per micro-batch: refused while validating.
+    # fsdp=3 cannot split the demo's 128 rows per micro-batch: refused while validating.
     assert_clean_error(runs["mesh_rows"], "divisible by mesh.data * mesh.fsdp = 3")
     # fsdp=2 is a valid layout, but this process has one device: refused at start-up.
     assert_clean_error(
