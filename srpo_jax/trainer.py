@@ -26,22 +26,12 @@ the learner; after optim.max_consecutive_skips such steps in a row the trainer c
 the last good state and raises TrainingAborted naming the step (main prints one line and
 exits 1).
 
-Testing aids (fault injection), read from the environment and never from the config, so a
-restarted run with the same command line does not fault again:
-  SRPO_DEBUG_KILL=mid_step:N          SIGKILL itself during step N (1-based, the step number
-                                      of metrics.jsonl), after its rollouts, before training
-                                      (once any asynchronous checkpoint write has finished)
-  SRPO_DEBUG_KILL=after_checkpoint:N  SIGKILL itself once the checkpoint of step N is
-                                      finalised, before step N+1 starts
-  SRPO_DEBUG_NAN_STEPS=3,4            poison steps 3 and 4's batches (NaN advantages and
-                                      rollout log-probs) so their gradient norm is NaN
-  SRPO_DEBUG_ROLLOUT_FAILS=N:k        the first k engine calls of step N raise
+Testing aids (fault injection, read from the environment): srpo_jax/faults.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import signal
 import time
@@ -59,6 +49,7 @@ from srpo_jax.algo import routing
 from srpo_jax.config import Config, check_mesh, to_dict
 from srpo_jax.data import datasets, rewards, synthetic
 from srpo_jax.data import tokenizer as tok_lib
+from srpo_jax.faults import FaultInjection, poison
 from srpo_jax.model import hf_io
 from srpo_jax.rollout.engine import FINISH_ABORT, RolloutError, SamplingParams
 from srpo_jax.sft import SFTConfig, run_sft
@@ -162,56 +153,6 @@ def _warmup(cfg, graphdef, params, train_set, tokenizer, log):
     return params
 
 
-# ----------------------------------------------------------------------------- faults
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultInjection:
-    """The testing aids of the module docstring, parsed from the environment."""
-
-    kill_point: str = ""  # "mid_step" | "after_checkpoint" | "" (off)
-    kill_step: int = 0  # 1-based step number
-    nan_steps: frozenset[int] = frozenset()
-    rollout_fail_step: int = 0
-    rollout_fails: int = 0
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> FaultInjection:
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
-        kill = env.get("SRPO_DEBUG_KILL", "")
-        if kill:
-            point, _, n = kill.partition(":")
-            if point not in ("mid_step", "after_checkpoint") or not n.isdigit():
-                raise ValueError(
-                    f"SRPO_DEBUG_KILL must be mid_step:N or after_checkpoint:N, got {kill!r}"
-                )
-            kwargs.update(kill_point=point, kill_step=int(n))
-        nan = env.get("SRPO_DEBUG_NAN_STEPS", "")
-        if nan:
-            try:
-                kwargs["nan_steps"] = frozenset(int(x) for x in nan.split(","))
-            except ValueError:
-                raise ValueError(f"SRPO_DEBUG_NAN_STEPS must be like 3,4,5, got {nan!r}") from None
-        fails = env.get("SRPO_DEBUG_ROLLOUT_FAILS", "")
-        if fails:
-            n, _, k = fails.partition(":")
-            if not (n.isdigit() and k.isdigit()):
-                raise ValueError(f"SRPO_DEBUG_ROLLOUT_FAILS must be N:k, got {fails!r}")
-            kwargs.update(rollout_fail_step=int(n), rollout_fails=int(k))
-        return cls(**kwargs)
-
-    def maybe_kill(self, point: str, step: int) -> None:
-        if self.kill_point == point and self.kill_step == step:
-            print(f"SRPO_DEBUG_KILL: SIGKILL at {point}:{step}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def before_generate(self, step: int, attempt: int) -> None:
-        """SRPO_DEBUG_ROLLOUT_FAILS: the first k attempts of step N raise (training only)."""
-        if step + 1 == self.rollout_fail_step and attempt < self.rollout_fails:
-            raise RuntimeError(f"injected rollout failure {attempt + 1} (SRPO_DEBUG_ROLLOUT_FAILS)")
-
-
 # ----------------------------------------------------------------------------- one step
 
 
@@ -235,7 +176,7 @@ def generate_whole(
     for attempt in range(max_retries + 1):
         try:
             if faults is not None:
-                faults.before_generate(step, attempt)
+                faults.before_generate(step, attempt, engine)
             ro = engine.generate(prompts, n, sp, step=step)
             want = np.repeat(np.arange(len(prompts), dtype=np.int32), n)
             if ro.num_rows != len(want) or not np.array_equal(ro.prompt_index_B, want):
@@ -352,6 +293,7 @@ def prepare_step(
         "route/teacher_frac": float((teacher_idx >= 0).mean()),
         "route/fail_no_teacher_frac": float((failures & ~info.has_teacher).mean()),
         "route/reprompt_dropped": float((~keep).sum()),
+        "rollout/rows": float(ro.num_rows),
         "rollout/response_len_mean": float(lengths.mean()),
         "rollout/response_len_max": float(lengths.max()),
         "rollout/truncated_frac": float(np.mean([f == "length" for f in ro.finish_reasons])),
@@ -361,14 +303,6 @@ def prepare_step(
         "time/packing_s": t4 - t3,
     }
     return HostStep(batch=batch, metrics=host_metrics)
-
-
-def _poison(batch: dict) -> dict:
-    """SRPO_DEBUG_NAN_STEPS: NaN advantages and rollout log-probs -> non-finite gradients."""
-    batch = dict(batch)
-    for key in ("advantages", "rollout_logprobs"):
-        batch[key] = np.full_like(batch[key], np.nan)
-    return batch
 
 
 def _logp_gap_p99(dev_metrics: dict, batch: dict) -> dict:
@@ -517,7 +451,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         n = step + 1  # the step's number in metrics.jsonl: steps completed after it
         t_step = time.perf_counter()
         prepared = prepare_step(cfg, step, engine, train_set, sampler, tokenizer, faults)
-        batch = _poison(prepared.batch) if n in faults.nan_steps else prepared.batch
+        batch = poison(prepared.batch) if n in faults.nan_steps else prepared.batch
         if faults.kill_point == "mid_step" and faults.kill_step == n:
             ckpt.wait()  # an async save still in flight would make the restart point vary
             faults.maybe_kill("mid_step", n)
@@ -543,6 +477,8 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         m["compile/train_step_variants"] = float(lrn.num_compiled)
         if hasattr(engine, "num_traces"):
             m["compile/generate_traces"] = float(engine.num_traces)
+        if hasattr(engine, "num_restarts"):
+            m["rollout/server_restarts"] = float(engine.num_restarts)
         writer.write(n, m)
         consecutive = int(jax.device_get(state.consecutive_skips))
         if consecutive >= cfg.optim.max_consecutive_skips:

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from srpo_jax import trainer
+from srpo_jax import faults, trainer
 from srpo_jax.metrics import read_metrics
 from srpo_jax.rollout.engine import RolloutError, Rollouts, SamplingParams
 
@@ -240,10 +240,10 @@ def test_generate_whole_gives_up_with_the_step_and_cause():
 
 
 def test_fault_injection_parses_and_rejects_bad_values():
-    f = trainer.FaultInjection.from_env(
+    f = faults.FaultInjection.from_env(
         {"SRPO_DEBUG_KILL": "mid_step:3", "SRPO_DEBUG_NAN_STEPS": "2,4"}
     )
     assert (f.kill_point, f.kill_step, f.nan_steps) == ("mid_step", 3, frozenset({2, 4}))
-    assert trainer.FaultInjection.from_env({}) == trainer.FaultInjection()
+    assert faults.FaultInjection.from_env({}) == faults.FaultInjection()
     with pytest.raises(ValueError, match="SRPO_DEBUG_KILL"):
-        trainer.FaultInjection.from_env({"SRPO_DEBUG_KILL": "sometime:3"})
+        faults.FaultInjection.from_env({"SRPO_DEBUG_KILL": "sometime:3"})
