@@ -87,6 +87,9 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
         export_dir="",
         timeout_s=600.0,
         max_retries=3,
+        max_restarts=5,
+        rows_per_request=64,
+        max_concurrency=8,
     )
     c.eval = dict(every_steps=5, num_samples=16, temperature=0.6, top_p=0.95, max_examples=0)
     c.checkpoint = dict(every_steps=10, keep=3)

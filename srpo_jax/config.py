@@ -282,9 +282,15 @@ class SGLangConfig:
     export_dir: str = ""  # shared-file-system dir for weight export; "" = workdir/export
     timeout_s: float = 600.0
     max_retries: int = 3
+    max_restarts: int = 5  # relaunches of dead launched servers per run (then the run stops)
+    rows_per_request: int = 64  # rollout rows per POST /generate
+    max_concurrency: int = 8  # requests in flight at once (over all servers)
 
     def __post_init__(self):
         _require(self.num_servers >= 1, "rollout.sglang.num_servers", ">= 1", self.num_servers)
+        _require(self.max_restarts >= 0, "rollout.sglang.max_restarts", ">= 0", self.max_restarts)
+        for key in ("rows_per_request", "max_concurrency"):
+            _require(getattr(self, key) >= 1, f"rollout.sglang.{key}", ">= 1", getattr(self, key))
         _one_of("rollout.sglang.sync", self.sync, ("update_from_disk", "restart"))
         _require(self.timeout_s > 0, "rollout.sglang.timeout_s", "> 0", self.timeout_s)
         _require(self.max_retries >= 0, "rollout.sglang.max_retries", ">= 0", self.max_retries)

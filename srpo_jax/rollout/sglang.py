@@ -19,6 +19,14 @@ update_weights_from_disk {model_path, load_format, weight_version} -> continue_g
 the version it reports (/model_info, or /get_weight_version on older servers) is checked, or
 (sync="restart") the locally launched servers are relaunched on the new checkpoint, for
 servers without an update route. Only the newest `keep_exports` checkpoints are kept.
+
+Dead servers. A launched server whose process has exited (crash, OOM kill, SIGKILL) fails
+its requests at once instead of after the retry back-off, so the generation in flight raises
+RolloutError (the caller retries the whole batch; nothing partial is returned). The next
+`generate` relaunches every dead launched server on the weights it last served, stamps the
+current weight version on it (update_from_disk sync) and counts it in `num_restarts`; past
+`max_restarts` per engine it raises RolloutError with the server's log tail instead. Servers
+given by URL are not ours to restart: their failures surface as RolloutError naming the URL.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from absl import logging
 
 from srpo_jax.rollout import sglang_server
 from srpo_jax.rollout.engine import (
@@ -79,6 +88,7 @@ class SGLangConfig:
     load_format: str | None = None
     export_dir: str = ""
     keep_exports: int = 2
+    max_restarts: int = 5  # relaunches of dead launched servers over the engine's life
 
     def __post_init__(self):
         def bad(field, why):
@@ -106,6 +116,8 @@ class SGLangConfig:
             bad("max_retries", "must be >= 0")
         if self.backoff_s < 0:
             bad("backoff_s", "must be >= 0")
+        if self.max_restarts < 0:
+            bad("max_restarts", "must be >= 0")
         for f in ("max_concurrency", "rows_per_request", "keep_exports"):
             if getattr(self, f) < 1:
                 bad(f, "must be >= 1")
@@ -166,6 +178,11 @@ class SGLangEngine:
         self.export_dir = pathlib.Path(config.export_dir or self._tmp)
         self.log_dir = pathlib.Path(config.log_dir or self.export_dir / "logs")
         self._servers: list[sglang_server.ServerProcess] = []
+        self._serving_path: pathlib.Path | None = None  # weights the servers last loaded
+        self.num_restarts = 0  # dead launched servers relaunched so far
+        # Called as on_request_done(url, step) after each /generate request that came back
+        # whole (srpo_jax.faults uses it to kill a server mid-batch); None = nothing.
+        self.on_request_done: Callable[[str, int], None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_concurrency)
         if config.launch_command:
             if model_path is None:
@@ -175,6 +192,7 @@ class SGLangEngine:
                 for i in range(config.num_servers)
             ]
             self._servers = self._launch(str(model_path), ports)
+            self._serving_path = pathlib.Path(model_path)
             self.urls = tuple(s.url for s in self._servers)
         else:
             self.urls = tuple(u.rstrip("/") for u in config.urls)
@@ -196,6 +214,10 @@ class SGLangEngine:
                 continue
             except requests.ConnectionError as e:
                 last = f"connection failed ({type(e).__name__}: {e})"
+                code = self._exit_code(url)
+                if code is not None:  # our server is gone: waiting out the back-off is pointless
+                    last = f"its server process exited with code {code} ({last})"
+                    break
                 continue
             if r.status_code >= 500:
                 last = f"HTTP {r.status_code}: {r.text[:500]}"
@@ -228,6 +250,7 @@ class SGLangEngine:
         for p, prompt in enumerate(prompt_token_ids):
             if len(prompt) == 0:
                 raise ValueError(f"SGLangEngine.generate: prompt {p} is empty")
+        self._revive_dead_servers()
         rows = [(p, j) for p in range(len(prompt_token_ids)) for j in range(n)]
         k = self.config.rows_per_request
         chunks = [rows[i : i + k] for i in range(0, len(rows), k)]
@@ -283,6 +306,8 @@ class SGLangEngine:
             raise RolloutError(
                 f"SGLang server {url}/generate returned {got} results for {len(chunk)} rows"
             )
+        if self.on_request_done is not None:
+            self.on_request_done(url, step)
         return [
             self._parse_row(url, o, len(prompts[p])) for o, (p, _) in zip(out, chunk, strict=True)
         ]
@@ -358,6 +383,7 @@ class SGLangEngine:
             list(self._pool.map(lambda u: self._update_from_disk(u, path, version), self.urls))
         t2 = time.perf_counter()
         self._version, self._synced = version, True
+        self._serving_path = path
         self._cleanup_exports()
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         return {
@@ -414,19 +440,55 @@ class SGLangEngine:
                 return str(out["weight_version"])
         return None
 
+    # ---------------------------------------------------------------- server lifecycle
+    def _exit_code(self, url: str) -> int | None:
+        """The exit code of the launched server serving `url`; None if running or not ours."""
+        for s in self._servers:
+            if s.url == url and s.proc is not None and s.proc.poll() is not None:
+                return s.proc.returncode
+        return None
+
+    def _revive_dead_servers(self) -> None:
+        dead = [i for i, s in enumerate(self._servers) if not s.alive()]
+        if not dead:
+            return
+        for i in dead:
+            old = self._servers[i]
+            code = old.proc.returncode if old.proc is not None else None
+            if self.num_restarts >= self.config.max_restarts:
+                raise RolloutError(
+                    f"SGLang server {old.url} exited (code {code}) and the restart budget "
+                    f"max_restarts={self.config.max_restarts} is spent; log {old.log_path} "
+                    f"ends with:\n{old.log_tail()}"
+                )
+            logging.warning(
+                "SGLang server %s exited (code %s); relaunching it on %s (restart %d, at most %d)",
+                old.url, code, self._serving_path, self.num_restarts + 1, self.config.max_restarts,
+            )  # fmt: skip
+            old.stop()  # reap whatever is left of its process group
+            port = int(old.url.rsplit(":", 1)[1])
+            self._servers[i] = self._launch(str(self._serving_path), [port], first_index=i)[0]
+            self.num_restarts += 1
+            if self.config.sync == "update_from_disk" and self._synced:
+                # Launched from the checkpoint it served, but it must report the version too.
+                self._update_from_disk(old.url, self._serving_path, self._version)
+
     def _restart(self, path: pathlib.Path) -> None:
         ports = [int(s.url.rsplit(":", 1)[1]) for s in self._servers]
         for s in self._servers:
             s.stop()
         self._servers = self._launch(str(path), ports)
 
-    def _launch(self, model_path: str, ports: list[int]) -> list[sglang_server.ServerProcess]:
+    def _launch(
+        self, model_path: str, ports: list[int], first_index: int = 0
+    ) -> list[sglang_server.ServerProcess]:
         cfg = self.config
         return sglang_server.launch_servers(
             cfg.launch_command,
             model_path=model_path,
             host=cfg.host,
             ports=ports,
+            first_index=first_index,
             log_dir=self.log_dir,
             startup_timeout_s=cfg.startup_timeout_s,
             env={**os.environ, **dict(cfg.launch_env)},
@@ -473,6 +535,9 @@ def engine_from_config(run_cfg, model_config, params, *, workdir=None) -> SGLang
         export_dir=export_dir,
         timeout_s=run_cfg.timeout_s,
         max_retries=run_cfg.max_retries,
+        max_restarts=run_cfg.max_restarts,
+        rows_per_request=run_cfg.rows_per_request,
+        max_concurrency=run_cfg.max_concurrency,
     )
     model_path = None
     if cfg.launch_command:

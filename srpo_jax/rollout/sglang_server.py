@@ -142,14 +142,16 @@ def launch_servers(
     log_dir: str | os.PathLike,
     startup_timeout_s: float,
     env=None,
+    first_index: int = 0,
 ) -> list[ServerProcess]:
     """Starts one server per port (all at once, they boot in parallel) and waits for all.
 
+    Server k gets index first_index + k (the template's `{index}`, and its log file name).
     If any fails to come up, every server started here is stopped before the error propagates.
     """
     servers = []
     try:
-        for i, port in enumerate(ports):
+        for i, port in enumerate(ports, start=first_index):
             argv = render_command(template, model_path=model_path, host=host, port=port, index=i)
             url = f"http://{host}:{port}"
             log = pathlib.Path(log_dir) / f"sglang_{i}_{port}.log"

@@ -4,7 +4,9 @@ One module-scoped engine launches one server through the engine's own launch pat
 test runs the stages in order: generation with log-prob parity against a float64
 transformers reference, stop tokens, pause/flush/continue around the update route sglang-jax
 lacks, the restart weight sync of a srpo_jax model exported in bf16 (parity with transformers
-and with srpo_jax's own fp32 forward), and finally a killed server. The first run builds the
+and with srpo_jax's own fp32 forward), and finally a server killed in the middle of a batch:
+the batch fails fast (no partial result), the next call relaunches the server on the weights
+it last served, and past the restart budget the engine gives up. The first run builds the
 sglang-jax venv from PyPI (a few minutes; cached under $SRPO_CACHE). Set
 SRPO_SKIP_SGLANG_SERVER=1 to skip it.
 """
@@ -67,6 +69,11 @@ def engine(server_python, ckpt, tmp_path_factory):
         startup_timeout_s=300,
         max_retries=1,
         backoff_s=0.5,
+        # Two rows per request, one request at a time: a batch is three requests in a row,
+        # so a server killed after the first answer dies with the batch half done.
+        rows_per_request=2,
+        max_concurrency=1,
+        max_restarts=1,
         sync="restart",
         export_dir=str(work / "exports"),
         keep_exports=1,
@@ -187,11 +194,40 @@ def _check_restart_sync(engine, ckpt):
 
 
 def _check_killed_server(engine):
-    url = engine.urls[0]
+    url, exported = engine.urls[0], engine.export_dir / "step_00000001"
+    sampling = SamplingParams(max_new_tokens=MAX_NEW, seed=5)
+    before = engine.generate(PROMPTS, N, sampling, step=3)
+    old_pid = engine.servers[0].proc.pid
+    answered = []
+
+    def kill_after_first_answer(answered_url, step):
+        answered.append(answered_url)
+        if len(answered) == 1:
+            os.killpg(engine.servers[0].proc.pid, signal.SIGKILL)
+
+    engine.on_request_done = kill_after_first_answer
+    try:
+        # Dead process: the next request fails at once (no back-off) and nothing partial
+        # comes back, although the first request of the batch was answered.
+        with timer() as t, pytest.raises(RolloutError, match=rf"{url} failed POST /generate.*-9"):
+            engine.generate(PROMPTS, N, sampling, step=3)
+        assert t[0] < 30 and answered == [url]
+    finally:
+        engine.on_request_done = None
+    # The next call relaunches it on the weights it last served (the step-1 export).
+    after = engine.generate(PROMPTS, N, sampling, step=3)
+    assert engine.num_restarts == 1 and engine.servers[0].proc.pid != old_pid
+    assert after.weight_version == 1
+    assert _max_logprob_error(after, Reference(exported)) < LOGPROB_TOL
+    # Not asserted: the same samples as `before`. sglang-jax 0.1.0rc0 on CPU draws different
+    # tokens for the same sampling_seed after a relaunch (all 48 differed when tried), so
+    # exact resume over SGLang needs a server that honours sampling_seed (README, SGLang).
+    assert after.token_ids_BR.shape == before.token_ids_BR.shape
+    # The budget (max_restarts=1) is spent: the next death stops the engine with the log.
     os.killpg(engine.servers[0].proc.pid, signal.SIGKILL)
-    with timer() as t, pytest.raises(RolloutError, match=rf"{url} failed POST /generate"):
-        engine.generate(PROMPTS, N, SamplingParams(max_new_tokens=MAX_NEW), step=3)
-    assert t[0] < 30
+    engine.servers[0].proc.wait(timeout=30)
+    with pytest.raises(RolloutError, match=r"max_restarts=1 is spent; log .*sglang_0_"):
+        engine.generate(PROMPTS, N, sampling, step=3)
 
 
 def test_real_server_end_to_end(engine, ckpt, tmp_path):

@@ -1,0 +1,122 @@
+"""The trainer on a real SGLang-family server (sglang-jax on CPU) that is killed mid-batch.
+
+`python -m srpo_jax.main` runs two training steps with rollout.engine=sglang: it exports
+the learner's weights, launches the server itself and relaunches it after each step
+(sync=restart: sglang-jax has no update route). SRPO_DEBUG_KILL_SERVER=2 SIGKILLs the
+server's process group during step 2's generation, once the first of its one-row requests
+has been answered. The run must survive it: the half-made batch is thrown away, the
+trainer's retry relaunches the server on the step-1 weights, the step trains on a whole
+batch and the run ends with exit code 0. Set SRPO_SKIP_SGLANG_SERVER=1 to skip it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from sglang_env import ensure_venv, find_python312, launch_template, write_tiny_checkpoint
+
+from srpo_jax.data.tokenizer import build_tiny_tokenizer
+from srpo_jax.metrics import read_metrics
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PROMPTS, GROUP = 2, 4
+
+# The demo config with the model swapped for the sglang-jax-friendly tiny checkpoint (its
+# CPU attention wants head_dim 128) and the rollouts sent to a server the run launches.
+CONFIG = """
+import importlib.util
+
+spec = importlib.util.spec_from_file_location("demo", {demo!r})
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+
+
+def get_config(arg=None):
+    c = demo.get_config(arg)
+    with c.unlocked():
+        c.model.preset = ""
+        c.model.hf_path = {ckpt!r}
+        c.model.overrides = {{}}
+        c.tokenizer.path = {tokenizer!r}
+        c.data.synthetic_train_size = 32
+        c.data.synthetic_test_size = 4
+        c.algo.group_size = {group}
+        c.train.prompts_per_step = {prompts}
+        c.train.mini_batch_prompts = {prompts}
+        c.train.num_steps = 2
+        c.train.sft_warmup_steps = 0
+        c.eval.every_steps = 0
+        c.checkpoint.every_steps = 0
+        c.rollout.engine = "sglang"
+        c.rollout.max_retries = 1
+        c.rollout.sglang.launch_command = {launch!r}
+        c.rollout.sglang.sync = "restart"
+        c.rollout.sglang.timeout_s = 300.0
+        c.rollout.sglang.max_retries = 1
+        # One row per request, one request at a time: the kill lands with the batch half done.
+        c.rollout.sglang.rows_per_request = 1
+        c.rollout.sglang.max_concurrency = 1
+        c.rollout.sglang.max_restarts = 1
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def server_python():
+    if os.environ.get("SRPO_SKIP_SGLANG_SERVER"):
+        pytest.skip("SRPO_SKIP_SGLANG_SERVER is set")
+    python312 = find_python312()
+    if python312 is None:
+        pytest.skip("sglang-jax needs Python 3.12: none found (set SRPO_SGLANG_PYTHON)")
+    return ensure_venv(python312)
+
+
+def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    build_tiny_tokenizer(tmp_path / "tokenizer")  # 512 ids: the checkpoint's vocabulary
+    config = tmp_path / "sglang_run.py"
+    config.write_text(
+        CONFIG.format(
+            demo=str(REPO_ROOT / "configs" / "demo.py"),
+            ckpt=str(ckpt),
+            tokenizer=str(tmp_path / "tokenizer"),
+            group=GROUP,
+            prompts=PROMPTS,
+            launch=launch_template(server_python),
+        )
+    )
+    workdir = tmp_path / "run"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="",  # one CPU device for the trainer and for the server it launches
+        SRPO_DEBUG_KILL_SERVER="2",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.main", f"--config={config}", f"--workdir={workdir}"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert "SRPO_DEBUG_KILL_SERVER: SIGKILL" in log
+    # The batch in flight failed fast on the dead process, the retry relaunched the server.
+    assert "step 2: rollout attempt 1/2 failed" in log and "exited with code -9" in log, log
+    assert "relaunching it on" in log and "step_00000001" in log, log
+
+    records = {r["step"]: r for r in read_metrics(workdir / "metrics.jsonl") if "loss" in r}
+    assert sorted(records) == [1, 2]
+    assert records[1]["rollout/server_restarts"] == 0
+    assert records[2]["rollout/server_restarts"] == 1
+    # Step 2 trained on a whole batch: every prompt's group of rollouts.
+    assert records[2]["rollout/rows"] == PROMPTS * GROUP
