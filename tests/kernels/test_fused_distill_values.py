@@ -17,26 +17,37 @@ from fused_distill_np import fd_directional, np_fused_distill
 
 from srpo_jax.kernels.fused_distill import api, pallas_gpu, pallas_tpu, reference, xla
 
-IMPLS = ("reference", "xla", "pallas_gpu", "pallas_tpu")
-N, D, V, TOPK, CHUNK = 37, 16, 300, 100, 16
+# "xla": recompute backward; "xla_forward": the gradient in the forward scan. Both take
+# top-k, the vocabulary pass and (recompute) the backward over 128-column vocabulary tiles,
+# so V = 300 ends in a shifted tile that overlaps the one before.
+IMPLS = ("reference", "xla", "xla_forward", "pallas_gpu", "pallas_tpu")
+N, D, V, TOPK, CHUNK, VOCAB_TILE = 37, 16, 300, 100, 16, 128
 
 
 @functools.cache
 def compiled(name, dtype, **loss_kwargs):
     """jit of (outputs, d numerator / d (student hidden, student unembedding)) for `name`.
 
-    Chunks of 16 tokens and 128-wide vocabulary tiles (interpret-mode Pallas); cached so
-    the cases that share shapes share one compile.
+    Chunks of 16 tokens and 128-wide vocabulary tiles (interpret-mode Pallas, recompute
+    backward); cached so the cases that share shapes share one compile.
     """
     if name == "reference":
         fn = functools.partial(reference.fused_distill_reference, **loss_kwargs)
     else:
+        grad_mode = "forward" if name == "xla_forward" else "recompute"
         stats = {
-            "xla": xla.xla_vocab_stats,
+            "xla": xla.XlaVocabStats(block_v=128),
+            "xla_forward": xla.XlaVocabStats(block_v=128),
             "pallas_gpu": pallas_gpu.GpuVocabStats(block_rows=8, block_v=128, interpret=True),
             "pallas_tpu": pallas_tpu.TpuVocabStats(block_rows=8, block_v=128, interpret=True),
         }[name]
-        cfg = xla.ChunkedConfig(chunk_size=CHUNK, stats=stats, **loss_kwargs)
+        cfg = xla.ChunkedConfig(
+            chunk_size=CHUNK,
+            stats=stats,
+            grad_mode=grad_mode,
+            vocab_tile=VOCAB_TILE,
+            **loss_kwargs,
+        )
         fn = functools.partial(xla.chunked_fused_distill, cfg)
 
     def both(hs, ht, ws, wt, mask, tw):
@@ -85,10 +96,13 @@ LOSS_CASES = [
 
 
 # Every implementation on the default loss; the loss variants (alpha 0 / 1 / other, no tail,
-# bucket entropy, temperature, tau) on two: the Pallas back-ends differ from "xla" only in
-# the vocabulary pass, which the first case and the agreement tests below cover.
+# bucket entropy, temperature, tau) on the reference and both XLA gradient modes: the Pallas
+# back-ends differ from "xla" only in the vocabulary pass, which the first case and the
+# agreement tests below cover.
 SPEC_CASES = [(impl, 0) for impl in IMPLS] + [
-    (impl, case) for case in range(1, len(LOSS_CASES)) for impl in ("reference", "xla")
+    (impl, case)
+    for case in range(1, len(LOSS_CASES))
+    for impl in ("reference", "xla", "xla_forward")
 ]
 
 

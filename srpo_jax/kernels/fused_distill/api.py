@@ -81,10 +81,15 @@ def fused_distill(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     implementation: str = "auto",
+    grad_mode: str = "recompute",
     interpret: bool = False,
 ) -> FusedDistillOutput:
     """SDPO distillation numerator and entropy-weight normaliser (see module docstring).
 
+    grad_mode (chunked implementations): "recompute" keeps O(N k) coefficients in the
+    forward and re-forms the logit gradient per vocabulary tile in the backward, so no
+    [D, V] fp32 temporary exists; "forward" contracts the gradient inside the forward scan
+    (one N D V matmul fewer, a [D, V] fp32 accumulator more). See xla.py / xla_bwd.py.
     interpret=True runs the Pallas kernels in interpret mode (CPU tests).
     """
     _validate(
@@ -102,6 +107,8 @@ def fused_distill(
     )
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be positive")
+    if grad_mode not in xla.GRAD_MODES:
+        raise ValueError(f"grad_mode={grad_mode!r}; expected one of {xla.GRAD_MODES}")
     impl = resolve_implementation(implementation)
     if token_weight_N is None:
         token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
@@ -122,7 +129,7 @@ def fused_distill(
         "pallas_gpu": pallas_gpu.GpuVocabStats(interpret=interpret),
         "pallas_tpu": pallas_tpu.TpuVocabStats(interpret=interpret),
     }[impl]
-    cfg = xla.ChunkedConfig(chunk_size=chunk_size, stats=stats, **loss_kwargs)
+    cfg = xla.ChunkedConfig(chunk_size=chunk_size, stats=stats, grad_mode=grad_mode, **loss_kwargs)
     return xla.chunked_fused_distill(cfg, *args)
 
 

@@ -1,13 +1,18 @@
-"""Token-chunked fused distillation loss in plain XLA, gradient computed in the forward pass.
+"""Token-chunked fused distillation loss in plain XLA with closed-form gradients.
 
 Per chunk of C tokens (lax.scan over chunks, so only one chunk's [C, V] logits is live):
   1. student and teacher logits with ordinary matmuls (bf16 in, fp32 accumulate),
-  2. lax.top_k on the student chunk (top-k does not lower inside Pallas kernels),
+  2. top-k on the student chunk (lax.top_k per vocabulary tile, then over the candidates;
+     top-k does not lower inside Pallas kernels),
   3. one streaming pass over V for both log-sum-exps, the teacher entropy and the mass
      outside the top-k (`stats`, which the Pallas back-ends replace with their kernels),
-  4. gather at the top-k ids, tail bucket, JSD and its closed-form gradient,
-  5. the gradient wrt the student logits contracted at once into d(hidden) [C, D] and
-     accumulated into d(unembedding) [D, V].
+  4. gather at the top-k ids, tail bucket, JSD and the closed-form gradient wrt the student
+     logits, kept as O(k) per-token coefficients (`DzCoeffs`, xla_bwd.py),
+  5. by `grad_mode`: "recompute" (default) saves those coefficients and the backward
+     (xla_bwd.py) re-forms the logit gradient per vocabulary tile, writing d(unembedding)
+     tile by tile into its result: no [D, V] fp32 temporary. "forward" forms the [C, V]
+     gradient here and contracts it at once into d(hidden) [C, D] and d(unembedding)
+     [D, V], accumulated in fp32 as the scan carry (one matmul fewer, D V fp32 more memory).
 
 Closed-form gradient. With buckets A (student) and B (teacher) of exact log-probs:
   dD/dA_j = (1-a) p_j (A_j - log M_j)    for 0 < a < 1 (the log M terms cancel),
@@ -45,8 +50,11 @@ from srpo_jax.kernels.fused_distill.reference import (
     TAIL_LOG_PROB_FLOOR,
     FusedDistillOutput,
 )
+from srpo_jax.kernels.fused_distill.vocab_tiles import tiled_top_k, tiled_vocab_sums
+from srpo_jax.kernels.fused_distill.xla_bwd import DzCoeffs, dz_from_coeffs, recompute_grads
 
 f32 = jnp.float32
+GRAD_MODES = ("recompute", "forward")
 
 
 class VocabStats(NamedTuple):
@@ -60,18 +68,19 @@ class VocabStats(NamedTuple):
     ties: jax.Array  # count of z_s == thr (float)
 
 
-def xla_vocab_stats(zs_CV: jax.Array, zt_CV: jax.Array, thr_C: jax.Array) -> VocabStats:
-    """The vocabulary pass in XLA; thr_C is the k-th largest student logit of each row."""
-    lse_s_C = jax.nn.logsumexp(zs_CV, axis=-1)
-    lse_t_C = jax.nn.logsumexp(zt_CV, axis=-1)
-    q_CV = jnp.exp(zt_CV - lse_t_C[:, None])
-    # H = lse - E_q[z], one pass with no [C, V] log-prob temporary.
-    ent_C = lse_t_C - jnp.sum(q_CV * zt_CV, axis=-1)
-    rest_CV = zs_CV < thr_C[:, None]
-    rest_s_C = jax.nn.logsumexp(jnp.where(rest_CV, zs_CV, -jnp.inf), axis=-1)
-    rest_t_C = jax.nn.logsumexp(jnp.where(rest_CV, zt_CV, -jnp.inf), axis=-1)
-    ties_C = jnp.sum(zs_CV == thr_C[:, None], axis=-1).astype(f32)
-    return VocabStats(lse_s_C, lse_t_C, ent_C, rest_s_C, rest_t_C, ties_C)
+@dataclasses.dataclass(frozen=True)
+class XlaVocabStats:
+    """The vocabulary pass in XLA, (zs_CV, zt_CV, thr_C) -> VocabStats; thr_C is the k-th
+    largest student logit of each row. Summed over block_v-column tiles (vocab_tiles.py)
+    so that its temporaries are [C, block_v], not more [C, V] buffers."""
+
+    block_v: int = 8192
+
+    def __call__(self, zs_CV: jax.Array, zt_CV: jax.Array, thr_C: jax.Array) -> VocabStats:
+        return VocabStats(*tiled_vocab_sums(zs_CV, zt_CV, thr_C, self.block_v))
+
+
+xla_vocab_stats = XlaVocabStats()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +95,12 @@ class ChunkedConfig:
     temperature: float
     chunk_size: int
     stats: Callable = xla_vocab_stats
+    # "recompute": the forward keeps O(N k) coefficients and the backward re-forms the logit
+    # gradient per vocabulary tile (xla_bwd.py): no [D, V] fp32 temporaries. "forward": the
+    # gradient is contracted inside the forward scan, dW [D, V] in fp32 as the scan carry
+    # (one matmul fewer, D V fp32 more temporary memory).
+    grad_mode: str = "recompute"
+    vocab_tile: int = 8192  # vocabulary columns per tile of top-k and the recompute backward
 
 
 def _spec_tail(lp_CK: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -132,14 +147,15 @@ def _tail_buckets(cfg, a_CK, b_CK, top_CK, st: VocabStats):
 
 
 def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_grad: bool):
-    """Loss pieces (and gradients) for one chunk of C tokens."""
+    """Loss pieces for one chunk of C tokens, and (with_grad) the zs_CV logits and the
+    DzCoeffs of their gradient."""
     inv_t = 1.0 / cfg.temperature
     # fp32 logits from bf16 operands via the accumulator type, never by upcasting W: an
     # explicit astype on the [D, V] matrix would be loop-invariant and XLA would hoist a full
     # fp32 copy out of the scan.
     zs_CV = jnp.einsum("cd,dv->cv", hs_CD, ws_DV, preferred_element_type=f32) * inv_t
     zt_CV = jnp.einsum("cd,dv->cv", ht_CD, wt_DV, preferred_element_type=f32) * inv_t
-    top_CK, ids_CK = jax.lax.top_k(zs_CV, cfg.topk)
+    top_CK, ids_CK = tiled_top_k(zs_CV, cfg.topk, cfg.vocab_tile)
     # Log-sum-exps and entropy in fp32: the JSD lives in small log-prob differences.
     st = cfg.stats(zs_CV, zt_CV, top_CK[:, -1])
     a_CK = top_CK - st.lse_s[:, None]
@@ -165,12 +181,11 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
         return out, None
     g_CB = jnp.where(live_C[:, None], g_CB * coef_C[:, None], 0.0)
     g_CK = g_CB[:, : cfg.topk]
-    rows_C1 = jnp.arange(zs_CV.shape[0])[:, None]
+    zero_C = jnp.zeros_like(coef_C)
     if not cfg.add_tail:
         # dA_i/dz = onehot(K_i) - softmax over the top-k: only the k ids get gradient.
         g_CK = g_CK - jnp.exp(A) * jnp.sum(g_CK, axis=-1, keepdims=True)
-        dz_CV = jnp.zeros_like(zs_CV).at[rows_C1, ids_CK].set(g_CK) * inv_t
-        return out, _contract(dz_CV, hs_CD, ws_DV)
+        return out, (zs_CV, DzCoeffs(ids_CK, g_CK, zero_C, st.lse_s, zero_C, st.lse_s))
     g_tail_C = g_CB[:, -1]
     # SPEC form: dA_k/dA_i = -exp(A_i - A_k).
     spec_g_C = jnp.where(spec_free_C, g_tail_C, 0.0)
@@ -178,20 +193,17 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
     # Rest form: dA_k/dz = [z < thr] softmax_rest(z) - softmax(z).
     rest_g_C = jnp.where(rest_free_C, g_tail_C, 0.0)
     s_C = jnp.sum(g_CK, axis=-1) + rest_g_C
-    dz_CV = -s_C[:, None] * jnp.exp(zs_CV - st.lse_s[:, None])
-    shift_C = jnp.where(rest_free_C, st.rest_s, 0.0)
-    in_rest_CV = zs_CV < top_CK[:, -1:]
-    dz_CV += jnp.where(in_rest_CV, rest_g_C[:, None] * jnp.exp(zs_CV - shift_C[:, None]), 0.0)
+    # lse where the rest term is off, so its exp stays finite (0 * inf would be NaN).
+    shift_C = jnp.where(rest_free_C, st.rest_s, st.lse_s)
     # At the top-k ids, G_i - S p_i cancels when p_i ~ 1 (peaked rows); write it instead as
     # G_i (1 - p_i) - (S - G_i) p_i with 1 - p_i = -expm1(A_i) and S - G_i from exclusive
-    # prefix and suffix sums, so no large terms cancel. top_k ids are distinct: set, not add.
-    zero_C1 = jnp.zeros_like(g_CK[:, :1])
+    # prefix and suffix sums, so no large terms cancel.
+    zero_C1 = zero_C[:, None]
     before_CK = jnp.concatenate([zero_C1, jnp.cumsum(g_CK, axis=-1)[:, :-1]], axis=-1)
     after_CK = jnp.concatenate([jnp.cumsum(g_CK[:, ::-1], axis=-1)[:, -2::-1], zero_C1], axis=-1)
     others_CK = before_CK + after_CK + rest_g_C[:, None]
     top_dz_CK = -g_CK * jnp.expm1(a_CK) - others_CK * jnp.exp(a_CK)
-    dz_CV = dz_CV.at[rows_C1, ids_CK].set(top_dz_CK) * inv_t
-    return out, _contract(dz_CV, hs_CD, ws_DV)
+    return out, (zs_CV, DzCoeffs(ids_CK, top_dz_CK, s_C, st.lse_s, rest_g_C, shift_C))
 
 
 def _contract(dz_CV, hs_CD, ws_DV):
@@ -202,12 +214,19 @@ def _contract(dz_CV, hs_CD, ws_DV):
     return dh_CD.astype(hs_CD.dtype), dw_DV
 
 
-def _run(cfg: ChunkedConfig, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad: bool):
-    """Pad tokens to whole chunks and scan; returns outputs and (optionally) student grads."""
-    n_tokens = hs_ND.shape[0]
+def _split_chunks(cfg: ChunkedConfig, n_tokens: int) -> tuple[int, int]:
+    """(chunk, n_chunks): tokens padded to whole chunks of at most cfg.chunk_size."""
     chunk = min(cfg.chunk_size, -(-n_tokens // 8) * 8)
-    n_pad = -(-n_tokens // chunk) * chunk
-    n_chunks = n_pad // chunk
+    return chunk, -(-n_tokens // chunk)
+
+
+def _run(cfg: ChunkedConfig, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, mode: str):
+    """Pad tokens to whole chunks and scan; returns outputs and, by mode, nothing ("value"),
+    the student grads ("forward", grad in forward) or the chunked DzCoeffs ("recompute")."""
+    n_tokens = hs_ND.shape[0]
+    chunk, n_chunks = _split_chunks(cfg, n_tokens)
+    n_pad = n_chunks * chunk
+    inv_t = 1.0 / cfg.temperature
 
     def split(x):
         pad = [(0, n_pad - n_tokens)] + [(0, 0)] * (x.ndim - 1)
@@ -216,49 +235,66 @@ def _run(cfg: ChunkedConfig, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad
     xs = (split(hs_ND), split(ht_ND), split(mask_N), split(tw_N))
 
     def body(dw_acc, x):
-        out, grads = _chunk(cfg, x[0], x[1], ws_DV, wt_DV, x[2], x[3], with_grad)
-        if not with_grad:
-            return dw_acc, (out, None)
-        dh_CD, dw_DV = grads
+        out, grads = _chunk(cfg, x[0], x[1], ws_DV, wt_DV, x[2], x[3], mode != "value")
+        if mode != "forward":
+            return dw_acc, (out, None if grads is None else grads[1])
+        zs_CV, coeffs = grads
+        dz_CV = dz_from_coeffs(zs_CV, coeffs, 0, zs_CV.shape[1]) * inv_t
+        dh_CD, dw_DV = _contract(dz_CV, x[0], ws_DV)
         return dw_acc + dw_DV, (out, dh_CD)
 
     dw0 = None
-    if with_grad:
+    if mode == "forward":
         dw0 = jnp.zeros(ws_DV.shape, f32)
         # Under shard_map the per-chunk dW varies over the token axes like the hidden states.
         vma = tuple(jax.typeof(hs_ND).manual_axis_type.varying)
         if vma:
             dw0 = jax.lax.pcast(dw0, vma, to="varying")
-    dw_DV, (outs, dh) = jax.lax.scan(body, dw0, xs)
+    dw_DV, (outs, extra) = jax.lax.scan(body, dw0, xs)
     num_N, z_N, div_N, ent_N = (o.reshape(n_pad)[:n_tokens] for o in outs)
     result = FusedDistillOutput(jnp.sum(num_N), jnp.sum(z_N), div_N, ent_N)
-    if not with_grad:
-        return result, None
-    dh_ND = dh.reshape(n_pad, -1)[:n_tokens]
+    if mode != "forward":
+        return result, extra
+    dh_ND = extra.reshape(n_pad, -1)[:n_tokens]
     return result, (dh_ND, dw_DV.astype(ws_DV.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N):
-    return _run(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad=False)[0]
+    return _run(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, "value")[0]
 
 
 def _fused_fwd(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N):
-    out, grads = _run(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, with_grad=True)
+    out, extra = _run(cfg, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, cfg.grad_mode)
+    if cfg.grad_mode == "recompute":
+        return out, (extra, hs_ND, ws_DV)
     # ws_DV[:0] is an empty stand-in that keeps the unembedding's dtype and sharding type.
-    return out, (grads, ws_DV[:0])
+    return out, (extra, None, ws_DV[:0])
 
 
 def _fused_bwd(cfg, res, ct):
-    (dh_ND, dw_DV), ws_like = res
+    extra, hs_ND, ws_like = res
     ct_num = ct.numerator.astype(f32)
-    dh_ND = (dh_ND.astype(f32) * ct_num).astype(dh_ND.dtype)
-    dw_DV = dw_DV.astype(f32) * ct_num
+    if cfg.grad_mode == "recompute":
+        chunk, _ = _split_chunks(cfg, hs_ND.shape[0])
+        dh_ND, dw_DV = recompute_grads(
+            hs_ND,
+            ws_like,
+            extra,
+            ct_num,
+            chunk=chunk,
+            vocab_tile=cfg.vocab_tile,
+            inv_t=1.0 / cfg.temperature,
+        )
+    else:
+        dh_ND, dw_DV = extra
+        dh_ND = (dh_ND.astype(f32) * ct_num).astype(dh_ND.dtype)
+        dw_DV = dw_DV.astype(f32) * ct_num
     # Under shard_map a replicated unembedding's cotangent is the sum over the token shards.
-    extra = jax.typeof(dw_DV).manual_axis_type.varying
-    extra -= jax.typeof(ws_like).manual_axis_type.varying
-    if extra:
-        dw_DV = jax.lax.psum(dw_DV, tuple(sorted(extra)))
+    extra_axes = jax.typeof(dw_DV).manual_axis_type.varying
+    extra_axes -= jax.typeof(ws_like).manual_axis_type.varying
+    if extra_axes:
+        dw_DV = jax.lax.psum(dw_DV, tuple(sorted(extra_axes)))
     # None: zero cotangent for the teacher inputs, mask and token weights.
     return (dh_ND, None, dw_DV.astype(ws_like.dtype), None, None, None)
 
@@ -275,7 +311,12 @@ def chunked_fused_distill(
     mask_N: jax.Array,
     token_weight_N: jax.Array,
 ) -> FusedDistillOutput:
-    """Chunked fused distillation with closed-form gradients; `cfg.stats` picks the back-end."""
+    """Chunked fused distillation with closed-form gradients; `cfg.stats` picks the back-end
+    and `cfg.grad_mode` where the gradient is formed."""
+    if cfg.grad_mode not in GRAD_MODES:
+        raise ValueError(f"grad_mode={cfg.grad_mode!r}; expected one of {GRAD_MODES}")
+    if cfg.vocab_tile < 1:
+        raise ValueError(f"vocab_tile={cfg.vocab_tile} must be positive")
     mask_N = jax.lax.stop_gradient(mask_N.astype(f32))
     token_weight_N = jax.lax.stop_gradient(token_weight_N.astype(f32))
     return _fused(
