@@ -26,13 +26,18 @@ PLATFORM_OF = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
 
 
 def build(impl, n, v, d, dtype, chunk):
-    """Jitted value-and-grad of the numerator and abstract inputs for it."""
+    """Jitted value-and-grad of the numerator and abstract inputs for it.
+
+    impl "xla_forward" is the chunked XLA path with grad_mode="forward" (gradient in the
+    forward scan); every other chunked impl runs the default grad_mode="recompute".
+    """
+    kw = dict(implementation=impl)
+    if impl == "xla_forward":
+        kw = dict(implementation="xla", grad_mode="forward")
 
     def loss(hs, ht, ws, wt, mask):
         def numerator(hs, ws):
-            return api.fused_distill(
-                hs, ht, ws, wt, mask, chunk_size=chunk, implementation=impl
-            ).numerator
+            return api.fused_distill(hs, ht, ws, wt, mask, chunk_size=chunk, **kw).numerator
 
         return jax.value_and_grad(numerator, argnums=(0, 1))(hs, ws)
 
@@ -80,7 +85,7 @@ def main():
     p.add_argument("--v", type=int, default=151936)
     p.add_argument("--d", type=int, default=2560)
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--impls", default="reference,xla,pallas_gpu,pallas_tpu")
+    p.add_argument("--impls", default="reference,xla,xla_forward,pallas_gpu,pallas_tpu")
     p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile-only", action="store_true", help="memory analysis only")

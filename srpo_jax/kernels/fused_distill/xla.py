@@ -101,6 +101,9 @@ class ChunkedConfig:
     # (one matmul fewer, D V fp32 more temporary memory).
     grad_mode: str = "recompute"
     vocab_tile: int = 8192  # vocabulary columns per tile of top-k and the recompute backward
+    # Recompute backward: read bf16 W through an integer view (XLA:CPU workaround, see
+    # xla_bwd.py). None: only when the default back-end is the CPU.
+    narrow_views: bool | None = None
 
 
 def _spec_tail(lp_CK: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -285,6 +288,9 @@ def _fused_bwd(cfg, res, ct):
             chunk=chunk,
             vocab_tile=cfg.vocab_tile,
             inv_t=1.0 / cfg.temperature,
+            narrow_views=cfg.narrow_views
+            if cfg.narrow_views is not None
+            else jax.default_backend() == "cpu",
         )
     else:
         dh_ND, dw_DV = extra

@@ -62,6 +62,15 @@ def dz_from_coeffs(zs_CT: jax.Array, c: DzCoeffs, col0, width: int) -> jax.Array
     return dense_CT.at[rows_C1, rel_CK].set(c.top_dz, mode="drop")
 
 
+def dividing_tile(vocab: int, tile: int) -> int:
+    """The largest divisor of V in [tile / 2, 5 tile / 4] (V = 151936 = 2^7 * 1187 and
+    tile 8192 give 9496), else tile itself."""
+    for size in range(min(vocab, tile * 5 // 4), max(tile // 2, 1) - 1, -1):
+        if vocab % size == 0:
+            return size
+    return tile
+
+
 def _varying_like(x, ref):
     """Under shard_map (check_vma), give a fresh zeros carry the token axes of `ref`."""
     vma = tuple(jax.typeof(ref).manual_axis_type.varying)
@@ -77,10 +86,13 @@ def recompute_grads(
     chunk: int,
     vocab_tile: int,
     inv_t: float,
+    narrow_views: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """(d hidden [N, D] in hs dtype, d unembedding [D, V] in ws dtype) of scale * numerator.
 
     coeffs hold one row per padded token, chunked as [n_chunks, chunk, ...].
+    narrow_views: the XLA:CPU workaround below for bf16 / f16 W (other back-ends slice
+    narrow floats natively and need not copy W).
     """
     n_tokens, d_model = hs_ND.shape
     n_chunks = coeffs.s.shape[0]
@@ -91,13 +103,16 @@ def recompute_grads(
     # Cotangent and temperature folded into the logit gradient once.
     dz_scale = scale.astype(f32) * inv_t
 
-    narrow = jnp.dtype(ws_DV.dtype).itemsize < 4
+    narrow = jnp.dtype(ws_DV.dtype).itemsize < 4 and narrow_views
+    if narrow:
+        tile = dividing_tile(vocab, tile)
     # XLA:CPU widens narrow-float (bf16) dynamic-slice and dynamic-update-slice to fp32:
     # slicing the loop-invariant W would hoist a [D, V] fp32 copy of W out of the loop, and
     # a dynamic-update-slice into the dW carry would copy the carry whole. So narrow W is
     # read through an unsigned view (one [D, V] copy: bitcast-convert copies on CPU, half
     # the fp32 copy), and dW tiles are written with a select over the carry, which XLA
-    # updates in place. fp32 uses plain slices and in-place dynamic-update-slice.
+    # updates in place (one streaming [D, V] pass per tile, so tiles that divide V are
+    # preferred: no gather). fp32 uses plain slices and in-place dynamic-update-slice.
     ws_src_DV = ws_DV
     if narrow:
         # A where() on a forward output (top-k ids are never negative) ties the copy to the
@@ -115,8 +130,14 @@ def recompute_grads(
             old_DT = jax.lax.dynamic_slice_in_dim(dw_DV, col0, tile, 1)
             dw_DT = jnp.where(fresh_T, dw_DT.astype(dw_DV.dtype), old_DT)
             return jax.lax.dynamic_update_slice_in_dim(dw_DV, dw_DT, col0, 1)
-        rel_V = jnp.arange(vocab) - col0
-        rel_V = jnp.clip(rel_V, 0, tile - 1)
+        if vocab % tile == 0:
+            # Whole tiles: a select against a broadcast tile, a streaming pass.
+            at_L1 = (jnp.arange(vocab // tile) == col0 // tile)[:, None]
+            old_DLT = dw_DV.reshape(d_model, -1, tile).astype(f32)
+            new_DLT = jnp.where(at_L1, dw_DT[:, None, :], old_DLT)
+            return new_DLT.astype(dw_DV.dtype).reshape(dw_DV.shape)
+        # Shifted last tile: gather each column's source (slower than the above).
+        rel_V = jnp.clip(jnp.arange(vocab) - col0, 0, tile - 1)
         take_V = (jnp.arange(vocab) >= col0) & jnp.take(fresh_T, rel_V)
         new_DV = jnp.take(dw_DT, rel_V, axis=1)
         return jnp.where(take_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
