@@ -87,6 +87,8 @@ class FaultInjection:
 
 
 def _arm_server_kill(engine: Any, step: int) -> None:
+    if getattr(engine, "engine", ...) is None:  # a LeaderEngine off process 0: no servers here
+        return
     servers = getattr(engine, "servers", ())
     if not servers:
         raise ValueError(

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from srpo_jax import multihost
 from srpo_jax.batching import bucket_length
 from srpo_jax.kernels import chunked_vocab
 
@@ -87,12 +88,16 @@ def run_sft(graphdef, params, prompts, targets, cfg: SFTConfig, pad_id: int, log
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    multi = jax.process_count() > 1
+    mesh = jax.tree.leaves(params)[0].sharding.mesh if multi else None
     rng = np.random.default_rng(cfg.seed)
     losses = []
     n = len(prompts)
     for i in range(cfg.steps):
         idx = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
         batch = pack_pairs([prompts[j] for j in idx], [targets[j] for j in idx], pad_id)
+        if multi:  # jit takes no numpy next to arrays spanning processes
+            batch = {k: multihost.replicated(v, mesh) for k, v in batch.items()}
         params, opt_state, loss = step(params, opt_state, batch)
         losses.append(float(loss))
         if log is not None and (i + 1) % 25 == 0:

@@ -41,8 +41,9 @@ import jax
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from srpo_jax import batching, checkpoint, evaluation, learner
+from srpo_jax import batching, checkpoint, evaluation, learner, multihost
 from srpo_jax import metrics as metrics_lib
 from srpo_jax.algo import advantages as adv_lib
 from srpo_jax.algo import routing
@@ -97,8 +98,10 @@ def _tokenizer(cfg: Config, workdir: pathlib.Path):
     path = cfg.tokenizer.path
     if not path:
         path = workdir / "tokenizer"
-        if not (path / "tokenizer.json").is_file():
+        if multihost.is_leader() and not (path / "tokenizer.json").is_file():
             tok_lib.build_tiny_tokenizer(path)
+        if jax.process_count() > 1:  # the others read what process 0 wrote
+            multihost_utils.sync_global_devices("tokenizer written")
     return tok_lib.load_tokenizer(path)
 
 
@@ -366,7 +369,8 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
 
     def log(msg):
         logging.info(msg)
-        print(msg, flush=True)
+        if multihost.is_leader():
+            print(msg, flush=True)
 
     check_mesh(cfg, jax.device_count())
     mesh = make_mesh(cfg.mesh)
@@ -401,7 +405,9 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         state = learner.init_state(params, lcfg, mesh)
         host = {"train_elapsed_s": 0.0, "weight_version": 0, "evals": [], "pending_eval": -1}
         # A fresh run starts a fresh log: lines of an earlier run without checkpoints go.
-        writer = metrics_lib.MetricsWriter(wd, tensorboard=cfg.log.tensorboard, resume_step=-1)
+        writer = metrics_lib.MetricsWriter(
+            wd, tensorboard=cfg.log.tensorboard, resume_step=-1, enabled=multihost.is_leader()
+        )
     else:
         state, host = restored.state, restored.host_state
         if host.get("seeds", seeds) != seeds:
@@ -412,7 +418,10 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
             )  # fmt: skip
         sampler.load_state_dict(host["sampler"])
         writer = metrics_lib.MetricsWriter(
-            wd, tensorboard=cfg.log.tensorboard, resume_step=restored.step
+            wd,
+            tensorboard=cfg.log.tensorboard,
+            resume_step=restored.step,
+            enabled=multihost.is_leader(),
         )
         log(f"resumed from checkpoint step {restored.step} in {wd / 'checkpoints'}")
     del params
@@ -421,7 +430,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     engine = _make_engine(cfg, model_cfg, state.params, mesh, tokenizer.pad_token_id, wd)
     engine.update_weights(state.params, host["weight_version"])
     evaluator = evaluation.Evaluator(cfg.eval, test_set, tokenizer, cfg.data.max_response_len)
-    start_step = int(jax.device_get(state.step))
+    start_step = int(multihost.to_host(state.step))
     budget_s = cfg.train.time_budget_hours * 3600.0
 
     def save(step_done):
@@ -461,7 +470,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         t_sync = time.perf_counter()
         sync = engine.update_weights(state.params, n)
         host["weight_version"] = n
-        dev_metrics = jax.device_get(dev_metrics)
+        dev_metrics = multihost.tree_to_host(dev_metrics)  # per-token metrics span processes
         t_done = time.perf_counter()
         host["train_elapsed_s"] += t_done - t_step
         m = dict(prepared.metrics)
@@ -469,7 +478,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         m.update({k: float(v) for k, v in dev_metrics.items()})
         m.update(_summary_aliases(m))
         m.update(sync)
-        m["skipped_updates_total"] = float(jax.device_get(state.skipped_updates))
+        m["skipped_updates_total"] = float(multihost.to_host(state.skipped_updates))
         m["time/learner_s"] = t_sync - t_learn
         m["time/sync_s"] = t_done - t_sync
         m["time/step_s"] = t_done - t_step
@@ -480,7 +489,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         if hasattr(engine, "num_restarts"):
             m["rollout/server_restarts"] = float(engine.num_restarts)
         writer.write(n, m)
-        consecutive = int(jax.device_get(state.consecutive_skips))
+        consecutive = int(multihost.to_host(state.consecutive_skips))
         if consecutive >= cfg.optim.max_consecutive_skips:
             save(n)
             ckpt.wait()
@@ -511,10 +520,11 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     engine.close()
     ckpt.wait()
     curves = wd / "curves.png"
-    metrics_lib.plot_curves(wd / "metrics.jsonl", curves)
+    if multihost.is_leader():
+        metrics_lib.plot_curves(wd / "metrics.jsonl", curves)
     table = evaluation.budget_table(host["evals"], hours=(1.0, 5.0, 10.0))
     summary = {
-        "final_step": int(jax.device_get(state.step)),
+        "final_step": int(multihost.to_host(state.step)),
         "evals": host["evals"],
         "metrics": str(wd / "metrics.jsonl"),
         "curves": str(curves),

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from srpo_jax import multihost
 from srpo_jax import sharding as shd
 from srpo_jax.batching import bucket_length
 from srpo_jax.model import kv_cache as kvc
@@ -349,9 +350,9 @@ class JaxEngine:
         else:
             with jax.set_mesh(self.mesh):
                 out = self._generate_jit(*args, n=n, spec=spec, r_bucket=r_bucket)
-        tokens_BR, logps_BR, lengths_B, stopped_B = (
-            np.asarray(x)[:rows] for x in jax.device_get(out)
-        )
+        # Sharded over the data axes: other processes' rows are gathered, so every
+        # process of a multi-process run returns the same whole batch.
+        tokens_BR, logps_BR, lengths_B, stopped_B = (multihost.to_host(x)[:rows] for x in out)
         width = int(lengths_B.max())
         return Rollouts(
             token_ids_BR=np.ascontiguousarray(tokens_BR[:, :width]),

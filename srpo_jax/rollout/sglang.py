@@ -543,5 +543,19 @@ def engine_from_config(run_cfg, model_config, params, *, workdir=None) -> SGLang
     if cfg.launch_command:
         base = pathlib.Path(export_dir or tempfile.mkdtemp(prefix="srpo_sglang_init_"))
         model_path = base / "initial"
-        default_exporter(model_config)(params, model_path)
-    return SGLangEngine(cfg, model_path=model_path, model_config=model_config)
+        default_exporter(model_config)(params, model_path)  # collective with several processes
+    import jax
+
+    if jax.process_count() == 1:
+        return SGLangEngine(cfg, model_path=model_path, model_config=model_config)
+    # Several learner processes: process 0 alone drives the servers (srpo_jax.rollout.leader).
+    from jax.experimental import multihost_utils
+
+    from srpo_jax.rollout.leader import LeaderEngine
+
+    if not export_dir:
+        raise ValueError("several processes need a shared rollout.sglang.export_dir (or workdir)")
+    multihost_utils.sync_global_devices("initial export written")
+    leader = jax.process_index() == 0
+    engine = SGLangEngine(cfg, model_path=model_path, model_config=model_config) if leader else None
+    return LeaderEngine(engine, default_exporter(model_config), export_dir, cfg.keep_exports)

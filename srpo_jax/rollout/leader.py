@@ -1,0 +1,125 @@
+"""A single-controller engine (the SGLang client) in a multi-process run.
+
+Only process 0 talks to the servers; every process gets the same Rollouts. Weight export
+is collective (`hf_io.save_hf_params` gathers every shard; process 0 writes), so every
+process exports, they meet at a barrier once the files are complete, and process 0 then
+points the servers at the directory. A failure on process 0 reaches the other processes
+through the broadcast (a status flag), so every process raises and retries together.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from jax.experimental import multihost_utils
+
+from srpo_jax import multihost
+from srpo_jax.rollout.engine import (
+    FINISH_ABORT,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    RolloutError,
+    Rollouts,
+    SamplingParams,
+)
+
+_FINISH_CODES = (FINISH_STOP, FINISH_LENGTH, FINISH_ABORT)
+_SPEC = {
+    "status": (1, np.int32),  # [ok, weight_version]
+    "tokens": (2, np.int32),
+    "logprobs": (2, np.float32),
+    "lengths": (1, np.int32),
+    "finish": (1, np.int32),
+    "prompt_index": (1, np.int32),
+}
+
+
+class LeaderEngine:
+    """RolloutEngine facade: `engine` lives on process 0 (None elsewhere)."""
+
+    def __init__(
+        self,
+        engine,
+        export: Callable[[Any, pathlib.Path], None],
+        export_dir: str | pathlib.Path,
+        keep_exports: int = 2,
+    ):
+        if multihost.is_leader() and engine is None:
+            raise ValueError("LeaderEngine: process 0 needs the engine")
+        self.engine = engine if multihost.is_leader() else None
+        self._export = export
+        self.export_dir = pathlib.Path(export_dir)
+        self._keep = keep_exports
+        self._exports: list[pathlib.Path] = []
+
+    def generate(
+        self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, *, step: int = 0
+    ) -> Rollouts:
+        arrays, error = None, None
+        if self.engine is not None:
+            try:
+                ro = self.engine.generate(prompt_token_ids, n, sampling, step=step)
+                arrays = {
+                    "status": np.array([1, ro.weight_version], np.int32),
+                    "tokens": ro.token_ids_BR,
+                    "logprobs": ro.logprobs_BR,
+                    "lengths": ro.lengths_B,
+                    "finish": np.array([_FINISH_CODES.index(f) for f in ro.finish_reasons]),
+                    "prompt_index": ro.prompt_index_B,
+                }
+            except Exception as e:  # reported to every process below, then raised here
+                error = e
+                arrays = {k: np.zeros((0,) * nd, dt) for k, (nd, dt) in _SPEC.items()}
+                arrays["status"] = np.array([0, 0], np.int32)
+        got = multihost.broadcast_from_leader(arrays, _SPEC)
+        if error is not None:
+            raise error
+        if not got["status"][0]:
+            raise RolloutError(f"step {step + 1}: generation failed on process 0 (see its log)")
+        return Rollouts(
+            token_ids_BR=got["tokens"],
+            logprobs_BR=got["logprobs"],
+            lengths_B=got["lengths"],
+            finish_reasons=tuple(_FINISH_CODES[int(c)] for c in got["finish"]),
+            weight_version=int(got["status"][1]),
+            prompt_index_B=got["prompt_index"],
+        )
+
+    def update_weights(self, params: Any, version: int) -> dict[str, float]:
+        path = self.export_dir / f"step_{version:08d}"
+        if multihost.is_leader() and path.exists():
+            shutil.rmtree(path)
+        multihost_utils.sync_global_devices(f"export {path} cleared")
+        self._export(params, path)  # collective: every process gathers, process 0 writes
+        multihost_utils.sync_global_devices(f"export {path} written")
+        self._exports.append(path)
+        out = self.engine.update_weights(str(path), version) if self.engine is not None else {}
+        while len(self._exports) > self._keep and multihost.is_leader():
+            shutil.rmtree(self._exports.pop(0), ignore_errors=True)
+        return out
+
+    # Fault injection and metrics read these; only process 0 has servers.
+    @property
+    def servers(self):
+        return self.engine.servers if self.engine is not None else ()
+
+    @property
+    def num_restarts(self) -> int:
+        return getattr(self.engine, "num_restarts", 0)
+
+    @property
+    def on_request_done(self):
+        return getattr(self.engine, "on_request_done", None)
+
+    @on_request_done.setter
+    def on_request_done(self, hook) -> None:
+        if self.engine is not None:
+            self.engine.on_request_done = hook
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
