@@ -6,13 +6,17 @@ the learner's weights, launches the server itself and relaunches it after each s
 server's process group during step 2's generation, once the first of its one-row requests
 has been answered. The run must survive it: the half-made batch is thrown away, the
 trainer's retry relaunches the server on the step-1 weights, the step trains on a whole
-batch and the run ends with exit code 0. Set SRPO_SKIP_SGLANG_SERVER=1 to skip it.
+batch and the run ends with exit code 0. The same again as two learner processes (one CPU
+device each, mesh fsdp=2): process 0 alone talks to the server and broadcasts the rollouts,
+its failure reaches process 1 so both retry together, and both finish. Set
+SRPO_SKIP_SGLANG_SERVER=1 to skip these.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -77,7 +81,7 @@ def server_python():
     return ensure_venv(python312)
 
 
-def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
+def _write_config(tmp_path, server_python) -> pathlib.Path:
     ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
     build_tiny_tokenizer(tmp_path / "tokenizer")  # 512 ids: the checkpoint's vocabulary
     config = tmp_path / "sglang_run.py"
@@ -91,32 +95,76 @@ def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
             launch=launch_template(server_python),
         )
     )
-    workdir = tmp_path / "run"
+    return config
+
+
+def _main(config, workdir, devices: int, *extra: str) -> subprocess.Popen:
     env = dict(
         os.environ,
         PYTHONPATH=str(REPO_ROOT),
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="",  # one CPU device for the trainer and for the server it launches
+        # The trainer's devices; the server it launches gets XLA_FLAGS as given here too,
+        # which sglang-jax ignores beyond its own one device.
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         SRPO_DEBUG_KILL_SERVER="2",
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "srpo_jax.main", f"--config={config}", f"--workdir={workdir}"],
+    cmd = [sys.executable, "-m", "srpo_jax.main", f"--config={config}", f"--workdir={workdir}"]
+    return subprocess.Popen(
+        [*cmd, *extra],
         cwd=REPO_ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=1500,
     )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+
+
+def _check_survived(workdir: pathlib.Path, log: str) -> None:
     assert "SRPO_DEBUG_KILL_SERVER: SIGKILL" in log
     # The batch in flight failed fast on the dead process, the retry relaunched the server.
     assert "step 2: rollout attempt 1/2 failed" in log and "exited with code -9" in log, log
     assert "relaunching it on" in log and "step_00000001" in log, log
-
     records = {r["step"]: r for r in read_metrics(workdir / "metrics.jsonl") if "loss" in r}
     assert sorted(records) == [1, 2]
     assert records[1]["rollout/server_restarts"] == 0
     assert records[2]["rollout/server_restarts"] == 1
     # Step 2 trained on a whole batch: every prompt's group of rollouts.
     assert records[2]["rollout/rows"] == PROMPTS * GROUP
+
+
+def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
+    config = _write_config(tmp_path, server_python)
+    proc = _main(config, tmp_path / "run", 1)
+    log = proc.communicate(timeout=1500)[0]
+    assert proc.returncode == 0, log[-6000:]
+    _check_survived(tmp_path / "run", log)
+
+
+def test_two_learner_processes_share_the_server(server_python, tmp_path):
+    config = _write_config(tmp_path, server_python)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        _main(
+            config,
+            tmp_path / "run",
+            1,
+            "--config.mesh.fsdp=2",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        )
+        for i in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=1500)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
+        assert p.returncode == 0, f"process {i}:\n{log[-6000:]}"
+    _check_survived(tmp_path / "run", logs[0])
+    # Process 1 never talked to a server: it learnt of the failure through the broadcast.
+    assert "generation failed on process 0" in logs[1] and "relaunching" not in logs[1]
