@@ -1,7 +1,7 @@
 """Method comparison on equal budgets (issue 10): every method x seed, one table, one plot.
 
     python -m srpo_jax.compare --config=configs/demo.py \
-        --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=20 --out=compare
+        --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=40 --out=compare
 
 Each (method, seed) trains with `trainer.run` in out/runs/<method>_s<seed>, from the config
 file's own `get_config("method=<m>")` so the method-dependent defaults (learning rate,
