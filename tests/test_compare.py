@@ -119,6 +119,21 @@ def test_table_and_claims_on_handmade_logs(tmp_path):
     assert compare_plot.plot(report, tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_losing_less_early_is_not_improving_fastest():
+    # Both drop below step 0 at 1/10 of the budget; SDPO drops less. Not the paper's claim.
+    plan = compare.Plan(
+        config_path=CONFIG, methods=("grpo", "sdpo", "srpo"), seeds=(0,), budget_steps=10
+    )
+    logs = {
+        "grpo": {0: _log({0: 0.4, 1: 0.3, 5: 0.5, 10: 0.6}, [0.0] * 10)},
+        "sdpo": {0: _log({0: 0.4, 1: 0.35, 5: 0.4, 10: 0.4}, [0.5] * 10)},
+        "srpo": {0: _log({0: 0.4, 1: 0.35, 5: 0.5, 10: 0.7}, [0.4] * 10)},
+    }
+    report = compare_report.Report(plan=plan, records=logs, costs={}, total_s=1.0)
+    verdicts = {c.split(" (")[0]: v for c, v, _ in compare_report.claims(report)}
+    assert verdicts["SDPO improves fastest early"] == "no"  # -5 vs -10 points
+
+
 def test_cli_and_per_run_config():
     plan, out, report_only = compare.parse_args(
         [
