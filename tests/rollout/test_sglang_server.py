@@ -22,8 +22,6 @@ import pytest
 from sglang_env import (
     VOCAB,
     Reference,
-    ensure_venv,
-    find_python312,
     launch_template,
     server_env,
     timer,
@@ -40,16 +38,6 @@ PROMPTS = [[11, 12, 13, 14, 15], [7, 8, 9]]
 N = 3
 MAX_NEW = 8
 LOGPROB_TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def server_python():
-    if os.environ.get("SRPO_SKIP_SGLANG_SERVER"):
-        pytest.skip("SRPO_SKIP_SGLANG_SERVER is set")
-    python312 = find_python312()
-    if python312 is None:
-        pytest.skip("sglang-jax needs Python 3.12: none found (set SRPO_SGLANG_PYTHON)")
-    return ensure_venv(python312)
 
 
 @pytest.fixture(scope="module")

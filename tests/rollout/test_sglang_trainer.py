@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 import pytest
-from sglang_env import ensure_venv, find_python312, launch_template, write_tiny_checkpoint
+from sglang_env import launch_template, write_tiny_checkpoint
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
 from srpo_jax.metrics import read_metrics
@@ -69,16 +69,6 @@ def get_config(arg=None):
         c.rollout.sglang.max_restarts = 1
     return c
 """
-
-
-@pytest.fixture(scope="module")
-def server_python():
-    if os.environ.get("SRPO_SKIP_SGLANG_SERVER"):
-        pytest.skip("SRPO_SKIP_SGLANG_SERVER is set")
-    python312 = find_python312()
-    if python312 is None:
-        pytest.skip("sglang-jax needs Python 3.12: none found (set SRPO_SGLANG_PYTHON)")
-    return ensure_venv(python312)
 
 
 def _write_config(tmp_path, server_python) -> pathlib.Path:
