@@ -99,7 +99,6 @@ def recompute_grads(
     n_pad = n_chunks * chunk
     vocab = ws_DV.shape[1]
     tile = min(vocab_tile, vocab)
-    hs_KCD = jnp.pad(hs_ND, [(0, n_pad - n_tokens), (0, 0)]).reshape(n_chunks, chunk, d_model)
     # Cotangent and temperature folded into the logit gradient once.
     dz_scale = scale.astype(f32) * inv_t
 
@@ -121,6 +120,11 @@ def recompute_grads(
         bits_DV = to_bits(ws_DV)
         ws_src_DV = jnp.where(coeffs.ids[0, 0, 0] >= 0, bits_DV, jnp.zeros((), bits_DV.dtype))
 
+    # Token chunks of h, through the same view for narrow floats (else XLA:CPU keeps an
+    # fp32 copy of all of h for the per-chunk slices).
+    hs_src_ND = to_bits(hs_ND) if narrow else hs_ND
+    hs_KCD = jnp.pad(hs_src_ND, [(0, n_pad - n_tokens), (0, 0)]).reshape(n_chunks, chunk, -1)
+
     def read_w(col0):
         w_DT = jax.lax.dynamic_slice_in_dim(ws_src_DV, col0, tile, 1)
         return from_bits(w_DT, ws_DV.dtype) if narrow else w_DT
@@ -131,11 +135,13 @@ def recompute_grads(
             dw_DT = jnp.where(fresh_T, dw_DT.astype(dw_DV.dtype), old_DT)
             return jax.lax.dynamic_update_slice_in_dim(dw_DV, dw_DT, col0, 1)
         if vocab % tile == 0:
-            # Whole tiles: a select against a broadcast tile, a streaming pass.
-            at_L1 = (jnp.arange(vocab // tile) == col0 // tile)[:, None]
-            old_DLT = dw_DV.reshape(d_model, -1, tile).astype(f32)
-            new_DLT = jnp.where(at_L1, dw_DT[:, None, :], old_DLT)
-            return new_DLT.astype(dw_DV.dtype).reshape(dw_DV.shape)
+            # Whole tiles: a select against the tile broadcast along V, a streaming pass.
+            # The carry must enter only through elementwise ops (no reshape of it), else
+            # XLA does not update it in place and copies [D, V] per tile.
+            shape_DLT = (d_model, vocab // tile, tile)
+            new_DV = jnp.broadcast_to(dw_DT[:, None, :], shape_DLT).reshape(dw_DV.shape)
+            at_V = jnp.arange(vocab) // tile == col0 // tile
+            return jnp.where(at_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
         # Shifted last tile: gather each column's source (slower than the above).
         rel_V = jnp.clip(jnp.arange(vocab) - col0, 0, tile - 1)
         take_V = (jnp.arange(vocab) >= col0) & jnp.take(fresh_T, rel_V)
@@ -146,20 +152,26 @@ def recompute_grads(
         dw_DV, dh_ND = carry
         w_DT = read_w(col0)
 
-        def chunk_step(dw_acc_DT, x):
-            hs_CD, c = x
+        def chunk_step(acc, x):
+            dw_acc_DT, dh_ND = acc
+            hs_CD, c, row0 = x
+            hs_CD = from_bits(hs_CD, hs_ND.dtype) if narrow else hs_CD
             zs_CT = jnp.einsum("cd,dt->ct", hs_CD, w_DT, preferred_element_type=f32) * inv_t
             # Columns an earlier tile covered get no gradient here (shifted last tile).
             dz_CT = jnp.where(fresh_T, dz_from_coeffs(zs_CT, c, col0, tile) * dz_scale, 0.0)
             dz_CT = dz_CT.astype(ws_DV.dtype)
             dh_CD = jnp.einsum("ct,dt->cd", dz_CT, w_DT, preferred_element_type=f32)
             dw_acc_DT += jnp.einsum("cd,ct->dt", hs_CD, dz_CT, preferred_element_type=f32)
-            return dw_acc_DT, dh_CD
+            # d(hidden) added into its [N, D] fp32 carry in place (no [N, D] per tile).
+            dh_CD += jax.lax.dynamic_slice_in_dim(dh_ND, row0, chunk)
+            dh_ND = jax.lax.dynamic_update_slice_in_dim(dh_ND, dh_CD, row0, 0)
+            return (dw_acc_DT, dh_ND), None
 
         dw0_DT = _varying_like(jnp.zeros((d_model, tile), f32), hs_ND)
-        dw_DT, dh_KCD = jax.lax.scan(chunk_step, dw0_DT, (hs_KCD, coeffs))
+        rows_K = jnp.arange(n_chunks) * chunk
+        (dw_DT, dh_ND), _ = jax.lax.scan(chunk_step, (dw0_DT, dh_ND), (hs_KCD, coeffs, rows_K))
         dw_DV = write_dw(dw_DV, dw_DT, col0, fresh_T)
-        return (dw_DV, dh_ND + dh_KCD.reshape(n_pad, d_model)), None
+        return (dw_DV, dh_ND), None
 
     # The dW carry is the result itself, in W's dtype: no [D, V] fp32 accumulator.
     dw0_DV = _varying_like(jnp.zeros(ws_DV.shape, ws_DV.dtype), hs_ND)
