@@ -97,9 +97,12 @@ class LeaderEngine:
         self._export(params, path)  # collective: every process gathers, process 0 writes
         multihost_utils.sync_global_devices(f"export {path} written")
         self._exports.append(path)
+        # Push before deleting older exports: a failed push leaves the served one in place.
         out = self.engine.update_weights(str(path), version) if self.engine is not None else {}
-        while len(self._exports) > self._keep and multihost.is_leader():
-            shutil.rmtree(self._exports.pop(0), ignore_errors=True)
+        while len(self._exports) > self._keep:
+            old = self._exports.pop(0)
+            if multihost.is_leader():  # one writer, one deleter
+                shutil.rmtree(old, ignore_errors=True)
         return out
 
     # Fault injection and metrics read these; only process 0 has servers.

@@ -449,10 +449,7 @@ class SGLangEngine:
         return None
 
     def _revive_dead_servers(self) -> None:
-        dead = [i for i, s in enumerate(self._servers) if not s.alive()]
-        if not dead:
-            return
-        for i in dead:
+        for i in [i for i, s in enumerate(self._servers) if not s.alive()]:
             old = self._servers[i]
             code = old.proc.returncode if old.proc is not None else None
             if self.num_restarts >= self.config.max_restarts:
@@ -551,11 +548,15 @@ def engine_from_config(run_cfg, model_config, params, *, workdir=None) -> SGLang
     # Several learner processes: process 0 alone drives the servers (srpo_jax.rollout.leader).
     from jax.experimental import multihost_utils
 
+    from srpo_jax import multihost
     from srpo_jax.rollout.leader import LeaderEngine
 
     if not export_dir:
         raise ValueError("several processes need a shared rollout.sglang.export_dir (or workdir)")
     multihost_utils.sync_global_devices("initial export written")
-    leader = jax.process_index() == 0
-    engine = SGLangEngine(cfg, model_path=model_path, model_config=model_config) if leader else None
+    engine = (
+        SGLangEngine(cfg, model_path=model_path, model_config=model_config)
+        if multihost.is_leader()
+        else None
+    )
     return LeaderEngine(engine, default_exporter(model_config), export_dir, cfg.keep_exports)
