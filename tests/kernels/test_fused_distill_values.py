@@ -46,6 +46,8 @@ def compiled(name, dtype, **loss_kwargs):
             stats=stats,
             grad_mode=grad_mode,
             vocab_tile=VOCAB_TILE,
+            dw_tile=VOCAB_TILE,
+            topk_tile=VOCAB_TILE,
             **loss_kwargs,
         )
         fn = functools.partial(xla.chunked_fused_distill, cfg)
@@ -232,6 +234,8 @@ def test_bf16_recompute_without_cpu_views(v):
             chunk_size=CHUNK,
             stats=xla.XlaVocabStats(block_v=128),
             vocab_tile=VOCAB_TILE,
+            dw_tile=VOCAB_TILE,
+            topk_tile=VOCAB_TILE,
             narrow_views=views,
             **kw,
         )

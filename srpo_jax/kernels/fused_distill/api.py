@@ -81,15 +81,19 @@ def fused_distill(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     implementation: str = "auto",
-    grad_mode: str = "recompute",
+    grad_mode: str = "auto",
     interpret: bool = False,
 ) -> FusedDistillOutput:
     """SDPO distillation numerator and entropy-weight normaliser (see module docstring).
 
-    grad_mode (chunked implementations): "recompute" keeps O(N k) coefficients in the
-    forward and re-forms the logit gradient per vocabulary tile in the backward, so no
-    [D, V] fp32 temporary exists; "forward" contracts the gradient inside the forward scan
-    (one N D V matmul fewer, a [D, V] fp32 accumulator more). See xla.py / xla_bwd.py.
+    grad_mode (chunked implementations): "forward" contracts the gradient inside the
+    forward scan (4 N D V matmuls, as autodiff of the reference), accumulating d(unembedding)
+    in fp32 in place; "recompute" keeps O(N k) coefficients in the forward and re-forms the
+    logit gradient per vocabulary tile in the backward (5 N D V matmuls), writing
+    d(unembedding) tiles straight into the result. "auto" takes "forward" for an fp32
+    unembedding (its accumulator is then the gradient itself, no extra memory) and
+    "recompute" for narrower ones (where "forward" would add an fp32 [D, V] temporary).
+    See xla.py / xla_bwd.py.
     interpret=True runs the Pallas kernels in interpret mode (CPU tests).
     """
     _validate(
@@ -107,8 +111,11 @@ def fused_distill(
     )
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be positive")
-    if grad_mode not in xla.GRAD_MODES:
-        raise ValueError(f"grad_mode={grad_mode!r}; expected one of {xla.GRAD_MODES}")
+    if grad_mode not in (*xla.GRAD_MODES, "auto"):
+        raise ValueError(f"grad_mode={grad_mode!r}; expected 'auto' or one of {xla.GRAD_MODES}")
+    if grad_mode == "auto":
+        wide = jnp.dtype(student_unembed_DV.dtype).itemsize >= 4
+        grad_mode = "forward" if wide else "recompute"
     impl = resolve_implementation(implementation)
     if token_weight_N is None:
         token_weight_N = jnp.ones(mask_N.shape, jnp.float32)

@@ -50,7 +50,11 @@ from srpo_jax.kernels.fused_distill.reference import (
     TAIL_LOG_PROB_FLOOR,
     FusedDistillOutput,
 )
-from srpo_jax.kernels.fused_distill.vocab_tiles import tiled_top_k, tiled_vocab_sums
+from srpo_jax.kernels.fused_distill.vocab_tiles import (
+    scan_tiles,
+    tiled_top_k,
+    tiled_vocab_sums,
+)
 from srpo_jax.kernels.fused_distill.xla_bwd import DzCoeffs, dz_from_coeffs, recompute_grads
 
 f32 = jnp.float32
@@ -100,7 +104,13 @@ class ChunkedConfig:
     # gradient is contracted inside the forward scan, dW [D, V] in fp32 as the scan carry
     # (one matmul fewer, D V fp32 more temporary memory).
     grad_mode: str = "recompute"
-    vocab_tile: int = 8192  # vocabulary columns per tile of top-k and the recompute backward
+    vocab_tile: int = 8192  # vocabulary columns per tile of the recompute backward
+    # Vocabulary columns per tile of top-k (XLA:CPU sorts each tile; wider is faster,
+    # 0.20 s vs 0.33 s per [256, 151936] chunk at 32768 vs 8192, for 22 MB more temporary).
+    topk_tile: int = 32768
+    # grad_mode="forward": vocabulary columns per in-place update of the dW accumulator
+    # (4096 was fastest on XLA:CPU at D = 2560 among 1024..8192).
+    dw_tile: int = 4096
     # Recompute backward: read bf16 W through an integer view (XLA:CPU workaround, see
     # xla_bwd.py). None: only when the default back-end is the CPU.
     narrow_views: bool | None = None
@@ -158,7 +168,7 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
     # fp32 copy out of the scan.
     zs_CV = jnp.einsum("cd,dv->cv", hs_CD, ws_DV, preferred_element_type=f32) * inv_t
     zt_CV = jnp.einsum("cd,dv->cv", ht_CD, wt_DV, preferred_element_type=f32) * inv_t
-    top_CK, ids_CK = tiled_top_k(zs_CV, cfg.topk, cfg.vocab_tile)
+    top_CK, ids_CK = tiled_top_k(zs_CV, cfg.topk, cfg.topk_tile)
     # Log-sum-exps and entropy in fp32: the JSD lives in small log-prob differences.
     st = cfg.stats(zs_CV, zt_CV, top_CK[:, -1])
     a_CK = top_CK - st.lse_s[:, None]
@@ -209,11 +219,34 @@ def _chunk(cfg: ChunkedConfig, hs_CD, ht_CD, ws_DV, wt_DV, mask_C, tw_C, with_gr
     return out, (zs_CV, DzCoeffs(ids_CK, top_dz_CK, s_C, st.lse_s, rest_g_C, shift_C))
 
 
-def _contract(dz_CV, hs_CD, ws_DV):
-    """Logit gradient -> (d hidden [C, D], d unembedding [D, V]), fp32 accumulation."""
-    dz_CV = dz_CV.astype(ws_DV.dtype)
-    dh_CD = jnp.einsum("cv,dv->cd", dz_CV, ws_DV, preferred_element_type=f32)
-    dw_DV = jnp.einsum("cd,cv->dv", hs_CD, dz_CV, preferred_element_type=f32)
+def _contract(dz_CV, hs_CD, ws_DV, dw_DV, tile: int):
+    """Logit gradient -> (d hidden [C, D], dw_DV + d unembedding [D, V]), fp32 accumulation.
+
+    dw_DV None: return this chunk's d(unembedding) [D, V] in fp32 (the first chunk).
+
+    d(unembedding) is added into the accumulator dw_DV one [D, T] vocabulary tile at a
+    time, in place: a whole-chunk h^T dz would be a second [D, V] fp32 buffer beside the
+    accumulator (XLA:CPU does not fuse the add into the dot). With an fp32 unembedding the
+    accumulator is the gradient itself and XLA builds it in the output buffer.
+    """
+    dh_CD = jnp.einsum("cv,dv->cd", dz_CV.astype(ws_DV.dtype), ws_DV, preferred_element_type=f32)
+    vocab = dz_CV.shape[1]
+    tile = min(tile, vocab)
+    # h^T made once per chunk: contracting over C in the tile loop would re-transpose h for
+    # every tile (measured 1.4x slower on XLA:CPU at T = 8192).
+    hs_DC = jnp.transpose(hs_CD)
+    if dw_DV is None:
+        dw_DV = jnp.matmul(hs_DC, dz_CV.astype(ws_DV.dtype), preferred_element_type=f32)
+        return dh_CD.astype(hs_CD.dtype), dw_DV
+
+    def tile_step(dw_DV, col0, fresh_T):
+        # Columns a shifted last tile shares with the tile before get no second update.
+        dz_CT = jnp.where(fresh_T, jax.lax.dynamic_slice_in_dim(dz_CV, col0, tile, 1), 0.0)
+        upd_DT = jnp.matmul(hs_DC, dz_CT.astype(ws_DV.dtype), preferred_element_type=f32)
+        upd_DT += jax.lax.dynamic_slice_in_dim(dw_DV, col0, tile, 1)
+        return jax.lax.dynamic_update_slice_in_dim(dw_DV, upd_DT, col0, 1), None
+
+    dw_DV, _ = scan_tiles(tile_step, dw_DV, vocab, tile)
     return dh_CD.astype(hs_CD.dtype), dw_DV
 
 
@@ -237,23 +270,28 @@ def _run(cfg: ChunkedConfig, hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, mode: str
 
     xs = (split(hs_ND), split(ht_ND), split(mask_N), split(tw_N))
 
-    def body(dw_acc, x):
-        out, grads = _chunk(cfg, x[0], x[1], ws_DV, wt_DV, x[2], x[3], mode != "value")
-        if mode != "forward":
-            return dw_acc, (out, None if grads is None else grads[1])
-        zs_CV, coeffs = grads
+    def chunk_grads(x, dw_acc):
+        out, (zs_CV, coeffs) = _chunk(cfg, x[0], x[1], ws_DV, wt_DV, x[2], x[3], True)
         dz_CV = dz_from_coeffs(zs_CV, coeffs, 0, zs_CV.shape[1]) * inv_t
-        dh_CD, dw_DV = _contract(dz_CV, x[0], ws_DV)
-        return dw_acc + dw_DV, (out, dh_CD)
+        dh_CD, dw_acc = _contract(dz_CV, x[0], ws_DV, dw_acc, cfg.dw_tile)
+        return dw_acc, (out, dh_CD)
 
-    dw0 = None
-    if mode == "forward":
-        dw0 = jnp.zeros(ws_DV.shape, f32)
-        # Under shard_map the per-chunk dW varies over the token axes like the hidden states.
-        vma = tuple(jax.typeof(hs_ND).manual_axis_type.varying)
-        if vma:
-            dw0 = jax.lax.pcast(dw0, vma, to="varying")
-    dw_DV, (outs, extra) = jax.lax.scan(body, dw0, xs)
+    def body(dw_acc, x):
+        if mode == "forward":
+            return chunk_grads(x, dw_acc)
+        out, grads = _chunk(cfg, x[0], x[1], ws_DV, wt_DV, x[2], x[3], mode != "value")
+        return dw_acc, (out, None if grads is None else grads[1])
+
+    if mode != "forward":
+        _, (outs, extra) = jax.lax.scan(body, None, xs)
+    else:
+        # The first chunk writes the dW accumulator, the scan over the rest adds into it:
+        # no zero fill and no read of zeros, one [D, V] pass each.
+        dw_DV, (out0, dh0) = chunk_grads(jax.tree.map(lambda a: a[0], xs), None)
+        rest = jax.tree.map(lambda a: a[1:], xs)
+        dw_DV, (outs, extra) = jax.lax.scan(body, dw_DV, rest)
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), out0, outs)
+        extra = jnp.concatenate([dh0[None], extra])
     num_N, z_N, div_N, ent_N = (o.reshape(n_pad)[:n_tokens] for o in outs)
     result = FusedDistillOutput(jnp.sum(num_N), jnp.sum(z_N), div_N, ent_N)
     if mode != "forward":
