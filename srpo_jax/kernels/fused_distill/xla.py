@@ -8,11 +8,13 @@ Per chunk of C tokens (lax.scan over chunks, so only one chunk's [C, V] logits i
      outside the top-k (`stats`, which the Pallas back-ends replace with their kernels),
   4. gather at the top-k ids, tail bucket, JSD and the closed-form gradient wrt the student
      logits, kept as O(k) per-token coefficients (`DzCoeffs`, xla_bwd.py),
-  5. by `grad_mode`: "recompute" (default) saves those coefficients and the backward
-     (xla_bwd.py) re-forms the logit gradient per vocabulary tile, writing d(unembedding)
-     tile by tile into its result: no [D, V] fp32 temporary. "forward" forms the [C, V]
-     gradient here and contracts it at once into d(hidden) [C, D] and d(unembedding)
-     [D, V], accumulated in fp32 as the scan carry (one matmul fewer, D V fp32 more memory).
+  5. by `grad_mode` (api.py's "auto" takes "forward" for fp32 W, "recompute" for bf16):
+     "recompute" saves those coefficients and the backward (xla_bwd.py) re-forms the
+     logit gradient per vocabulary tile, writing d(unembedding) tile by tile into its
+     result: no [D, V] fp32 temporary. "forward" forms the [C, V] gradient here and
+     contracts it at once into d(hidden) [C, D] and d(unembedding) [D, V], added in fp32
+     `dw_tile` columns at a time into the scan carry in place (one matmul fewer; the carry
+     is the output buffer for fp32 W, an extra fp32 [D, V] for narrower W).
 
 Closed-form gradient. With buckets A (student) and B (teacher) of exact log-probs:
   dD/dA_j = (1-a) p_j (A_j - log M_j)    for 0 < a < 1 (the log M terms cancel),
