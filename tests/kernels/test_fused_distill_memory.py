@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from srpo_jax.kernels.fused_distill import xla
+from srpo_jax.kernels.fused_distill import api, xla
 
 N, D, V, CHUNK, TILE = 48, 512, 2048, 16, 256
 
@@ -60,3 +60,26 @@ def test_bf16_recompute_needs_less_temp_than_grad_in_forward():
     recompute, forward = temp_bytes(jnp.bfloat16, "recompute"), temp_bytes(jnp.bfloat16, "forward")
     assert forward >= D * V * 4, forward  # the fp32 accumulator beside the bf16 result
     assert recompute < forward, (recompute, forward)
+
+
+@pytest.mark.parametrize("dtype,expected", [(jnp.float32, "forward"), (jnp.bfloat16, "recompute")])
+def test_api_auto_grad_mode_takes_the_lean_mode_per_dtype(dtype, expected):
+    """api's grad_mode="auto" lowers to exactly the program of the mode chosen for the dtype."""
+
+    def lowered(grad_mode):
+        def loss(hs, ht, ws, wt, mask):
+            def numerator(h, w):
+                out = api.fused_distill(
+                    h, ht, w, wt, mask, topk=20, chunk_size=CHUNK, grad_mode=grad_mode
+                )
+                return out.numerator
+
+            return jax.grad(numerator, argnums=(0, 1))(hs, ws)
+
+        nd, dv = jax.ShapeDtypeStruct((N, D), dtype), jax.ShapeDtypeStruct((D, V), dtype)
+        n_f32 = jax.ShapeDtypeStruct((N,), jnp.float32)
+        return jax.jit(loss).lower(nd, nd, dv, dv, n_f32).as_text()
+
+    auto = lowered("auto")
+    assert auto == lowered(expected)
+    assert auto != lowered({"forward": "recompute", "recompute": "forward"}[expected])
