@@ -73,6 +73,7 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
         seed=0,
         loss_impl="fused",
         fused_implementation="auto",
+        fused_grad_mode="auto",  # forward for fp32 unembeddings, recompute for bf16
         chunk_size=1024,
         time_budget_hours=10.0,  # training time; evaluation excluded
         sft_warmup_steps=0,

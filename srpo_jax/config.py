@@ -30,6 +30,7 @@ PRESETS = ("tiny", "qwen3_0p6b", "qwen3_1p7b", "qwen3_4b", "qwen3_8b", "qwen3_14
 TASKS = ("synthetic", "chem", "phys", "bio", "materials", "tooluse")
 METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
 FUSED_IMPLEMENTATIONS = ("auto", "xla", "reference", "pallas_gpu", "pallas_tpu")
+FUSED_GRAD_MODES = ("auto", "forward", "recompute")
 
 # SPEC section 10: learning rate and optimisation mini-batch (prompts) per method. SRPO uses
 # the halfway learning rate; its ablations inherit SRPO's settings.
@@ -246,6 +247,7 @@ class TrainConfig:
     seed: int = 0
     loss_impl: str = "fused"
     fused_implementation: str = "auto"
+    fused_grad_mode: str = "auto"  # where the fused kernel contracts its gradient
     chunk_size: int = 1024  # tokens per chunk of the fused distillation kernel
     time_budget_hours: float = 10.0  # training wall-clock (eval excluded); 0 = no budget
     sft_warmup_steps: int = 0  # supervised warm-up steps before RL (demo only)
@@ -263,6 +265,7 @@ class TrainConfig:
         _require(self.num_steps >= 1, "train.num_steps", ">= 1", self.num_steps)
         _one_of("train.loss_impl", self.loss_impl, ("fused", "plain"))
         _one_of("train.fused_implementation", self.fused_implementation, FUSED_IMPLEMENTATIONS)
+        _one_of("train.fused_grad_mode", self.fused_grad_mode, FUSED_GRAD_MODES)
         _require(self.chunk_size >= 1, "train.chunk_size", ">= 1", self.chunk_size)
         _require(
             self.time_budget_hours >= 0, "train.time_budget_hours", ">= 0", self.time_budget_hours

@@ -151,6 +151,7 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
                 implementation="reference"
                 if cfg.loss_impl == "plain"
                 else cfg.fused_implementation,
+                grad_mode=cfg.fused_grad_mode,
             )
             fused = (out.numerator, out.z)
             ent_MR = jax.lax.stop_gradient(out.entropy_N.reshape(m, r)) * mask_MR

@@ -84,6 +84,7 @@ class LearnerConfig:
     # implementation
     loss_impl: str = "fused"  # "fused" | "plain" (materialised logits, reference maths)
     fused_implementation: str = "auto"
+    fused_grad_mode: str = "auto"  # "auto" | "forward" | "recompute" (fused_distill's grad_mode)
     chunk_size: int = 1024
 
     def __post_init__(self):
@@ -96,6 +97,11 @@ class LearnerConfig:
         if self.entropy_over not in ("vocab", "buckets"):
             raise ValueError(
                 f"LearnerConfig.entropy_over must be vocab|buckets, got {self.entropy_over!r}"
+            )
+        if self.fused_grad_mode not in ("auto", "forward", "recompute"):
+            raise ValueError(
+                "LearnerConfig.fused_grad_mode must be auto|forward|recompute, "
+                f"got {self.fused_grad_mode!r}"
             )
         if not self.lr > 0:
             raise ValueError(f"LearnerConfig.lr must be > 0, got {self.lr}")

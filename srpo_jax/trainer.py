@@ -87,6 +87,7 @@ def learner_config(cfg: Config) -> learner.LearnerConfig:
         grad_clip=o.grad_clip,
         loss_impl=t.loss_impl,
         fused_implementation=t.fused_implementation,
+        fused_grad_mode=t.fused_grad_mode,
         chunk_size=t.chunk_size,
     )
 

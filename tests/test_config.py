@@ -199,6 +199,7 @@ def test_unknown_keys_name_the_dotted_key_and_close_match():
         ("train__mini_batch_prompts", 5, "config.train.mini_batch_prompts must divide"),
         ("train__micro_batch_rows", 7, "config.train.micro_batch_rows must divide"),
         ("train__fused_implementation", "triton", "config.train.fused_implementation"),
+        ("train__fused_grad_mode", "backward", "config.train.fused_grad_mode must be one of"),
         ("rollout__engine", "sglang", "config.rollout.sglang.urls is empty"),
         ("checkpoint__keep", 0, "config.checkpoint.keep must be >= 1, got 0"),
         ("mesh__fsdp", 0, "config.mesh"),
