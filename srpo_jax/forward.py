@@ -23,7 +23,14 @@ from srpo_jax.kernels.fused_distill import api as fused_api
 
 
 def _forward_hidden(graphdef, params, ids_BS, mask_BS, prompt_len: int, resp_len: int):
-    """Final hidden states at the positions that predict response tokens: [B, R, D]."""
+    """Final hidden states at the positions that predict response tokens, [B, R, D] in the
+    compute dtype, and the unembedding [D, V] in the parameter dtype.
+
+    Every loss-head GEMM runs in the hidden states' (compute) dtype with fp32 accumulation,
+    as `Qwen3.logits` does for the rollout engine, so the learner's log-probs come from the
+    same bf16 products as the sampler's; the fp32 master unembedding gets its gradient
+    through the cast (see `compute_dtype` in kernels/chunked_vocab.py).
+    """
     model = nnx.merge(graphdef, params)
     h_BSD = model.hidden_states(ids_BS, attention_mask_BT=mask_BS)
     return h_BSD[:, prompt_len - 1 : prompt_len - 1 + resp_len], model.unembedding()
@@ -48,6 +55,7 @@ def student_logp(cfg, graphdef, params, mb):
         mb["response_ids"].reshape(-1),
         temperature=cfg.temperature,
         chunk_size=cfg.chunk_size,
+        compute_dtype=h_BRD.dtype,
     ).reshape(b, r)
     return logp_BR, h_BRD, w_DV
 
@@ -79,7 +87,11 @@ def teacher_entropy_sum(cfg, graphdef, teacher_params, mb) -> tuple[jax.Array, j
     ht_MRD, wt_DV = _teacher_hidden(graphdef, teacher_params, mb)
     m, r, d = ht_MRD.shape
     ent_MR = chunked_vocab.token_entropy(
-        ht_MRD.reshape(m * r, d), wt_DV, temperature=cfg.temperature, chunk_size=cfg.chunk_size
+        ht_MRD.reshape(m * r, d),
+        wt_DV,
+        temperature=cfg.temperature,
+        chunk_size=cfg.chunk_size,
+        compute_dtype=ht_MRD.dtype,
     ).reshape(m, r)
     mask_MR = _teacher_token_mask(mb) * jnp.take(mb["sdpo_rows"], mb["teacher_src"])[:, None]
     u_MR = jnp.exp(-ent_MR / cfg.effective_tau)
@@ -119,6 +131,7 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
                 jnp.take(mb["response_ids"], src_M, axis=0).reshape(-1),
                 temperature=cfg.temperature,
                 chunk_size=cfg.chunk_size,
+                compute_dtype=ht_MRD.dtype,
             ).reshape(m, r)
             teacher_logp_BR = jnp.zeros_like(logp_BR).at[src_M].add(t_logp_MR * tvalid_M[:, None])
             has_teacher_B = jnp.zeros(logp_BR.shape[:1], jnp.float32).at[src_M].max(tvalid_M)
@@ -137,8 +150,9 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
             out = fused_api.fused_distill(
                 jnp.take(h_BRD, src_M, axis=0).reshape(m * r, d),
                 ht_MRD.reshape(m * r, d),
-                w_DV,
-                wt_DV,
+                # In the compute dtype: bf16 GEMMs; the kernel accumulates dW in fp32 itself.
+                w_DV.astype(h_BRD.dtype),
+                wt_DV.astype(ht_MRD.dtype),
                 mask_MR.reshape(-1),
                 jnp.take(mult_BR, src_M, axis=0).reshape(-1),
                 topk=cfg.topk,

@@ -56,10 +56,10 @@ def lcfg(method="srpo", **kw):
     return learner.LearnerConfig(**base)
 
 
-def fresh_state(cfg, mesh=None, seed=0):
+def fresh_state(cfg, mesh=None, seed=0, mcfg=None):
     if mesh is None:
         mesh = make_mesh(MeshConfig(), jax.devices()[:1])
-    model = create_sharded_model(model_config(), mesh, seed=seed)
+    model = create_sharded_model(mcfg or model_config(), mesh, seed=seed)
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, learner.init_state(params, cfg, mesh)
 
@@ -129,6 +129,29 @@ def test_fused_gradient_modes_take_the_same_step():
         lcfg(fused_grad_mode="backward")
 
 
+def test_bf16_student_logp_matches_the_samplers_logits():
+    # With bf16 compute the learner's log-probs come from the same bf16 unembedding products
+    # as Qwen3.logits (what the embedded sampler scores with); reference: float64
+    # log-softmax of the model's full logits.
+    mcfg = dataclasses.replace(model_config(), dtype="bfloat16")
+    model = create_sharded_model(mcfg, make_mesh(MeshConfig(), jax.devices()[:1]), seed=0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    rows = make_rows(5, "srpo")
+    batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=16, pad_id=0)
+    mb = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), batch)
+    logp_BR = np.asarray(forward.student_logp(lcfg(), graphdef, params, mb)[0])
+
+    r_len = mb["response_ids"].shape[-1]
+    p_len = mb["input_ids"].shape[-1] - r_len
+    logits = np.asarray(model(mb["input_ids"], mb["attention_mask"]), np.float64)
+    logits = logits[:, p_len - 1 : p_len - 1 + r_len]
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ids = np.asarray(mb["response_ids"])
+    want = np.take_along_axis(logits, ids[..., None], -1)[..., 0] - lse
+    valid = np.asarray(mb["response_mask"]) > 0
+    np.testing.assert_allclose(logp_BR[valid], want[valid], atol=2e-5)
+
+
 def test_teacher_rows_are_only_the_routed_rows_and_cost_scales():
     rewards_some = np.array([1, 0, 0, 0] + [0] * 12, float)  # 3 routed
     rewards_more = np.array([1, 0, 0, 0] * 4, float)  # 12 routed
@@ -175,11 +198,13 @@ def test_nan_gradient_skips_the_update():
     assert_trees_close(before.opt_state.inner_state, new.opt_state.inner_state, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", learner.METHODS)
-def test_one_step_lowers_the_methods_own_objective(method):
+@pytest.mark.parametrize(
+    "method,dtype", [(m, "float32") for m in learner.METHODS] + [("srpo", "bfloat16")]
+)
+def test_one_step_lowers_the_methods_own_objective(method, dtype):
     cfg = lcfg(method, lr=3e-3)
     rows = make_rows(4, method)
-    graphdef, state = fresh_state(cfg)
+    graphdef, state = fresh_state(cfg, mcfg=dataclasses.replace(model_config(), dtype=dtype))
     batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=16, pad_id=0)
     mb = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), batch)
     old_logp = forward.student_logp(cfg, graphdef, state.params, mb)[0]

@@ -5,6 +5,10 @@ The GRPO branch needs log pi(y_t) of the sampled token only, but a naive
 tokens are processed C at a time inside a scan whose body is rematerialised, so at most
 one [C, V] logits chunk is live in the forward and in the backward pass. The same
 scheme gives the full-vocabulary entropy (the teacher-entropy pre-pass of the learner).
+
+`compute_dtype` (e.g. bf16 with fp32 master weights) casts W inside the chunk body: the
+GEMMs run in that dtype with fp32 accumulation, while W's gradient is summed over chunks
+in W's own dtype (a bf16 W passed in would sum the per-chunk gradients in bf16).
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ def _pad_rows(x: jax.Array, n_pad: int) -> jax.Array:
     if n_pad == 0:
         return x
     return jnp.pad(x, [(0, n_pad)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _in_dtype(w_DV: jax.Array, compute_dtype) -> jax.Array:
+    return w_DV if compute_dtype is None else w_DV.astype(compute_dtype)
 
 
 def _chunked(fn, hidden_ND, extra_N, chunk_size):
@@ -39,6 +47,7 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     chunk_size: int = 1024,
+    compute_dtype=None,
 ) -> Float[Array, " N"]:
     """log softmax(h @ W / temperature)[target] per token, fp32, differentiable in h and W."""
     n, d = hidden_ND.shape
@@ -52,8 +61,9 @@ def token_logprobs(
         return jnp.zeros((0,), jnp.float32)
 
     def chunk(h_CD, t_C):
+        w_DV = _in_dtype(unembed_DV, compute_dtype)
         # fp32 logits and log-sum-exp: bf16 would lose the small log-prob differences.
-        logits_CV = jnp.dot(h_CD, unembed_DV, preferred_element_type=jnp.float32) / temperature
+        logits_CV = jnp.dot(h_CD, w_DV, preferred_element_type=jnp.float32) / temperature
         lse_C = jax.nn.logsumexp(logits_CV, axis=-1)
         picked_C = jnp.take_along_axis(logits_CV, t_C[:, None], axis=-1)[:, 0]
         return picked_C - lse_C
@@ -67,6 +77,7 @@ def token_entropy(
     *,
     temperature: float = 1.0,
     chunk_size: int = 1024,
+    compute_dtype=None,
 ) -> Float[Array, " N"]:
     """Full-vocabulary entropy of softmax(h @ W / temperature) per token, fp32."""
     n = hidden_ND.shape[0]
@@ -74,8 +85,9 @@ def token_entropy(
         return jnp.zeros((0,), jnp.float32)
 
     def chunk(h_CD, _):
+        w_DV = _in_dtype(unembed_DV, compute_dtype)
         # fp32: entropy sums V terms; bf16 accumulation would be off by percents.
-        logits_CV = jnp.dot(h_CD, unembed_DV, preferred_element_type=jnp.float32) / temperature
+        logits_CV = jnp.dot(h_CD, w_DV, preferred_element_type=jnp.float32) / temperature
         logp_CV = jax.nn.log_softmax(logits_CV, axis=-1)
         return -jnp.sum(jnp.exp(logp_CV) * logp_CV, axis=-1)
 
