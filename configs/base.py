@@ -107,7 +107,7 @@ def benchmark_config(preset: str, task: str, arg: str | None) -> ml_collections.
     c.data.task = task
     # Memory plan (python -m srpo_jax.plan, docs/scale.md): with fsdp=8 and one row per
     # device the materialised attention scores of the teacher's 24k-token sequences need
-    # ~190 GiB per GPU. Splitting the heads 8 ways (tensor=8) and 2 rows per micro-batch
+    # ~191 GiB per GPU. Splitting the heads 8 ways (tensor=8) and 2 rows per micro-batch
     # fits 8 x H20 with >= 10% headroom for Qwen3-8B and -4B (the largest that fits).
     c.mesh.tensor = 8
     c.train.micro_batch_rows = 2
