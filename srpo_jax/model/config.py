@@ -39,6 +39,9 @@ class Qwen3Config:
     param_dtype: str = "float32"
     remat: bool = False
     scan_layers: bool = True
+    # Queries per attention block (0: all at once). Exact; bounds the fp32 scores to
+    # [B, heads, attention_query_chunk, S] per layer instead of [B, heads, T, S].
+    attention_query_chunk: int = 1024
 
     def __post_init__(self):
         for name in (
@@ -58,6 +61,11 @@ class Qwen3Config:
             raise ValueError(
                 f"Qwen3Config.num_heads ({self.num_heads}) must be a multiple of "
                 f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if not isinstance(self.attention_query_chunk, int) or self.attention_query_chunk < 0:
+            raise ValueError(
+                "Qwen3Config.attention_query_chunk must be an int >= 0 (0: no chunking), "
+                f"got {self.attention_query_chunk!r}"
             )
         if self.head_dim % 2:
             raise ValueError(f"Qwen3Config.head_dim must be even for RoPE, got {self.head_dim}")

@@ -93,8 +93,33 @@ def rope(x_BTNH, positions_BT, theta: float):
     return out.astype(x_BTNH.dtype)
 
 
-def attention(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype):
-    """Grouped-query attention; q head n reads kv head n // (N // K), as in transformers."""
+def attention(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype, query_chunk: int = 0):
+    """Grouped-query attention; q head n reads kv head n // (N // K), as in transformers.
+
+    query_chunk > 0 and shorter than T: the queries go through in blocks of that many
+    (lax.scan), each block rematerialised in the backward, so one block's fp32 scores
+    [B, K, G, query_chunk, S] are live instead of all T rows of them. Exact: every query
+    row's softmax is over its whole key range either way.
+    """
+    t = q_BTNH.shape[1]
+    if query_chunk <= 0 or t <= query_chunk:
+        return _attention_block(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype)
+    b, _, n, h = q_BTNH.shape
+    n_blocks = -(-t // query_chunk)
+    pad = n_blocks * query_chunk - t
+    # Padded query rows attend to nothing (finite, uniform weights) and are dropped below.
+    q_BPNH = jnp.pad(q_BTNH, [(0, 0), (0, pad), (0, 0), (0, 0)])
+    allowed_BPS = jnp.pad(allowed_BTS, [(0, 0), (0, pad), (0, 0)])
+    q_nBCNH = q_BPNH.reshape(b, n_blocks, query_chunk, n, h).swapaxes(0, 1)
+    allowed_nBCS = allowed_BPS.reshape(b, n_blocks, query_chunk, -1).swapaxes(0, 1)
+    block = jax.checkpoint(
+        lambda q_BCNH, allowed_BCS: _attention_block(q_BCNH, k_BSKH, v_BSKH, allowed_BCS, dtype)
+    )
+    _, out_nBCNH = jax.lax.scan(lambda _, xs: (None, block(*xs)), None, (q_nBCNH, allowed_nBCS))
+    return out_nBCNH.swapaxes(0, 1).reshape(b, n_blocks * query_chunk, n, h)[:, :t]
+
+
+def _attention_block(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype):
     b, t, n, h = q_BTNH.shape
     k = k_BSKH.shape[2]
     q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
@@ -126,7 +151,7 @@ def decoder_layer(config: Qwen3Config, p, x_BTD, positions_BT, kv_fn):
     q = rope(q, positions_BT, config.rope_theta)
     k = rope(k, positions_BT, config.rope_theta)
     keys, values, allowed_BTS = kv_fn(k, v)
-    o_BTNH = attention(q, keys, values, allowed_BTS, dt)
+    o_BTNH = attention(q, keys, values, allowed_BTS, dt, config.attention_query_chunk)
     x_BTD = x_BTD + _project(o_BTNH, p["o_proj"], "btnh,nhd->btd", dt)
     x_BTD = _constrain(x_BTD, ("batch", "seq", "act_embed"))
     h_BTD = rms_norm(x_BTD, p["mlp_norm"], eps, dt)
