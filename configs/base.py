@@ -25,6 +25,8 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
     # The benchmark files pick the Qwen3 size; alone, base is a tiny random-init model.
     c.model = dict(preset="tiny", hf_path="", dtype="bfloat16", remat=False, random_init=False)
     c.model.overrides = {}
+    # Queries per attention block (0: all at once); exact, bounds the live scores.
+    c.model.attention_query_chunk = 1024
     c.tokenizer = dict(path="")  # "" = the tokenizer shipped with model.hf_path
     c.mesh = dict(data=1, fsdp=1, tensor=1)
     c.data = dict(
@@ -105,12 +107,12 @@ def benchmark_config(preset: str, task: str, arg: str | None) -> ml_collections.
     c.model.preset = preset
     c.model.remat = True  # 8192-token responses: activations, not weights, bound memory
     c.data.task = task
-    # Memory plan (python -m srpo_jax.plan, docs/scale.md): with fsdp=8 and one row per
-    # device the materialised attention scores of the teacher's 24k-token sequences need
-    # ~191 GiB per GPU. Splitting the heads 8 ways (tensor=8) and 2 rows per micro-batch
-    # fits 8 x H20 with >= 10% headroom for Qwen3-8B and -4B (the largest that fits).
+    # Memory plan (python -m srpo_jax.plan, docs/scale.md), worst case of 24k-token teacher
+    # sequences with query-chunked attention: heads split 8 ways (tensor=8) and 4 rows per
+    # micro-batch fit 8 x H20 with >= 10% headroom for Qwen3-8B (65 GiB peak; 8 rows do
+    # not) and -4B (38 GiB; 8 rows fit too).
     c.mesh.tensor = 8
-    c.train.micro_batch_rows = 2
+    c.train.micro_batch_rows = 4
     c.lock()
     return c
 

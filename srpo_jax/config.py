@@ -79,6 +79,7 @@ class ModelConfig:
     overrides: dict = dataclasses.field(default_factory=dict)  # Qwen3Config field -> value
     dtype: str = "bfloat16"  # compute dtype; params and EMA teacher stay fp32
     remat: bool = False
+    attention_query_chunk: int = 1024  # queries per attention block; 0 = all at once
     # A full-size preset without weights trains a random network: refuse unless asked for
     # (throughput tests), so a forgotten hf_path cannot waste a 10-hour run.
     random_init: bool = False
@@ -92,6 +93,12 @@ class ModelConfig:
             self.hf_path,
         )
         _one_of("model.dtype", self.dtype, ("bfloat16", "float32"))
+        _require(
+            self.attention_query_chunk >= 0,
+            "model.attention_query_chunk",
+            ">= 0 (0: no query blocks)",
+            self.attention_query_chunk,
+        )
         needs_weights = (
             self.preset not in ("tiny", "") and not self.hf_path and not self.random_init
         )
@@ -104,10 +111,10 @@ class ModelConfig:
         # Imported here: the model package pulls in flax, and config must stay light to import.
         from srpo_jax.model.config import Qwen3Config
 
-        # dtype and remat have their own keys; everything else in Qwen3Config may be overridden.
-        allowed = [
-            f.name for f in dataclasses.fields(Qwen3Config) if f.name not in ("dtype", "remat")
-        ]
+        # dtype, remat and attention_query_chunk have their own keys; everything else in
+        # Qwen3Config may be overridden.
+        own_keys = ("dtype", "remat", "attention_query_chunk")
+        allowed = [f.name for f in dataclasses.fields(Qwen3Config) if f.name not in own_keys]
         for name in self.overrides:
             if name not in allowed:
                 close = difflib.get_close_matches(str(name), allowed, n=2)
@@ -123,7 +130,12 @@ class ModelConfig:
         from srpo_jax.model.config import PRESETS as MODEL_PRESETS
         from srpo_jax.model.config import Qwen3Config
 
-        extra = {**self.overrides, "dtype": self.dtype, "remat": self.remat}
+        extra = {
+            **self.overrides,
+            "dtype": self.dtype,
+            "remat": self.remat,
+            "attention_query_chunk": self.attention_query_chunk,
+        }
         preset = MODEL_PRESETS[self.preset](**extra) if self.preset else None
         if not self.hf_path:
             return preset

@@ -193,6 +193,7 @@ def test_unknown_keys_name_the_dotted_key_and_close_match():
         ("algo__add_tail", 1, "config.algo.add_tail must be of type bool, got 1"),
         ("data__task", "chemistry", "config.data.task must be one of"),
         ("model__dtype", "fp16", "config.model.dtype must be one of"),
+        ("model__attention_query_chunk", -1, "config.model.attention_query_chunk must be >= 0"),
         ("model__preset", "qwen3_9b", "config.model.preset must be one of"),
         ("rollout__top_p", 0.0, "config.rollout.top_p must be in (0, 1], got 0.0"),
         ("eval__top_p", 1.5, "config.eval.top_p must be in (0, 1], got 1.5"),

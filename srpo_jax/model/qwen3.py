@@ -4,6 +4,8 @@ Pre-norm blocks: RMSNorm -> GQA attention (per-head q/k RMSNorm, RoPE) -> residu
 RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; tied or untied unembedding. Layer
 parameters are stored stacked along a leading `layers` axis and applied with lax.scan, so
 compile time does not grow with depth; each layer can be rematerialised (jax.checkpoint).
+Attention takes its queries `attention_query_chunk` at a time (exact), so long sequences
+never hold all [T, S] fp32 scores at once.
 
 Parameters are fp32 and carry logical axis names (`logical_axes` metadata) that
 srpo_jax.sharding maps to mesh axes. Matmuls run in the compute dtype with fp32
