@@ -356,9 +356,14 @@ class Learner:
             else:
                 fn = jax.jit(step, donate_argnums=0)
             self._compiled[key] = fn
-        if self.mesh is not None and jax.process_count() > 1:
+        if self.mesh is None:
+            return fn(state, batch)
+        if jax.process_count() > 1:
             batch = self.place_batch(batch)
-        return fn(state, batch)
+        # Traced under the mesh so the model's activation constraints (the rules table's
+        # "batch" and "seq" axes) apply; without it they are no-ops.
+        with jax.set_mesh(self.mesh):
+            return fn(state, batch)
 
     def place_batch(self, batch: dict) -> dict:
         """Global device arrays from a host batch that every process holds in full.

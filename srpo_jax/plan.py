@@ -207,7 +207,8 @@ def compile_step(cfg: Config, model_cfg, mesh, shape: StepShape) -> Figures:
         out_shardings=(s_shard, None),
         donate_argnums=0,
     )
-    compiled = step.lower(state, batch).compile()
+    with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
+        compiled = step.lower(state, batch).compile()
     mem = compiled.memory_analysis()
     if mem is None:
         raise RuntimeError(f"backend {jax.default_backend()!r} gives no memory analysis")

@@ -22,7 +22,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
     # activations
     "batch": ("data", "fsdp"),
-    "seq": None,
+    # Sequence parallelism of the residual stream between layers: the per-layer inputs that
+    # remat keeps for the backward are 1/tensor per device. XLA all-gathers the sequence
+    # before attention and the MLP and reduce-scatters after their output projections
+    # (instead of an all-reduce): the same bytes moved, a tensor-th of the memory held.
+    "seq": "tensor",
     "act_embed": None,  # the model dim of activations: batch is already split over fsdp
     # parameters
     "embed": "fsdp",

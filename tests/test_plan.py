@@ -183,7 +183,9 @@ def test_layer_extrapolation_matches_the_full_depth_compile():
         prompt_len=16, response_len=32, teacher_prompt_len=16,
     )  # fmt: skip
     full = plan.compile_step(cfg, model_cfg, mesh, shape)
-    est, (f1, f2) = plan.extrapolated(cfg, model_cfg, mesh, shape, (1, 2))
+    # Sampled from 2 layers up, as docs/scale.md's --layers=2,4: the 1-layer program's
+    # temporaries sit off the line (measured +13% step from 1 to 2 layers, then flat).
+    est, (f1, f2) = plan.extrapolated(cfg, model_cfg, mesh, shape, (2, 3))
     assert (est.params, est.teacher, est.opt, est.batch) == (
         full.params, full.teacher, full.opt, full.batch,
     )  # fmt: skip

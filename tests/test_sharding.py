@@ -43,7 +43,7 @@ def test_rules_table_and_specs():
     assert logical_to_spec(("layers", "embed", "heads", "head_dim")) == P(
         None, "fsdp", "tensor", None
     )
-    assert logical_to_spec(("batch", "seq")) == P(("data", "fsdp"), None)
+    assert logical_to_spec(("batch", "seq")) == P(("data", "fsdp"), "tensor")
     assert logical_to_spec(("embed", "embed")) == P("fsdp", None)  # a mesh axis is used once
     with pytest.raises(ValueError, match="'nonsense'"):
         logical_to_spec(("nonsense",))
