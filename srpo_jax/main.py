@@ -12,17 +12,17 @@ jax.distributed.initialize reads them from the environment.
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import json
 import os
-import re
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from srpo_jax import config as config_lib
+from srpo_jax.cli import fail as _fail
+from srpo_jax.cli import last_error_line as _last_error_line
+from srpo_jax.cli import parse_flags as _parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
@@ -31,67 +31,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
-EXIT_CONFIG_ERROR = 2
 EXIT_TRAINING_ABORTED = 1
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG_ERROR)
-
-
-def _unknown_override(argv: list[str]) -> str | None:
-    """Names the first --config.a.b=v override whose key the loaded config lacks."""
-    # The override failed while the config flag was being parsed, so FLAGS.config is not set
-    # yet: load the file again (it just loaded fine) to compare keys against.
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None:
-        return None
-    path, _, arg = spec.partition(":")
-    try:
-        module_spec = importlib.util.spec_from_file_location("srpo_config_hint", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        node = module.get_config(arg) if arg else module.get_config()
-    except Exception:  # the config file itself is broken: nothing to compare against
-        return None
-    for flag in argv[1:]:
-        if not flag.startswith("--config."):
-            continue
-        parts = flag[len("--config.") :].split("=", 1)[0].split(".")
-        here = node
-        for depth, part in enumerate(parts):
-            if not hasattr(here, "keys") or part not in here:
-                known = list(here.keys()) if hasattr(here, "keys") else []
-                prefix = ".".join(["config", *parts[:depth]])
-                close = difflib.get_close_matches(part, known, n=2)
-                hint = (
-                    f" (did you mean {', '.join(f'{prefix}.{c}' for c in close)}?)" if close else ""
-                )
-                return f"unknown config key config.{'.'.join(parts)}{hint}"
-            here = here[part]
-    return None
-
-
-def _last_error_line(message: str) -> str:
-    """A config file that raised while loading: keep its last 'SomeError: why' line only."""
-    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    for line in reversed(lines):
-        match = re.match(r"^[\w.]*(?:Error|Exception): (.*)$", line)
-        if match:
-            return match.group(1)
-    if len(lines) > 1 and "No such file" in message:
-        return next(ln for ln in lines if "No such file" in ln)
-    return message.strip()
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag or config override exits 2 with one line, no usage dump."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, config_lib.ConfigError, AttributeError, KeyError, TypeError) as e:
-        # Raised while loading the config file or applying --config.a.b=v overrides.
-        _fail(_unknown_override(argv) or _last_error_line(str(e)))
 
 
 def _input_errors() -> tuple[type[Exception], ...]:

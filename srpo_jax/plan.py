@@ -469,5 +469,7 @@ def define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    from srpo_jax.cli import parse_flags
+
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

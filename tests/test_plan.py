@@ -162,6 +162,18 @@ def test_cli_end_to_end_on_the_demo_config(tmp_path):
     assert result["results"]["8"]["peak"] < topologies.get("h20x8").usable_bytes
 
 
+def test_cli_bad_config_key_is_one_line_and_exit_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.plan", "--config=configs/demo.py",
+         "--config.train.num_step=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (
+        "error: unknown config key config.train.num_step (did you mean config.train.num_steps?)"
+    )
+
+
 def test_cli_list():
     proc = subprocess.run(
         [sys.executable, "-m", "srpo_jax.plan", "--list"],
