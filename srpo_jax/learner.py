@@ -48,6 +48,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from srpo_jax.forward import denominator, micro_objective, student_logp, teacher_entropy_sum
+from srpo_jax.kernels.fused_distill import api as fused_api
 from srpo_jax.sharding import named_sharding
 
 METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
@@ -98,9 +99,9 @@ class LearnerConfig:
             raise ValueError(
                 f"LearnerConfig.entropy_over must be vocab|buckets, got {self.entropy_over!r}"
             )
-        if self.fused_grad_mode not in ("auto", "forward", "recompute"):
+        if self.fused_grad_mode not in fused_api.GRAD_MODES:
             raise ValueError(
-                "LearnerConfig.fused_grad_mode must be auto|forward|recompute, "
+                f"LearnerConfig.fused_grad_mode must be one of {fused_api.GRAD_MODES}, "
                 f"got {self.fused_grad_mode!r}"
             )
         if not self.lr > 0:

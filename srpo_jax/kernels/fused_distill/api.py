@@ -27,6 +27,7 @@ from srpo_jax.kernels.fused_distill import pallas_gpu, pallas_tpu, xla
 from srpo_jax.kernels.fused_distill.reference import FusedDistillOutput, fused_distill_reference
 
 IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas_gpu", "pallas_tpu")
+GRAD_MODES = ("auto", *xla.GRAD_MODES)
 
 
 def resolve_implementation(implementation: str) -> str:
@@ -111,8 +112,8 @@ def fused_distill(
     )
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be positive")
-    if grad_mode not in (*xla.GRAD_MODES, "auto"):
-        raise ValueError(f"grad_mode={grad_mode!r}; expected 'auto' or one of {xla.GRAD_MODES}")
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"grad_mode={grad_mode!r}; expected one of {GRAD_MODES}")
     if grad_mode == "auto":
         wide = jnp.dtype(student_unembed_DV.dtype).itemsize >= 4
         grad_mode = "forward" if wide else "recompute"
