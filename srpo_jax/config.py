@@ -26,6 +26,9 @@ from typing import Any
 
 from srpo_jax.sharding import MeshConfig
 
+if typing.TYPE_CHECKING:
+    import ml_collections
+
 PRESETS = ("tiny", "qwen3_0p6b", "qwen3_1p7b", "qwen3_4b", "qwen3_8b", "qwen3_14b", "qwen3_32b")
 TASKS = ("synthetic", "chem", "phys", "bio", "materials", "tooluse")
 METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
@@ -541,6 +544,17 @@ def to_dict(cfg: Config) -> dict:
         return v
 
     return plain(cfg)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The ConfigDict of a config-file argument "path/to/file.py[:arg]" (as --config takes)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(
+        f"srpo_config_{pathlib.Path(path).stem}", path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def load_config_module(config_file: str, sibling: str) -> types.ModuleType:

@@ -189,6 +189,14 @@ class Figures:
         return self.arguments + self.outputs - self.aliased + self.temp + self.code
 
 
+def step_program_settings(cfg: Config):
+    """(model config, learner config) of the train step main would run with `cfg`: the same
+    resolution (hf_path's config.json included) and the trainer's own LearnerConfig mapping."""
+    from srpo_jax.trainer import learner_config
+
+    return cfg.model.architecture(), learner_config(cfg)
+
+
 def compile_step(cfg: Config, model_cfg, mesh, shape: StepShape) -> Figures:
     """Lowers and compiles the train step for abstract inputs; returns its memory figures."""
     from srpo_jax.trainer import learner_config  # the trainer's own LearnerConfig mapping
@@ -367,7 +375,7 @@ def main(argv: list[str]) -> None:
     c = f.config
     c.model.random_init = True  # shapes only: the weights are never loaded or initialised
     cfg = config_lib.from_config_dict(c)
-    model_cfg = cfg.model.architecture()
+    model_cfg, _ = step_program_settings(cfg)
     mesh_cfg = parse_mesh(f.mesh) if f.mesh else default_mesh(cfg.mesh, n_dev)
     mesh = make_mesh(mesh_cfg)
     t = cfg.train

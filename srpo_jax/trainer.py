@@ -135,7 +135,9 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
 
 def _initial_params(cfg: Config, model_cfg, mesh):
     if cfg.model.hf_path:
-        model = hf_io.load_hf(cfg.model.hf_path, config_overrides=cfg.model.overrides, mesh=mesh)
+        # model_cfg is the resolved architecture (config.json + overrides + dtype, remat and
+        # attention settings): the learner must train exactly what the config and the plan say.
+        model = hf_io.load_hf(cfg.model.hf_path, config=model_cfg, mesh=mesh)
     else:
         model = create_sharded_model(model_cfg, mesh, seed=cfg.train.seed)
     graphdef, params = nnx.split(model, nnx.Param)
