@@ -14,10 +14,11 @@ import ml_collections
 from flax import nnx
 
 from srpo_jax import config as config_lib
-from srpo_jax import plan, trainer
+from srpo_jax import trainer
 from srpo_jax.model import Qwen3, save_hf
 from srpo_jax.model.config import tiny
 from srpo_jax.sharding import make_mesh
+from srpo_jax.tools import plan
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -52,11 +53,11 @@ def test_hf_path_learner_model_equals_resolved_config(tmp_path):
 
 
 def test_plan_and_main_build_the_same_model_and_learner():
-    # main: config file -> Config -> architecture + learner_config (the trainer's start-up).
+    # main: config file -> Config -> architecture + step_settings (the trainer's start-up).
     cd = config_lib.load_config_file(str(CONFIGS / "qwen3_8b_chem.py") + ":method=srpo")
     cd.model.random_init = True
     cfg = config_lib.from_config_dict(cd)
-    main_model, main_learner = cfg.model.architecture(), trainer.learner_config(cfg)
+    main_model, main_learner = cfg.model.architecture(), trainer.step_settings(cfg)
     plan_model, plan_learner = plan.step_program_settings(cfg)
     assert plan_model == main_model
     assert plan_learner == main_learner

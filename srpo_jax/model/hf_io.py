@@ -25,7 +25,7 @@ from jax.sharding import SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from srpo_jax.model.config import Qwen3Config
+from srpo_jax.model.config import Qwen3Config, read_hf_config
 from srpo_jax.model.qwen3 import Qwen3
 from srpo_jax.sharding import param_shardings
 
@@ -211,12 +211,10 @@ def load_hf(
     if config is not None and config_overrides:
         raise ValueError("load_hf takes either config or config_overrides, not both")
     if config is None:
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise HFCheckpointError(f"{config_file} does not exist")
-        config = Qwen3Config.from_hf_dict(
-            json.loads(config_file.read_text()), **(config_overrides or {})
-        )
+        try:
+            config = read_hf_config(path, **(config_overrides or {}))
+        except FileNotFoundError as e:
+            raise HFCheckpointError(f"{e} does not exist") from None
     model = nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0)))
     if mesh is not None:
         shardings = param_shardings(mesh, nnx.state(model, nnx.Param))
