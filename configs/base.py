@@ -96,7 +96,9 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
     )
     c.eval = dict(every_steps=5, num_samples=16, temperature=0.6, top_p=0.95, max_examples=0)
     c.checkpoint = dict(every_steps=10, keep=3)
-    c.log = dict(tensorboard=True, progress=True)
+    c.log = dict(
+        tensorboard=True, progress=True, log_every=10, wandb=False, wandb_project="srpo_jax"
+    )
     return c
 
 

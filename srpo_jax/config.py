@@ -365,7 +365,18 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True  # a live bar in a terminal; False = plain lines there too
+    log_every: int = 10  # steps between plain progress lines when stdout is not a terminal
+    wandb: bool = False  # also log to Weights & Biases (pip install srpo_jax[wandb])
+    wandb_project: str = "srpo_jax"  # WANDB_MODE / WANDB_ENTITY etc. come from the environment
+
+    def __post_init__(self):
+        _require(self.log_every >= 1, "log.log_every", ">= 1", self.log_every)
+        _require(bool(self.wandb_project), "log.wandb_project", "non-empty", self.wandb_project)
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "config.log.wandb=True needs the wandb package: pip install 'srpo_jax[wandb]'"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,8 +43,9 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from srpo_jax import batching, checkpoint, evaluation, learner, multihost
+from srpo_jax import batching, checkpoint, evaluation, learner, multihost, report
 from srpo_jax import metrics as metrics_lib
+from srpo_jax import progress as progress_lib
 from srpo_jax.algo import advantages as adv_lib
 from srpo_jax.algo import routing
 from srpo_jax.config import Config, check_mesh, to_dict
@@ -142,17 +143,19 @@ def _initial_params(cfg: Config, model_cfg, mesh):
     return graphdef, params
 
 
-def _warmup(cfg, graphdef, params, train_set, tokenizer, log):
+def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress):
     """Supervised warm-up on the gold answers (demo only; see sft.py)."""
     if cfg.train.sft_warmup_steps == 0:
         return params
+    view.start("warm-up", cfg.train.sft_warmup_steps, shown=progress_lib.WARMUP_METRICS)
     targets = []
     for ex in train_set.examples:
         text = synthetic.answer_text(ex.answer) if ex.kind == "mcq" else ex.answer
         targets.append(tokenizer.encode(text, add_special_tokens=False) + [_stop_ids(tokenizer)[0]])
     sft_cfg = SFTConfig(steps=cfg.train.sft_warmup_steps, lr=cfg.train.sft_lr, seed=cfg.train.seed)
+    on_step = lambda step, loss: view.update(step, {"loss": loss})
     params, _ = run_sft(
-        graphdef, params, train_set.prompt_ids, targets, sft_cfg, tokenizer.pad_token_id, log=log
+        graphdef, params, train_set.prompt_ids, targets, sft_cfg, tokenizer.pad_token_id, on_step
     )
     return params
 
@@ -339,6 +342,17 @@ def _summary_aliases(m: dict) -> dict:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _metrics_writer(cfg: Config, wd: pathlib.Path, *, resume_step: int):
+    return metrics_lib.MetricsWriter(
+        wd,
+        tensorboard=cfg.log.tensorboard,
+        resume_step=resume_step,
+        enabled=multihost.is_leader(),
+        wandb_project=cfg.log.wandb_project if cfg.log.wandb else None,
+        run_config=to_dict(cfg),
+    )
+
+
 class _Preemption:
     """SIGTERM sets a flag; the loop finishes the step, checkpoints and exits cleanly."""
 
@@ -368,10 +382,11 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     wd.mkdir(parents=True, exist_ok=True)
     faults = FaultInjection.from_env()
 
-    def log(msg):
-        logging.info(msg)
-        if multihost.is_leader():
-            print(msg, flush=True)
+    # What the console shows (bar or plain lines, each message once): srpo_jax/progress.py.
+    view = progress_lib.Progress(
+        log_every=cfg.log.log_every, bar=cfg.log.progress, enabled=multihost.is_leader()
+    )
+    log = view.write
 
     check_mesh(cfg, jax.device_count())
     mesh = make_mesh(cfg.mesh)
@@ -384,11 +399,16 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         )
     train_set = datasets.PromptSet(_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len)
     test_set = datasets.PromptSet(_examples(cfg, "test"), tokenizer, cfg.data.max_prompt_len)
-    log(
-        f"data: {len(train_set)} train prompts ({train_set.num_filtered} filtered as too long), "
-        f"{len(test_set)} test prompts ({test_set.num_filtered} filtered)"
-    )
     graphdef, params = _initial_params(cfg, model_cfg, mesh)
+    if multihost.is_leader():  # the resolved config to the workdir, one screen of it here
+        report.write_config(cfg, wd)
+    counts = {"train": len(train_set), "train_filtered": train_set.num_filtered}
+    counts.update(test=len(test_set), test_filtered=test_set.num_filtered)
+    num_params = sum(int(x.size) for x in jax.tree.leaves(params))
+    log(report.config_summary(
+        cfg, wd, model_cfg=model_cfg, num_params=num_params, devices=jax.devices(),
+        data_counts=counts,
+    ))  # fmt: skip
     lcfg = learner_config(cfg)
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
@@ -402,13 +422,11 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         # The restore target carries the shardings the fresh state would be born with.
         restored = ckpt.restore(checkpoint.abstract_like(learner.init_state(params, lcfg, mesh)))
     if restored is None:
-        params = _warmup(cfg, graphdef, params, train_set, tokenizer, log)
+        params = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
         state = learner.init_state(params, lcfg, mesh)
         host = {"train_elapsed_s": 0.0, "weight_version": 0, "evals": [], "pending_eval": -1}
         # A fresh run starts a fresh log: lines of an earlier run without checkpoints go.
-        writer = metrics_lib.MetricsWriter(
-            wd, tensorboard=cfg.log.tensorboard, resume_step=-1, enabled=multihost.is_leader()
-        )
+        writer = _metrics_writer(cfg, wd, resume_step=-1)
     else:
         state, host = restored.state, restored.host_state
         if host.get("seeds", seeds) != seeds:
@@ -418,12 +436,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
                 seeds, host["seeds"],
             )  # fmt: skip
         sampler.load_state_dict(host["sampler"])
-        writer = metrics_lib.MetricsWriter(
-            wd,
-            tensorboard=cfg.log.tensorboard,
-            resume_step=restored.step,
-            enabled=multihost.is_leader(),
-        )
+        writer = _metrics_writer(cfg, wd, resume_step=restored.step)
         log(f"resumed from checkpoint step {restored.step} in {wd / 'checkpoints'}")
     del params
 
@@ -452,6 +465,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     def eval_due(step_done):
         return cfg.eval.every_steps and step_done % cfg.eval.every_steps == 0
 
+    view.start("rl", cfg.train.num_steps, initial=start_step)  # evaluations print above it
     if start_step == 0 and eval_due(0):
         evaluate(0)
     if host.get("pending_eval", -1) == start_step and start_step > 0:
@@ -490,6 +504,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         if hasattr(engine, "num_restarts"):
             m["rollout/server_restarts"] = float(engine.num_restarts)
         writer.write(n, m)
+        view.update(n, m)
         consecutive = int(multihost.to_host(state.consecutive_skips))
         if consecutive >= cfg.optim.max_consecutive_skips:
             save(n)
@@ -533,11 +548,9 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         "train_step_variants": lrn.num_compiled,
     }
     writer.close()
-    accs = [acc for _, acc in host["evals"]]
-    if accs:
-        log(
-            f"test avg@{cfg.eval.num_samples}: {accs[0]:.3f} at the first evaluation -> "
-            f"{accs[-1]:.3f} at the last (best {max(accs):.3f})"
-        )
-    log(f"metrics: {summary['metrics']}\ncurves:  {summary['curves']}")
+    view.close()
+    records = metrics_lib.read_metrics(wd / metrics_lib.FILENAME) if multihost.is_leader() else []
+    log(report.run_summary(
+        cfg, wd, records, phase_seconds=view.phase_seconds, start_step=start_step
+    ))  # fmt: skip
     return summary
