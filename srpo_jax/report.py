@@ -100,7 +100,7 @@ def config_summary(
         f"({data_counts['test_filtered']} filtered)"
     )
     rollout = (
-        f"{cfg.rollout.engine} engine, T {cfg.rollout.temperature:g}, up to "
+        f"{cfg.rollout.engine} engine, temperature {cfg.rollout.temperature:g}, up to "
         f"{cfg.data.max_response_len} new tokens"
     )
     rows = [
