@@ -60,7 +60,37 @@ def output_paths(cfg: Config, workdir: str | os.PathLike) -> list[tuple[str, str
     return rows
 
 
+def outputs_line(cfg: Config, workdir: str | os.PathLike) -> str:
+    """Where the outputs go, in one line (the end-of-run summary lists each path)."""
+    names = ["metrics.jsonl", "curves.png", "checkpoints/", CONFIG_FILENAME]
+    names += ["tensorboard/"] if cfg.log.tensorboard else []
+    names += ["wandb/"] if cfg.log.wandb else []
+    return f"{workdir}: {', '.join(names)}"
+
+
 def config_summary(
+    cfg: Config, workdir: str | os.PathLike, model_cfg, params, train_set, test_set
+) -> str:
+    """One screen: what will run, on what, with which data, writing where. The data sets
+    are datasets.PromptSet (len() prompts kept, .num_filtered dropped as too long)."""
+    import jax
+
+    return _config_rows(
+        cfg,
+        workdir,
+        model_cfg=model_cfg,
+        num_params=sum(int(x.size) for x in jax.tree.leaves(params)),
+        devices=jax.devices(),
+        data_counts={
+            "train": len(train_set),
+            "train_filtered": train_set.num_filtered,
+            "test": len(test_set),
+            "test_filtered": test_set.num_filtered,
+        },
+    )
+
+
+def _config_rows(
     cfg: Config,
     workdir: str | os.PathLike,
     *,
@@ -69,7 +99,6 @@ def config_summary(
     devices: Sequence,
     data_counts: Mapping[str, int],
 ) -> str:
-    """One screen: what will run, on what, with which data, writing where."""
     a, t, m = cfg.algo, cfg.train, cfg.mesh
     weights = cfg.model.hf_path or "random init"
     model = (
@@ -110,8 +139,7 @@ def config_summary(
         ("steps", steps),
         ("data", data),
         ("rollout", rollout),
-        ("workdir", str(workdir)),
-        *output_paths(cfg, workdir),
+        ("outputs", outputs_line(cfg, workdir)),
     ]
     return _rows("srpo_jax run", rows)
 

@@ -402,13 +402,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
     graphdef, params = _initial_params(cfg, model_cfg, mesh)
     if multihost.is_leader():  # the resolved config to the workdir, one screen of it here
         report.write_config(cfg, wd)
-    counts = {"train": len(train_set), "train_filtered": train_set.num_filtered}
-    counts.update(test=len(test_set), test_filtered=test_set.num_filtered)
-    num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    log(report.config_summary(
-        cfg, wd, model_cfg=model_cfg, num_params=num_params, devices=jax.devices(),
-        data_counts=counts,
-    ))  # fmt: skip
+    log(report.config_summary(cfg, wd, model_cfg, params, train_set, test_set))
     lcfg = learner_config(cfg)
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)

@@ -102,3 +102,24 @@ def test_verbosity_1_brings_library_info_back_but_not_a_second_copy(runs):
         "rl 4/5",
         "rl 5/5",
     ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--log_every=0", "error: flag --log_every=0: 0 is not a positive integer"),
+        ("--config.log.log_every=0", "error: config.log.log_every must be >= 1, got 0"),
+    ],
+)
+def test_bad_log_every_is_one_line_and_exit_2(tmp_path, flag, message):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.main", "--config=configs/demo.py", flag],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr

@@ -4,6 +4,7 @@ import json
 
 import jax
 import ml_collections
+import numpy as np
 
 from srpo_jax import config as config_lib
 from srpo_jax import report
@@ -28,27 +29,36 @@ def test_write_config_is_the_whole_resolved_config(tmp_path):
     assert config_lib.from_config_dict(saved) == cfg  # enough to rebuild the run
 
 
+class _Prompts:
+    """Stands in for datasets.PromptSet: len() prompts kept, num_filtered dropped."""
+
+    def __init__(self, kept, filtered):
+        self.kept, self.num_filtered = kept, filtered
+
+    def __len__(self):
+        return self.kept
+
+
 def test_config_summary_fits_a_screen_and_names_what_matters(tmp_path):
     cfg = _cfg(wandb_project="proj")
+    params = {"a": np.zeros((1000, 1234)), "b": {"c": np.zeros(567)}}  # 1,234,567 numbers
     text = report.config_summary(
-        cfg,
-        tmp_path,
-        model_cfg=cfg.model.architecture(),
-        num_params=1_234_567,
-        devices=jax.devices()[:1],
-        data_counts={"train": 500, "train_filtered": 12, "test": 64, "test_filtered": 0},
+        cfg, tmp_path, cfg.model.architecture(), params, _Prompts(500, 12), _Prompts(64, 0)
     )
     lines = text.splitlines()
-    assert len(lines) <= 24 and max(map(len, lines)) <= 120
+    assert lines[-1].startswith("outputs")  # the one line whose width is the workdir's
+    assert len(lines) <= 24 and max(map(len, lines[:-1])) <= 100
     rows = {ln.split()[0]: ln for ln in lines[1:]}
     assert "grpo" in rows["method"] and "8 prompts x 4 rollouts" in rows["method"]
     assert "2 update(s) per step" in rows["method"]
     assert "1.2M params" in rows["model"]
-    assert "data 1 x fsdp 1 x tensor 1 on 1 cpu device(s)" in rows["mesh"]
+    n, platform = len(jax.devices()), jax.devices()[0].platform
+    assert f"data 1 x fsdp 1 x tensor 1 on {n} {platform} device(s)" in rows["mesh"]
     assert "6 RL steps; eval every 2 (avg@4)" in rows["steps"]
     assert "500 train prompts (12 filtered as too long), 64 test" in rows["data"]
-    assert rows["metrics"].endswith(str(tmp_path / "metrics.jsonl"))
-    assert "tensorboard" not in rows and "wandb" not in rows  # both off here
+    assert rows["outputs"] == (
+        f"outputs      {tmp_path}: metrics.jsonl, curves.png, checkpoints/, config.json"
+    )  # no tensorboard/ or wandb/: both off here
 
 
 def test_run_summary_from_records(tmp_path):
