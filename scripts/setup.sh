@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates (or reuses) .venv and installs srpo_jax with the given extras, quietly: pip's
 # output goes to .venv/setup.log, which is named (with its last lines) only if setup fails.
-# A second call with the same pyproject.toml and extras does nothing (a stamp file records
-# what was installed), so scripts/demo.sh starts at once after the first time.
+# A second call with the same pyproject.toml and extras does nothing (.venv/.srpo_setup_stamp
+# records what was installed; delete it to force a reinstall), so scripts/demo.sh starts at
+# once after the first time.
 # Usage: bash scripts/setup.sh [extras]      e.g. bash scripts/setup.sh test,parity
 #
 # pip reads the machine's own configuration (pip config list: indexes, find-links,
@@ -23,7 +24,9 @@ if [ ! -x .venv/bin/python ]; then
   rm -f /tmp/srpo_venv.$$.log
 fi
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=[$EXTRAS]"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+# One line per extras set installed against this pyproject.toml (pip install never removes
+# what another extras set brought, so demo.sh and test.sh do not undo each other).
+if [ -f "$STAMP" ] && grep -qxF "$want" "$STAMP"; then
   exit 0
 fi
 
@@ -38,4 +41,4 @@ target="."
   if grep -q "^ERROR" "$LOG"; then grep "^ERROR" "$LOG" | tail -n 5 >&2; else tail -n 15 "$LOG" >&2; fi
   exit 1
 }
-echo "$want" > "$STAMP"
+echo "$want" >> "$STAMP"
