@@ -10,12 +10,15 @@ srpo_jax/progress.py, so by default nothing below WARNING is needed on the conso
     --verbosity=1                      INFO back (what absl alone would show)
     --verbosity=2 and up               absl's own mapping (DEBUG and finer)
 
-Python `warnings` are untouched.
+Python `warnings` are untouched. At the default verbosity transformers' advisory warnings
+(TRANSFORMERS_NO_ADVISORY_WARNINGS) are off too: without torch installed it warns on import
+that models are unavailable, and only its tokenizers are used here.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import logging as absl_logging
 
@@ -25,6 +28,10 @@ def apply(verbosity: int) -> None:
     if verbosity >= 2:
         return  # absl has already set DEBUG - (verbosity - 1), which is what was asked
     level = logging.INFO if verbosity == 1 else logging.WARNING
+    if verbosity <= 0:
+        # transformers' advisory "PyTorch was not found. Models won't be available" on import:
+        # by design, only its tokenizers are used here. Read when transformers is imported.
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # absl propagates to the root logger once its handler is installed (app.run does so);
     # before that (e.g. under pytest) its own logger holds the level, so set both.
     logging.getLogger().setLevel(level)

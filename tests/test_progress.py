@@ -2,6 +2,7 @@
 
 import io
 import logging
+import os
 import re
 
 import pytest
@@ -113,7 +114,8 @@ def test_format_duration(seconds, text):
     assert progress.format_duration(seconds) == text
 
 
-def test_verbosity_hides_library_info_but_keeps_warnings(caplog):
+def test_verbosity_hides_library_info_but_keeps_warnings(caplog, monkeypatch):
+    monkeypatch.delenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", raising=False)
     root, absl = logging.getLogger(), absl_logging.get_absl_logger()
     saved = root.level, absl.level
     try:
@@ -125,6 +127,7 @@ def test_verbosity_hides_library_info_but_keeps_warnings(caplog):
         logging.getLogger("orbax.checkpoint").warning("disk nearly full")
         absl_logging.warning("absl warning")
         assert [r.getMessage() for r in caplog.records] == ["disk nearly full", "absl warning"]
+        assert os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] == "1"
         caplog.clear()
         log_levels.apply(1)
         logging.getLogger("orbax.checkpoint").info("saving step 4")
