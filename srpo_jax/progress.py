@@ -9,7 +9,7 @@ It runs through phases, "warm-up" then "rl", each a count of steps:
   evaluation results and notices scroll while the bar stays at the bottom.
 - Anywhere else (CI, `| tee`, a log file) a bar would fill the file with carriage
   returns, so it prints one plain line every `log_every` steps and at the phase's last
-  step, with the same metrics and an ETA from the phase's mean step time:
+  step, with the same metrics and an ETA from the rate since the previous line:
 
       rl 20/40 | reward 0.250 | acc 0.250 | routed 0.562 | H_teacher 0.812 | 1.31 s/step | eta 0:26
 
@@ -71,7 +71,8 @@ class Progress:
         self._phase = "setup"
         self._phase_start = time.perf_counter()
         self._bar = None
-        self._total, self._initial, self._shown = 0, 0, RL_METRICS
+        self._total, self._shown = 0, RL_METRICS
+        self._last_line = (self._phase_start, 0)  # (time, step) of the last plain line
 
     # -- phases
 
@@ -86,7 +87,8 @@ class Progress:
         """Ends the current phase (timing it) and starts counting `name` from `initial`."""
         self._end_phase()
         self._phase, self._phase_start = name, time.perf_counter()
-        self._total, self._initial, self._shown = total, initial, shown
+        self._total, self._shown = total, shown
+        self._last_line = (self._phase_start, initial)
         if self.enabled and self.interactive:
             from tqdm import tqdm
 
@@ -105,8 +107,10 @@ class Progress:
             self._bar.set_postfix_str(" | ".join(fields), refresh=False)
             self._bar.update(step - self._bar.n)
         elif step % self.log_every == 0 or step == self._total:
-            done = step - self._initial
-            eta = (time.perf_counter() - self._phase_start) / max(done, 1) * (self._total - step)
+            # The rate since the previous line: the first steps' compiles do not stay in it.
+            now = time.perf_counter()
+            (t_prev, step_prev), self._last_line = self._last_line, (now, step)
+            eta = (now - t_prev) / max(step - step_prev, 1) * (self._total - step)
             line = " | ".join([f"{self._phase} {step}/{self._total}", *fields])
             self._print(f"{line} | eta {format_duration(eta)}")
 

@@ -67,6 +67,22 @@ def test_plain_lines_count_from_a_resumed_step_and_skip_missing_metrics():
     assert "routed" not in lines[0] and "H_teacher" not in lines[0]  # GRPO has neither
 
 
+def test_plain_eta_uses_the_rate_since_the_previous_line(monkeypatch):
+    # Read at start and at each printed line (steps 2, 4, 6): the first step's 100 s
+    # compile weighs on the first line's ETA only.
+    times = {"start": 0.0, 2: 101.0, 4: 103.0, 6: 105.0}
+    now = {"t": times["start"]}
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now["t"])
+    out = io.StringIO()
+    view = progress.Progress(log_every=2, stream=out)
+    view.start("rl", 6)
+    for step in range(1, 7):
+        now["t"] = times.get(step, now["t"])
+        view.update(step, {})
+    etas = [ln.rsplit("eta ", 1)[1] for ln in out.getvalue().splitlines()]
+    assert etas == ["3:22", "0:02", "0:00"]  # 101 s / 2 steps x 4 left; 2 s / 2 x 2; none left
+
+
 def test_terminal_gets_a_bar_with_metrics_and_messages_above_it():
     out = _Terminal()
     view = progress.Progress(log_every=100, stream=out)
