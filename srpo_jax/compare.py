@@ -127,7 +127,7 @@ def _warm_started(cd, warm_dir: pathlib.Path):
     return cd
 
 
-def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path, log=print) -> None:
+def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path) -> None:
     """Runs the trainer's own warm-up once and saves the result as an fp32 HF checkpoint.
 
     Uses the trainer's setup helpers so the params are exactly those `trainer.run` would
@@ -148,7 +148,7 @@ def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path, log=print) -> N
         trainer._examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len
     )
     graphdef, params = trainer._initial_params(cfg, model_cfg, mesh)
-    params = trainer._warmup(cfg, graphdef, params, train_set, tokenizer, log)
+    params = trainer._warmup(cfg, graphdef, params, train_set, tokenizer)
     # dtype None keeps fp32: load_hf of this directory gives back the same bits.
     hf_io.save_hf_params(params, model_cfg, warm_dir, dtype=None)
 
@@ -187,7 +187,7 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
         share = plan.share_warmup and first.train.sft_warmup_steps > 0
         if share:
             log(f"[compare] seed {seed}: warm-up ({first.train.sft_warmup_steps} SFT steps)")
-            timed(f"warmup_s{seed}", build_warmup, first, warm_dir, log)
+            timed(f"warmup_s{seed}", build_warmup, first, warm_dir)
         for method in plan.methods:
             cd = run_config_dict(plan, method, seed)
             if share:

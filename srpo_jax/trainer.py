@@ -143,10 +143,12 @@ def _initial_params(cfg: Config, model_cfg, mesh):
     return graphdef, params
 
 
-def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress):
-    """Supervised warm-up on the gold answers (demo only; see sft.py)."""
+def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress | None = None):
+    """Supervised warm-up on the gold answers (demo only; see sft.py); `view` shows its steps
+    (a new one, printing to stdout, when not given)."""
     if cfg.train.sft_warmup_steps == 0:
         return params
+    view = view or progress_lib.Progress()
     view.start("warm-up", cfg.train.sft_warmup_steps, shown=progress_lib.WARMUP_METRICS)
     targets = []
     for ex in train_set.examples:
