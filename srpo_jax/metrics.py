@@ -18,6 +18,8 @@ and exact resume reproduces the same values anyway.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -26,12 +28,33 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from srpo_jax.config_checks import ConfigError, require
+
 FILENAME = "metrics.jsonl"
 WANDB_ID_FILENAME = "wandb_run_id"
 
 
 class MetricsError(RuntimeError):
     """A metrics sink could not start (e.g. W&B online without credentials); says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """The run config's `log` section: which writers the trainer opens, how progress shows."""
+
+    tensorboard: bool = True
+    progress: bool = True  # a live bar in a terminal; False = plain lines there too
+    log_every: int = 10  # steps between plain progress lines when stdout is not a terminal
+    wandb: bool = False  # also log to Weights & Biases (pip install srpo_jax[wandb])
+    wandb_project: str = "srpo_jax"  # WANDB_MODE / WANDB_ENTITY etc. come from the environment
+
+    def __post_init__(self):
+        require(self.log_every >= 1, "log.log_every", ">= 1", self.log_every)
+        require(bool(self.wandb_project), "log.wandb_project", "non-empty", self.wandb_project)
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "config.log.wandb=True needs the wandb package: pip install 'srpo_jax[wandb]'"
+            )
 
 
 # Panels of curves.png: (metric key, title). Each is drawn against steps and against
