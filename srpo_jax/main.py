@@ -4,6 +4,12 @@
     python -m srpo_jax.main --config=configs/qwen3_8b_chem.py:method=grpo \
         --config.model.hf_path=/models/Qwen3-8B --config.train.num_steps=200 --workdir=runs/x
 
+The console shows a one-screen summary of the config (all of it goes to
+workdir/config.json; --print_config prints it and exits), a progress bar (one plain line
+every --log_every steps when stdout is not a terminal) and an end-of-run summary. Library
+INFO logs (orbax, jax's backend probing) are hidden; --verbosity=1 shows them, and warnings
+always show.
+
 Any invalid value or unknown key fails before anything heavy, with one line naming the
 dotted key and the bad value and exit code 2 (no traceback). Multi-host: pass
 --coordinator_address/--num_processes/--process_id, or run under SLURM, where
@@ -12,6 +18,7 @@ jax.distributed.initialize reads them from the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from srpo_jax import config as config_lib
+from srpo_jax import log_levels
 from srpo_jax.cli import fail as _fail
 from srpo_jax.cli import last_error_line as _last_error_line
 from srpo_jax.cli import parse_flags as _parse_flags
@@ -27,6 +35,12 @@ from srpo_jax.cli import parse_flags as _parse_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
+_LOG_EVERY = flags.DEFINE_integer(
+    "log_every",
+    None,
+    "Steps between progress lines when stdout is not a terminal (sets config.log.log_every).",
+    lower_bound=1,
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -40,9 +54,11 @@ def _input_errors() -> tuple[type[Exception], ...]:
     keeps its traceback, since it is a bug. Imported here: these modules pull in JAX."""
     from srpo_jax.checkpoint import CheckpointMismatchError
     from srpo_jax.data.datasets import DataError
+    from srpo_jax.metrics import MetricsError
     from srpo_jax.model.hf_io import HFCheckpointError
 
-    return (config_lib.ConfigError, DataError, HFCheckpointError, CheckpointMismatchError)
+    errors = (config_lib.ConfigError, DataError, HFCheckpointError, CheckpointMismatchError)
+    return (*errors, MetricsError)
 
 
 def _init_distributed() -> None:
@@ -61,6 +77,7 @@ def _init_distributed() -> None:
 
 
 def main(argv: list[str]) -> None:
+    log_levels.apply(flags.FLAGS.verbosity)
     if len(argv) > 1:
         _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None:
@@ -69,9 +86,10 @@ def main(argv: list[str]) -> None:
         cfg = config_lib.from_config_dict(_CONFIG.value)
     except (config_lib.ConfigError, OSError) as e:  # OSError: the config file failed to load
         _fail(_last_error_line(str(e)))
-    resolved = json.dumps(config_lib.to_dict(cfg), indent=2, sort_keys=True)
+    if _LOG_EVERY.value is not None:
+        cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, log_every=_LOG_EVERY.value))
     if _PRINT_CONFIG.value:
-        print(resolved)
+        print(json.dumps(config_lib.to_dict(cfg), indent=2, sort_keys=True))
         return
     if _WORKDIR.value is None:
         _fail("--workdir is required (checkpoints and metrics go there)")
@@ -83,8 +101,6 @@ def main(argv: list[str]) -> None:
         config_lib.check_mesh(cfg, jax.device_count())
     except config_lib.ConfigError as e:
         _fail(str(e))
-    if jax.process_index() == 0:
-        print(f"resolved config:\n{resolved}", flush=True)
 
     try:  # imported lazily: the CLI stays usable (config checks) while the trainer is absent
         import srpo_jax.trainer as trainer

@@ -1,31 +1,60 @@
-"""Run metrics: a JSON-lines log (the record of truth), optional TensorBoard, progress, plots.
+"""Run metrics: a JSON-lines log (the record of truth), optional TensorBoard and Weights &
+Biases, plots.
 
 workdir/metrics.jsonl holds one object per line: {"step": int, "<name>": float, ...}. Every
 write is flushed and fsynced, so a killed run loses at most the line being written; readers
 skip a torn last line. A resumed run passes `resume_step` and the lines written after that
 checkpoint are dropped (they will be produced again), so the log reads like one run.
 Non-finite values are written as JSON NaN/Infinity (Python's json reads them back).
+
+Weights & Biases (config.log.wandb, off by default; `pip install srpo_jax[wandb]`) gets the
+same finite scalars. Its mode comes from the environment as wandb defines it: WANDB_MODE=
+offline writes workdir/wandb/offline-run-*/ for a later `wandb sync`, and an online run
+needs WANDB_API_KEY or `wandb login`. The run id is kept in workdir/wandb_run_id, so a
+resumed run continues the same W&B run; steps it already received (metrics.jsonl held them
+before the resume truncated it) are not sent again, since W&B refuses steps that go back
+and exact resume reproduces the same values anyway.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import pathlib
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from srpo_jax.config_checks import ConfigError, require
+
 FILENAME = "metrics.jsonl"
+WANDB_ID_FILENAME = "wandb_run_id"
+
+
+class MetricsError(RuntimeError):
+    """A metrics sink could not start (e.g. W&B online without credentials); says why."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
-    """The run config's `log` section: which writers the trainer opens."""
+    """The run config's `log` section: which writers the trainer opens, how progress shows."""
 
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True  # a live bar in a terminal; False = plain lines there too
+    log_every: int = 10  # steps between plain progress lines when stdout is not a terminal
+    wandb: bool = False  # also log to Weights & Biases (pip install srpo_jax[wandb])
+    wandb_project: str = "srpo_jax"  # WANDB_MODE / WANDB_ENTITY etc. come from the environment
+
+    def __post_init__(self):
+        require(self.log_every >= 1, "log.log_every", ">= 1", self.log_every)
+        require(bool(self.wandb_project), "log.wandb_project", "non-empty", self.wandb_project)
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "config.log.wandb=True needs the wandb package: pip install 'srpo_jax[wandb]'"
+            )
 
 
 # Panels of curves.png: (metric key, title). Each is drawn against steps and against
@@ -75,13 +104,17 @@ class MetricsWriter:
         tensorboard: bool = False,
         resume_step: int | None = None,
         enabled: bool = True,
+        wandb_project: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ):
         self.path = pathlib.Path(workdir) / FILENAME
         self.enabled = enabled
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        already_sent = max((r["step"] for r in read_metrics(self.path)), default=-1)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
@@ -89,6 +122,12 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        if wandb_project is not None:
+            # A fresh run (resume_step -1) starts a fresh W&B history too.
+            self._wandb_sent = already_sent if resume_step != -1 else -1
+            self._wandb = _start_wandb(
+                pathlib.Path(workdir), wandb_project, run_config, fresh=resume_step == -1
+            )
 
     def _truncate_after(self, step: int) -> None:
         kept = [r for r in read_metrics(self.path) if r["step"] <= step]
@@ -111,6 +150,8 @@ class MetricsWriter:
                 if math.isfinite(v):
                     self._tb.add_scalar(name, v, global_step=int(step))
             self._tb.flush()
+        if self._wandb is not None and step > self._wandb_sent:
+            self._wandb.log({k: v for k, v in values.items() if math.isfinite(v)}, step=int(step))
 
     def close(self) -> None:
         if not self.enabled:
@@ -118,6 +159,8 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -126,11 +169,29 @@ class MetricsWriter:
         self.close()
 
 
-def progress_bar(total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train"):
-    """A tqdm bar over training steps (a silent stand-in when disabled, e.g. non-primary)."""
-    from tqdm.auto import tqdm
+def _start_wandb(workdir: pathlib.Path, project: str, run_config, *, fresh: bool):
+    import wandb
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+    id_file = workdir / WANDB_ID_FILENAME
+    resume = id_file.exists() and not fresh
+    run_id = id_file.read_text().strip() if resume else uuid.uuid4().hex[:8]
+    id_file.write_text(run_id + "\n")
+    try:
+        return wandb.init(
+            project=project,
+            dir=str(workdir),
+            id=run_id,
+            resume="allow",
+            name=workdir.name,
+            config=dict(run_config or {}),
+            # console="off": W&B must not wrap stdout, which the progress bar writes to.
+            settings=wandb.Settings(console="off", silent=True),
+        )
+    except Exception as e:  # wandb raises several types (usage, auth, network)
+        raise MetricsError(
+            f"could not start Weights & Biases (config.log.wandb=True): {type(e).__name__}: "
+            f"{e}; set WANDB_MODE=offline to log to {workdir / 'wandb'} only, or WANDB_API_KEY"
+        ) from e
 
 
 def _series(records: Iterable[dict], key: str, elapsed_at: dict[int, float]):

@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from typing import Any
 
 from absl import logging
 
-from srpo_jax import evaluation, multihost
+from srpo_jax import evaluation, multihost, report
 from srpo_jax import metrics as metrics_lib
+from srpo_jax import progress as progress_lib
 from srpo_jax.config import to_dict
 from srpo_jax.faults import poison
 from srpo_jax.step import learn_and_sync, prepare_step
@@ -154,26 +154,26 @@ def _after_step(run, n: int, preempt) -> bool:
     return preempt.requested or over_budget
 
 
-def train_loop(run, preempt: Preemption, progress: Any = None) -> dict:
+def train_loop(run, preempt: Preemption, progress: progress_lib.Progress) -> dict:
     """Steps from the restored one to config.train.num_steps; returns the run summary.
 
-    progress: None, or an object whose `update(step, metrics)` is called once per step."""
+    progress: the console view; its "rl" phase starts here (evaluations print above it) and
+    its `update(step, metrics)` is called once per step."""
     start_step = int(multihost.to_host(run.state.step))
+    progress.start("rl", run.cfg.train.num_steps, initial=start_step)
     if start_step == 0 and _eval_due(run.cfg, 0):
         _evaluate(run, 0)
     if run.resume.pending_eval == start_step and start_step > 0:
         _evaluate(run, start_step)  # skipped by the preemption that ended the previous run
         run.resume.pending_eval = -1
     for step in range(start_step, run.cfg.train.num_steps):
-        m = _one_step(run, step)
-        if progress is not None:
-            progress.update(step + 1, m)
+        progress.update(step + 1, _one_step(run, step))
         if _after_step(run, step + 1, preempt):
             break
-    return _finish(run)
+    return _finish(run, progress, start_step)
 
 
-def _finish(run) -> dict:
+def _finish(run, progress: progress_lib.Progress, start_step: int) -> dict:
     run.engine.close()
     run.ckpt.wait()
     wd, evals = run.workdir, run.resume.evals
@@ -189,12 +189,12 @@ def _finish(run) -> dict:
         "train_step_variants": run.learner.num_compiled,
     }
     run.writer.close()
-    accs = [acc for _, acc in evals]
-    if accs:
-        n = run.cfg.eval.num_samples
-        run.log(
-            f"test avg@{n}: {accs[0]:.3f} at the first evaluation -> "
-            f"{accs[-1]:.3f} at the last (best {max(accs):.3f})"
+    progress.close()  # times the last phase for the summary, whose table prints below the bar
+    # From metrics.jsonl, the record of truth: a resumed run's summary covers the whole run.
+    records = metrics_lib.read_metrics(wd / metrics_lib.FILENAME) if multihost.is_leader() else []
+    run.log(
+        report.run_summary(
+            run.cfg, wd, records, phase_seconds=progress.phase_seconds, start_step=start_step
         )
-    run.log(f"metrics: {summary['metrics']}\ncurves:  {summary['curves']}")
+    )
     return summary

@@ -75,8 +75,11 @@ def _loss(graphdef, params, batch):
     return -jnp.sum(logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def run_sft(graphdef, params, prompts, targets, cfg: SFTConfig, pad_id: int, log=None):
-    """Runs cfg.steps Adam steps over shuffled (prompt, target) pairs; returns new params."""
+def run_sft(graphdef, params, prompts, targets, cfg: SFTConfig, pad_id: int, on_step=None):
+    """Runs cfg.steps Adam steps over shuffled (prompt, target) pairs; returns new params.
+
+    `on_step(step, loss)` (1-based step) is called after each step, e.g. for a progress bar.
+    """
     if cfg.steps == 0:
         return params, []
     opt = optax.adam(cfg.lr)
@@ -100,6 +103,6 @@ def run_sft(graphdef, params, prompts, targets, cfg: SFTConfig, pad_id: int, log
             batch = {k: multihost.replicated(v, mesh) for k, v in batch.items()}
         params, opt_state, loss = step(params, opt_state, batch)
         losses.append(float(loss))
-        if log is not None and (i + 1) % 25 == 0:
-            log(f"warm-up step {i + 1}/{cfg.steps}: loss {losses[-1]:.4f}")
+        if on_step is not None:
+            on_step(i + 1, losses[-1])
     return params, losses

@@ -46,9 +46,10 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from srpo_jax import checkpoint, evaluation, learner, multihost
+from srpo_jax import checkpoint, evaluation, learner, multihost, report
 from srpo_jax import metrics as metrics_lib
-from srpo_jax.config import Config, check_mesh
+from srpo_jax import progress as progress_lib
+from srpo_jax.config import Config, check_mesh, to_dict
 from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
 from srpo_jax.faults import FaultInjection
@@ -124,17 +125,21 @@ def _initial_params(cfg: Config, model_cfg, mesh):
     return graphdef, params
 
 
-def _warmup(cfg, graphdef, params, train_set, tokenizer, log):
-    """Supervised warm-up on the gold answers (demo only; see sft.py)."""
+def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress | None = None):
+    """Supervised warm-up on the gold answers (demo only; see sft.py); `view` shows its steps
+    (a new one, printing to stdout, when not given)."""
     if cfg.train.sft_warmup_steps == 0:
         return params
+    view = view or progress_lib.Progress()
+    view.start("warm-up", cfg.train.sft_warmup_steps, shown=progress_lib.WARMUP_METRICS)
     targets = []
     for ex in train_set.examples:
         text = synthetic.answer_text(ex.answer) if ex.kind == "mcq" else ex.answer
         targets.append(tokenizer.encode(text, add_special_tokens=False) + [stop_ids(tokenizer)[0]])
     sft_cfg = SFTConfig(steps=cfg.train.sft_warmup_steps, lr=cfg.train.sft_lr, seed=cfg.train.seed)
+    on_step = lambda step, loss: view.update(step, {"loss": loss})
     params, _ = run_sft(
-        graphdef, params, train_set.prompt_ids, targets, sft_cfg, tokenizer.pad_token_id, log=log
+        graphdef, params, train_set.prompt_ids, targets, sft_cfg, tokenizer.pad_token_id, on_step
     )
     return params
 
@@ -148,7 +153,7 @@ class Run:
 
     cfg: Config
     workdir: pathlib.Path
-    log: Any  # log(msg): absl log + print on the leader
+    log: Any  # log(msg): printed once on the leader, above the progress bar (Progress.write)
     train_set: datasets.PromptSet
     tokenizer: Any
     learner: learner.Learner
@@ -163,23 +168,29 @@ class Run:
     resume: ResumeState
 
 
-def _log(msg: str) -> None:
-    logging.info(msg)
-    if multihost.is_leader():
-        print(msg, flush=True)
-
-
-def _data(cfg: Config, tokenizer):
-    train_set = datasets.PromptSet(_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len)
-    test_set = datasets.PromptSet(_examples(cfg, "test"), tokenizer, cfg.data.max_prompt_len)
-    _log(
-        f"data: {len(train_set)} train prompts ({train_set.num_filtered} filtered as too long), "
-        f"{len(test_set)} test prompts ({test_set.num_filtered} filtered)"
+def console(cfg: Config) -> progress_lib.Progress:
+    """What the console shows (a bar or plain lines, each message once; process 0 only)."""
+    return progress_lib.Progress(
+        log_every=cfg.log.log_every, bar=cfg.log.progress, enabled=multihost.is_leader()
     )
-    return train_set, test_set
 
 
-def _restore_or_start(cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh):
+def _metrics_writer(cfg: Config, wd: pathlib.Path, *, resume_step: int):
+    # A fresh run starts a fresh log (resume_step -1): lines of an earlier run without
+    # checkpoints go; a resumed one drops the lines written after its checkpoint.
+    return metrics_lib.MetricsWriter(
+        wd,
+        tensorboard=cfg.log.tensorboard,
+        resume_step=resume_step,
+        enabled=multihost.is_leader(),
+        wandb_project=cfg.log.wandb_project if cfg.log.wandb else None,
+        run_config=to_dict(cfg),
+    )
+
+
+def _restore_or_start(
+    cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh, *, view
+):
     """(state, resume state, metrics writer): from the latest checkpoint, else fresh."""
     lcfg = step_settings(cfg)
     restored = None
@@ -187,7 +198,7 @@ def _restore_or_start(cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set
         # The restore target carries the shardings the fresh state would be born with.
         restored = ckpt.restore(checkpoint.abstract_like(learner.init_state(params, lcfg, mesh)))
     if restored is None:
-        params = _warmup(cfg, graphdef, params, train_set, tokenizer, _log)
+        params = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
         state, resume, resume_step = learner.init_state(params, lcfg, mesh), ResumeState(), -1
     else:
         state, host = restored.state, restored.host_state
@@ -199,17 +210,15 @@ def _restore_or_start(cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set
             )  # fmt: skip
         sampler.load_state_dict(host["sampler"])
         resume, resume_step = ResumeState.from_host(host), restored.step
-        _log(f"resumed from checkpoint step {restored.step} in {wd / 'checkpoints'}")
-    # A fresh run starts a fresh log (resume_step -1): lines of an earlier run without
-    # checkpoints go; a resumed one drops the lines written after its checkpoint.
-    writer = metrics_lib.MetricsWriter(
-        wd, tensorboard=cfg.log.tensorboard, resume_step=resume_step, enabled=multihost.is_leader()
-    )
-    return state, resume, writer
+        view.write(f"resumed from checkpoint step {restored.step} in {wd / 'checkpoints'}")
+    return state, resume, _metrics_writer(cfg, wd, resume_step=resume_step)
 
 
-def setup(cfg: Config, wd: pathlib.Path, faults: FaultInjection) -> Run:
-    """Builds every part of the run from `cfg` (resuming from wd's latest checkpoint)."""
+def setup(
+    cfg: Config, wd: pathlib.Path, faults: FaultInjection, view: progress_lib.Progress
+) -> Run:
+    """Builds every part of the run from `cfg` (resuming from wd's latest checkpoint); its
+    messages and the warm-up's steps go to `view`."""
     wd.mkdir(parents=True, exist_ok=True)
     check_mesh(cfg, jax.device_count())
     mesh = make_mesh(cfg.mesh)
@@ -220,8 +229,12 @@ def setup(cfg: Config, wd: pathlib.Path, faults: FaultInjection) -> Run:
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{model_cfg.vocab_size}: set config.model.overrides.vocab_size"
         )
-    train_set, test_set = _data(cfg, tokenizer)
+    train_set = datasets.PromptSet(_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len)
+    test_set = datasets.PromptSet(_examples(cfg, "test"), tokenizer, cfg.data.max_prompt_len)
     graphdef, params = _initial_params(cfg, model_cfg, mesh)
+    if multihost.is_leader():  # the resolved config to the workdir, one screen of it here
+        report.write_config(cfg, wd)
+    view.write(report.config_summary(cfg, wd, model_cfg, params, train_set, test_set))
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
     seeds = {
@@ -230,7 +243,7 @@ def setup(cfg: Config, wd: pathlib.Path, faults: FaultInjection) -> Run:
         "demo_seed": cfg.algo.demo_seed,
     }
     state, resume, writer = _restore_or_start(
-        cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh
+        cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh, view=view
     )
     del params
     engine = _make_engine(cfg, model_cfg, state.params, mesh, tokenizer.pad_token_id, wd)
@@ -238,7 +251,7 @@ def setup(cfg: Config, wd: pathlib.Path, faults: FaultInjection) -> Run:
     return Run(
         cfg=cfg,
         workdir=wd,
-        log=_log,
+        log=view.write,
         train_set=train_set,
         tokenizer=tokenizer,
         learner=learner.Learner(step_settings(cfg), graphdef, mesh),
@@ -259,13 +272,19 @@ def run(
     workdir: str | pathlib.Path,
     *,
     faults: FaultInjection | None = None,
-    progress: Any = None,
+    progress: progress_lib.Progress | None = None,
 ) -> dict:
     """Trains per `cfg`; resumes from the latest checkpoint in workdir. Returns a summary.
 
     faults: the testing aids (None: read once from the environment, srpo_jax/faults.py).
-    progress: an object whose `update(step, metrics)` is called once per finished step.
+    progress: the console view (None: `console(cfg)`); its `update(step, metrics)` is called
+    once per finished step, and every message of the run goes through its `write`.
     """
     faults = FaultInjection.from_env() if faults is None else faults
+    view = console(cfg) if progress is None else progress
     with Preemption() as preempt:
-        return train_loop(setup(cfg, pathlib.Path(workdir), faults), preempt, progress)
+        try:
+            return train_loop(setup(cfg, pathlib.Path(workdir), faults, view), preempt, view)
+        finally:
+            # Ends the bar's line on an abort too, so main's error line starts on its own.
+            view.close()

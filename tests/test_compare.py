@@ -135,7 +135,7 @@ def test_losing_less_early_is_not_improving_fastest():
 
 
 def test_cli_and_per_run_config():
-    plan, out, report_only = compare.parse_args(
+    plan, out, report_only, verbosity = compare.parse_args(
         [
             f"--config={CONFIG}",
             "--methods=grpo,sdpo",
@@ -145,12 +145,13 @@ def test_cli_and_per_run_config():
             "--config.eval.max_examples=16",
         ]
     )
-    assert (plan.methods, plan.seeds, plan.eval_steps, out, report_only) == (
+    assert (plan.methods, plan.seeds, plan.eval_steps, out, report_only, verbosity) == (
         ("grpo", "sdpo"),
         (0, 1, 2),
         3,
         "x",
         False,
+        0,
     )
     cfg = config_lib.from_config_dict(compare.run_config_dict(plan, "sdpo", 2))
     assert (cfg.algo.method, cfg.train.seed, cfg.train.num_steps) == ("sdpo", 2, 30)

@@ -2,6 +2,9 @@
 
 import json
 import math
+import pathlib
+import struct
+import time
 
 import numpy as np
 import pytest
@@ -56,13 +59,6 @@ def test_tensorboard_events_written(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_progress_bar_counts_from_initial():
-    bar = metrics.progress_bar(10, initial=4)
-    bar.update(2)
-    assert bar.n == 6
-    bar.close()
-
-
 def test_plot_curves_writes_png_and_marks_missing_panels(tmp_path):
     with metrics.MetricsWriter(tmp_path) as w:
         for step in range(1, 11):
@@ -96,3 +92,78 @@ def test_plot_curves_writes_png_and_marks_missing_panels(tmp_path):
 def test_plot_curves_with_empty_log(tmp_path):
     out = metrics.plot_curves(tmp_path / "missing.jsonl", tmp_path / "plots" / "curves.png")
     assert out.exists()
+
+
+def _wandb_history(run_file: pathlib.Path, timeout_s: float = 60.0) -> dict[int, dict]:
+    """{step: {key: value}} from an offline .wandb file, read with the W&B record protos only.
+
+    W&B's service process may still be writing when `finish()` returns: the file is whole
+    once it holds the run's exit record, so it is re-read until then.
+
+    The file is W&B's 7-byte header (":W&B", magic, version) then a LevelDB-style log: 32 KiB
+    blocks of chunks [crc32c u32 | length u16 | type u8 | data], type 1 a whole record, 2/3/4
+    its first/middle/last pieces; a block's last < 7 bytes are padding.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        history, complete = _read_wandb_file(run_file)
+        if complete or time.monotonic() > deadline:
+            assert complete, f"{run_file} has no exit record after {timeout_s} s"
+            return history
+        time.sleep(0.2)
+
+
+def _read_wandb_file(run_file: pathlib.Path) -> tuple[dict[int, dict], bool]:
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending, history = 7, 32768, b"", {}
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack_from("<HB", data, pos + 4)
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            break  # zero fill after the last record
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind not in (1, 4):
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        if record.WhichOneof("record_type") == "exit":
+            return history, True
+        if record.WhichOneof("record_type") == "history":
+            row = history.setdefault(record.history.step.num, {})
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                if not key.startswith("_"):
+                    row[key] = json.loads(item.value_json)
+    return history, False
+
+
+def test_wandb_offline_gets_the_finite_metrics_and_resumes_the_same_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra (in the test extra) is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with metrics.MetricsWriter(tmp_path, wandb_project="p", run_config={"a": {"b": 1}}) as w:
+        w.write(1, {"reward/mean": 0.25, "bad": math.nan})
+        w.write(2, {"reward/mean": 0.5})
+        w.write(2, {"eval/avg_at_k": 0.75})  # the eval record of the same step merges in
+        w.write(3, {"reward/mean": 1.0})
+    run_id = (tmp_path / metrics.WANDB_ID_FILENAME).read_text().strip()
+    (first,) = tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
+    assert _wandb_history(first) == {
+        1: {"reward/mean": 0.25},
+        2: {"reward/mean": 0.5, "eval/avg_at_k": 0.75},
+        3: {"reward/mean": 1.0},
+    }
+    # Resume from the checkpoint of step 2: step 3 comes again (W&B has it), then step 4.
+    with metrics.MetricsWriter(tmp_path, wandb_project="p", resume_step=2) as w:
+        w.write(3, {"reward/mean": 1.0})
+        w.write(4, {"reward/mean": 2.0})
+    assert (tmp_path / metrics.WANDB_ID_FILENAME).read_text().strip() == run_id
+    runs = set(tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")) - {first}
+    assert len(runs) == 1  # the second session's offline file, to sync into the same run
+    assert _wandb_history(runs.pop()) == {4: {"reward/mean": 2.0}}

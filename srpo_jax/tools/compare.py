@@ -40,6 +40,7 @@ import sys
 import time
 
 from srpo_jax import config as config_lib
+from srpo_jax import log_levels
 from srpo_jax.algo import methods
 from srpo_jax.tools import compare_plot, compare_report
 
@@ -124,7 +125,7 @@ def _warm_started(cd, warm_dir: pathlib.Path):
     return cd
 
 
-def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path, log=print) -> None:
+def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path) -> None:
     """Runs the trainer's own warm-up once and saves the result as an fp32 HF checkpoint.
 
     Uses the trainer's setup helpers so the params are exactly those `trainer.run` would
@@ -145,7 +146,7 @@ def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path, log=print) -> N
         trainer._examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len
     )
     graphdef, params = trainer._initial_params(cfg, model_cfg, mesh)
-    params = trainer._warmup(cfg, graphdef, params, train_set, tokenizer, log)
+    params = trainer._warmup(cfg, graphdef, params, train_set, tokenizer)
     # dtype None keeps fp32: load_hf of this directory gives back the same bits.
     hf_io.save_hf_params(params, model_cfg, warm_dir, dtype=None)
 
@@ -184,7 +185,7 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
         share = plan.share_warmup and first.train.sft_warmup_steps > 0
         if share:
             log(f"[compare] seed {seed}: warm-up ({first.train.sft_warmup_steps} SFT steps)")
-            timed(f"warmup_s{seed}", build_warmup, first, warm_dir, log)
+            timed(f"warmup_s{seed}", build_warmup, first, warm_dir)
         for method in plan.methods:
             cd = run_config_dict(plan, method, seed)
             if share:
@@ -242,7 +243,8 @@ def _parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
+def parse_args(argv: list[str]) -> tuple[Plan, str, bool, int]:
+    """(plan, out directory, report_only, verbosity) from the command line."""
     p = argparse.ArgumentParser(
         prog="python -m srpo_jax.tools.compare", description=__doc__.split("\n")[0]
     )
@@ -257,6 +259,12 @@ def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
     p.add_argument("--out", default="compare")
     p.add_argument(
         "--report_only", action="store_true", help="rewrite the reports from out/runs, no training"
+    )
+    p.add_argument(
+        "--verbosity",
+        type=int,
+        default=0,
+        help="as main's: 0 hides library INFO logs (orbax, jax), 1 shows them",
     )
     a, rest = p.parse_known_args(argv)
     try:  # config overrides, as main and plan take them: --config.section.key=value
@@ -281,11 +289,12 @@ def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
         )
     except ValueError as e:
         p.error(str(e))
-    return plan, a.out, a.report_only
+    return plan, a.out, a.report_only, a.verbosity
 
 
 def main(argv: list[str] | None = None) -> None:
-    plan, out, report_only = parse_args(sys.argv[1:] if argv is None else argv)
+    plan, out, report_only, verbosity = parse_args(sys.argv[1:] if argv is None else argv)
+    log_levels.apply(verbosity)  # the runs' library INFO chatter stays off the console
     if report_only:
         write_reports(plan, out)
     else:

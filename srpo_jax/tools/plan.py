@@ -341,10 +341,11 @@ def search(cfg, model_cfg, mesh, base: StepShape, usable: int, *, tried, max_com
 def main(argv: list[str]) -> None:
     from absl import flags
 
-    from srpo_jax import batching
+    from srpo_jax import batching, log_levels
     from srpo_jax import config as config_lib
 
     f = flags.FLAGS
+    log_levels.apply(f.verbosity)  # library INFO (jax's backend probing) off unless asked
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
     if f.list:
