@@ -107,9 +107,7 @@ class Loop:
         mark("learner: wait for the device")
         self.engine.update_weights(self.state.params, self.step + 1)
         mark("weight sync to the engine")
-        multihost.tree_to_host(dev)
-        multihost.to_host(self.state.skipped_updates)
-        multihost.to_host(self.state.consecutive_skips)
+        multihost.tree_to_host((dev, self.state.skipped_updates, self.state.consecutive_skips))
         mark("metric fetch")
         self.step += 1
         out = {}
@@ -137,7 +135,7 @@ def census(trace_dir: pathlib.Path, steps: int) -> dict:
     return {
         "launches": {k: v / steps for k, v in launches.most_common()},
         "host->device puts": (count["DevicePut"] + count["DevicePutWithSharding"]) / steps,
-        "device->host fetches": count["np.asarray(jax.Array)"] / steps,
+        "device->host array fetches": count["np.asarray(jax.Array)"] / steps,
         "blocking waits": (count["$api.py:2479 block_until_ready"]) / steps,
     }
 
@@ -191,7 +189,7 @@ def main():
     print("| what | per step |\n|---|---|")
     for name, n in counts["launches"].items():
         print(f"| executables launched by `{name}` | {n:g} |")
-    for name in ("host->device puts", "device->host fetches", "blocking waits"):
+    for name in ("host->device puts", "device->host array fetches", "blocking waits"):
         print(f"| {name} | {counts[name]:g} |")
     print(f"| recompiles (after warm-up) | {recompiles:g} |")
     print("\n## the learner's compiled step\n")

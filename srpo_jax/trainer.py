@@ -476,7 +476,11 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         t_sync = time.perf_counter()
         sync = engine.update_weights(state.params, n)
         host["weight_version"] = n
-        dev_metrics = multihost.tree_to_host(dev_metrics)  # per-token metrics span processes
+        # One fetch for the metrics and the two counters the loop reads (per-token metrics
+        # span processes).
+        dev_metrics, skipped_total, consecutive = multihost.tree_to_host(
+            (dev_metrics, state.skipped_updates, state.consecutive_skips)
+        )
         t_done = time.perf_counter()
         host["train_elapsed_s"] += t_done - t_step
         m = dict(prepared.metrics)
@@ -484,7 +488,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         m.update({k: float(v) for k, v in dev_metrics.items()})
         m.update(_summary_aliases(m))
         m.update(sync)
-        m["skipped_updates_total"] = float(multihost.to_host(state.skipped_updates))
+        m["skipped_updates_total"] = float(skipped_total)
         m["time/learner_s"] = t_sync - t_learn
         m["time/sync_s"] = t_done - t_sync
         m["time/step_s"] = t_done - t_step
@@ -495,7 +499,7 @@ def _run(cfg: Config, wd: pathlib.Path, preempt: _Preemption) -> dict:
         if hasattr(engine, "num_restarts"):
             m["rollout/server_restarts"] = float(engine.num_restarts)
         writer.write(n, m)
-        consecutive = int(multihost.to_host(state.consecutive_skips))
+        consecutive = int(consecutive)
         if consecutive >= cfg.optim.max_consecutive_skips:
             save(n)
             ckpt.wait()
