@@ -74,7 +74,7 @@ def ensure_tunix_venv() -> pathlib.Path:
 
 def write_problem(size: str, steps: int, work: pathlib.Path) -> dict:
     """Tokenizer directory, prompts and shapes shared by both sides."""
-    from srpo_jax import trainer
+    from srpo_jax import step
     from srpo_jax.data import datasets, synthetic
     from srpo_jax.data import tokenizer as tok_lib
 
@@ -95,7 +95,7 @@ def write_problem(size: str, steps: int, work: pathlib.Path) -> dict:
         lr=LR,
         seed=0,
         tokenizer_dir=str(tok_dir),
-        stop_ids=list(trainer._stop_ids(tokenizer)),
+        stop_ids=list(step.stop_ids(tokenizer)),
         prompt_texts=[tokenizer.decode(ids) for ids in prompts.prompt_ids[:256]],
         answers=[synthetic.answer_text(ex.answer) for ex in prompts.examples[:256]],
         mean_prompt_tokens=statistics.mean(map(len, prompts.prompt_ids)),

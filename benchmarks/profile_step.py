@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py --size=mid --method=srpo --steps=6
 
 Builds the problem of bench_vs_tunix.py (configs/demo.py with the size's shape, no
-warm-up) and runs the step of trainer._run piece by piece (prepare_step, the learner's
+warm-up) and runs the step of schedule._one_step piece by piece (prepare_step, the learner's
 train_step, the engine weight sync, the metric fetch), after --warmup steps that compile.
 Prints two tables:
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_vs_tunix  # noqa: E402  (SIZES: the same problem as the side-by-side run)
 
-from srpo_jax import learner, multihost, trainer  # noqa: E402
+from srpo_jax import learner, multihost, step, trainer  # noqa: E402
 from srpo_jax.config import from_config_dict  # noqa: E402
 from srpo_jax.data import datasets  # noqa: E402
 from srpo_jax.sharding import make_mesh  # noqa: E402
@@ -70,7 +70,7 @@ def build_config(size: str, method: str):
 
 
 class Loop:
-    """The pieces of trainer._run, set up as a fresh run does."""
+    """The pieces of trainer.setup, set up as a fresh run does."""
 
     def __init__(self, cfg, workdir: pathlib.Path):
         self.cfg = cfg
@@ -81,35 +81,35 @@ class Loop:
             trainer._examples(cfg, "train"), self.tok, cfg.data.max_prompt_len
         )
         graphdef, params = trainer._initial_params(cfg, model_cfg, self.mesh)
-        self.lcfg = trainer.learner_config(cfg)
+        self.lcfg = trainer.step_settings(cfg)
         self.state = learner.init_state(params, self.lcfg, self.mesh)
         self.lrn = learner.Learner(self.lcfg, graphdef, self.mesh)
         self.engine = trainer._make_engine(
             cfg, model_cfg, self.state.params, self.mesh, self.tok.pad_token_id, workdir
         )
         self.sampler = datasets.EpochSampler(len(self.train_set), cfg.data.shuffle_seed)
-        self.step = 0
+        self.n = 0
 
     def run_step(self) -> dict:
-        """One step, as trainer._run does it; returns wall and CPU seconds per phase."""
+        """One step, as schedule._one_step does it; returns wall and CPU seconds per phase."""
         marks = [("start", time.perf_counter(), time.process_time())]
 
         def mark(name):
             marks.append((name, time.perf_counter(), time.process_time()))
 
-        prep = trainer.prepare_step(
-            self.cfg, self.step, self.engine, self.train_set, self.sampler, self.tok
+        prep = step.prepare_step(
+            self.cfg, self.n, self.engine, self.train_set, self.sampler, self.tok
         )
         mark("host: rollout, rewards, routing, packing")
         self.state, dev = self.lrn.train_step(self.state, prep.batch)
         mark("learner: dispatch")
         jax.block_until_ready(self.state)
         mark("learner: wait for the device")
-        self.engine.update_weights(self.state.params, self.step + 1)
+        self.engine.update_weights(self.state.params, self.n + 1)
         mark("weight sync to the engine")
         multihost.tree_to_host((dev, self.state.skipped_updates, self.state.consecutive_skips))
         mark("metric fetch")
-        self.step += 1
+        self.n += 1
         out = {}
         for (_, w0, c0), (name, w1, c1) in zip(marks, marks[1:], strict=False):
             out[name] = (w1 - w0, c1 - c0)
@@ -141,8 +141,8 @@ def census(trace_dir: pathlib.Path, steps: int) -> dict:
 
 
 def learner_extras(loop: Loop, batch) -> list[str]:
-    n_mini = batch["input_ids"].shape[0]
-    rows = batch["teacher_input_ids"].shape[2]
+    n_mini = batch.input_ids_BS.shape[0]
+    rows = batch.teacher_input_ids_MT.shape[2]
     key = next(iter(loop.lrn._compiled))
     with jax.set_mesh(loop.mesh):
         cost = loop.lrn._compiled[key].lower(loop.state, batch).compile().cost_analysis()
@@ -175,7 +175,7 @@ def main():
             loop.run_step()
         jax.profiler.stop_trace()
         counts = census(pathlib.Path(tmp) / "trace", args.trace)
-        batch = trainer.prepare_step(
+        batch = step.prepare_step(
             loop.cfg, loop.step, loop.engine, loop.train_set, loop.sampler, loop.tok
         ).batch
         extras = learner_extras(loop, batch)
