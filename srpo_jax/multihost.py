@@ -35,6 +35,11 @@ def to_host(x) -> np.ndarray:
 
 
 def tree_to_host(tree):
+    """`to_host` of every leaf. When this process holds every leaf whole, one batched
+    device_get: all copies start before the first wait, instead of one sync per leaf."""
+    leaves = jax.tree.leaves(tree)
+    if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
+        return jax.tree.map(np.asarray, jax.device_get(tree))
     return jax.tree.map(to_host, tree)
 
 

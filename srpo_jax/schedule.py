@@ -117,9 +117,9 @@ def _one_step(run, step: int) -> dict:
     return m
 
 
-def _check_skips(run, n: int) -> None:
+def _check_skips(run, n: int, m: dict) -> None:
     limit = run.cfg.optim.max_consecutive_skips
-    consecutive = int(multihost.to_host(run.state.consecutive_skips))
+    consecutive = int(m["skipped_updates_consecutive"])  # fetched with the step's metrics
     if consecutive >= limit:
         _save(run, n)
         run.ckpt.wait()
@@ -130,10 +130,10 @@ def _check_skips(run, n: int) -> None:
         )
 
 
-def _after_step(run, n: int, preempt) -> bool:
+def _after_step(run, n: int, m: dict, preempt) -> bool:
     """Evaluation, checkpoint and stop decisions after step n; True = stop the loop."""
     cfg, faults = run.cfg, run.faults
-    _check_skips(run, n)
+    _check_skips(run, n, m)
     if _eval_due(cfg, n):
         if preempt.requested:
             run.resume.pending_eval = n  # bounded exit time: evaluate after the resume
@@ -167,8 +167,9 @@ def train_loop(run, preempt: Preemption, progress: progress_lib.Progress) -> dic
         _evaluate(run, start_step)  # skipped by the preemption that ended the previous run
         run.resume.pending_eval = -1
     for step in range(start_step, run.cfg.train.num_steps):
-        progress.update(step + 1, _one_step(run, step))
-        if _after_step(run, step + 1, preempt):
+        m = _one_step(run, step)
+        progress.update(step + 1, m)
+        if _after_step(run, step + 1, m, preempt):
             break
     return _finish(run, progress, start_step)
 
