@@ -27,6 +27,9 @@ def base_config(method: str = "srpo") -> ml_collections.ConfigDict:
     c.model.overrides = {}
     # Queries per attention block (0: all at once); exact, bounds the live scores.
     c.model.attention_query_chunk = 1024
+    c.model.attention_impl = (
+        "auto"  # auto | xla | cudnn | splash: auto = cudnn on GPU, splash on TPU
+    )
     c.tokenizer = dict(path="")  # "" = the tokenizer shipped with model.hf_path
     c.mesh = dict(data=1, fsdp=1, tensor=1)
     c.data = dict(

@@ -80,6 +80,7 @@ class ModelConfig:
     dtype: str = "bfloat16"  # compute dtype; params and EMA teacher stay fp32
     remat: bool = False
     attention_query_chunk: int = 1024  # queries per attention block; 0 = all at once
+    attention_impl: str = "auto"  # auto | xla | cudnn | splash (srpo_jax.model.attention)
     # A full-size preset without weights trains a random network: refuse unless asked for
     # (throughput tests), so a forgotten hf_path cannot waste a 10-hour run.
     random_init: bool = False
@@ -93,6 +94,7 @@ class ModelConfig:
             self.hf_path,
         )
         _one_of("model.dtype", self.dtype, ("bfloat16", "float32"))
+        _one_of("model.attention_impl", self.attention_impl, ("auto", "xla", "cudnn", "splash"))
         _require(
             self.attention_query_chunk >= 0,
             "model.attention_query_chunk",
@@ -113,7 +115,7 @@ class ModelConfig:
 
         # dtype, remat and attention_query_chunk have their own keys; everything else in
         # Qwen3Config may be overridden.
-        own_keys = ("dtype", "remat", "attention_query_chunk")
+        own_keys = ("dtype", "remat", "attention_query_chunk", "attention_impl")
         allowed = [f.name for f in dataclasses.fields(Qwen3Config) if f.name not in own_keys]
         for name in self.overrides:
             if name not in allowed:
@@ -135,6 +137,7 @@ class ModelConfig:
             "dtype": self.dtype,
             "remat": self.remat,
             "attention_query_chunk": self.attention_query_chunk,
+            "attention_impl": self.attention_impl,
         }
         preset = MODEL_PRESETS[self.preset](**extra) if self.preset else None
         if not self.hf_path:

@@ -25,6 +25,10 @@ class Topology:
     device_bytes: int  # memory of one device as the runtime reports it
     usable_fraction: float  # what the learner may use of it (GPU: XLA_PYTHON_CLIENT_MEM_FRACTION)
     description: str
+    chip: str = ""  # key of srpo_jax.chips.CHIPS (peak FLOP/s, HBM bandwidth, GPU description)
+    # get_topology_desc's topology string for the compile-only devices (srpo_jax.aot):
+    # TPU "<chip>:<chips grid>", GPU "<slices>x<hosts>x<devices per host>".
+    compile_topology: str = ""
 
     @property
     def usable_bytes(self) -> int:
@@ -34,13 +38,86 @@ class Topology:
 TOPOLOGIES: dict[str, Topology] = {
     t.name: t
     for t in (
-        Topology("h20x8", "gpu", 8, 1, 97871 * MiB, 0.95, "1 node, 8 x NVIDIA H20 96 GB"),
-        Topology("h20x16", "gpu", 16, 2, 97871 * MiB, 0.95, "2 nodes, 8 x NVIDIA H20 each"),
-        Topology("h100x8", "gpu", 8, 1, 81559 * MiB, 0.95, "1 node, 8 x NVIDIA H100 SXM 80 GB"),
-        Topology("h100x16", "gpu", 16, 2, 81559 * MiB, 0.95, "2 nodes, 8 x H100 80 GB each"),
-        Topology("tpu-v5p-8", "tpu", 4, 1, 95 * GiB, 1.0, "TPU v5p-8: 1 VM, 4 chips x 95 GiB"),
-        Topology("tpu-v5p-16", "tpu", 8, 2, 95 * GiB, 1.0, "TPU v5p-16: 2 VMs, 8 chips"),
-        Topology("tpu-v5e-16", "tpu", 16, 4, 16 * GiB, 1.0, "TPU v5e-16: 4 VMs, 16 x 16 GiB"),
+        Topology(
+            "h20x8", "gpu", 8, 1, 97871 * MiB, 0.95, "1 node, 8 x NVIDIA H20 96 GB", "h20", "1x1x8"
+        ),
+        Topology(
+            "h20x16",
+            "gpu",
+            16,
+            2,
+            97871 * MiB,
+            0.95,
+            "2 nodes, 8 x NVIDIA H20 each",
+            "h20",
+            "1x2x8",
+        ),
+        Topology(
+            "h100x8",
+            "gpu",
+            8,
+            1,
+            81559 * MiB,
+            0.95,
+            "1 node, 8 x NVIDIA H100 SXM 80 GB",
+            "h100",
+            "1x1x8",
+        ),
+        Topology(
+            "h100x16",
+            "gpu",
+            16,
+            2,
+            81559 * MiB,
+            0.95,
+            "2 nodes, 8 x H100 80 GB each",
+            "h100",
+            "1x2x8",
+        ),
+        Topology(
+            "tpu-v5p-8",
+            "tpu",
+            4,
+            1,
+            95 * GiB,
+            1.0,
+            "TPU v5p-8: 1 VM, 4 chips x 95 GiB",
+            "v5p",
+            "v5p:2x2x1",
+        ),
+        Topology(
+            "tpu-v5p-16",
+            "tpu",
+            8,
+            2,
+            95 * GiB,
+            1.0,
+            "TPU v5p-16: 2 VMs, 8 chips",
+            "v5p",
+            "v5p:2x2x2",
+        ),
+        Topology(
+            "tpu-v5e-16",
+            "tpu",
+            16,
+            4,
+            16 * GiB,
+            1.0,
+            "TPU v5e-16: 4 VMs, 16 x 16 GiB",
+            "v5e",
+            "v5e:4x4",
+        ),
+        Topology(
+            "tpu-v6e-8",
+            "tpu",
+            8,
+            1,
+            32 * GiB,
+            1.0,
+            "TPU v6e-8: 1 VM, 8 chips x 32 GiB",
+            "v6e",
+            "v6e:2x4",
+        ),
     )
 }
 

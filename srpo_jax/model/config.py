@@ -42,6 +42,8 @@ class Qwen3Config:
     # Queries per attention block (0: all at once). Exact; bounds the fp32 scores to
     # [B, heads, attention_query_chunk, S] per layer instead of [B, heads, T, S].
     attention_query_chunk: int = 1024
+    # "auto" | "xla" | "cudnn" | "splash" (srpo_jax.model.attention); auto picks by platform.
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         for name in (
@@ -66,6 +68,11 @@ class Qwen3Config:
             raise ValueError(
                 "Qwen3Config.attention_query_chunk must be an int >= 0 (0: no chunking), "
                 f"got {self.attention_query_chunk!r}"
+            )
+        if self.attention_impl not in ("auto", "xla", "cudnn", "splash"):
+            raise ValueError(
+                "Qwen3Config.attention_impl must be auto, xla, cudnn or splash, got "
+                f"{self.attention_impl!r}"
             )
         if self.head_dim % 2:
             raise ValueError(f"Qwen3Config.head_dim must be even for RoPE, got {self.head_dim}")

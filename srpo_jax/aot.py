@@ -1,0 +1,169 @@
+"""Compile for a GPU or TPU topology from a machine that has neither (ahead-of-time).
+
+`compile_devices(topology)` returns compile-only devices from
+jax.experimental.topologies.get_topology_desc: XLA:GPU from the jax-cuda12 plugin against
+a GpuTargetConfigProto written from the chip's public figures (srpo_jax.chips), XLA:TPU from
+libtpu by topology name. A jit lowered with ShapeDtypeStructs whose shardings name those
+devices compiles with the target's real compiler (`jax.jit(f).lower(*structs).compile()`),
+and `analyse(compiled)` reads its buffer assignment and FLOPs. Nothing runs; nothing is
+allocated beyond the compiler's own memory.
+
+The plugins register their platforms only when they are installed (pip extra `[aot]`); JAX
+still runs on the CPU (JAX_PLATFORMS=cpu) because the compile-only clients need no device.
+A missing extra is an `AotUnavailable` whose message names the pip extra to install.
+
+FLOPs: XLA:TPU's cost_analysis() counts them. XLA:GPU's compile-only client gives no cost
+analysis, so `dot_flops` counts 2 x (output elements) x (contracted elements) over the
+compiled HLO's dot instructions and cuBLAS / cuDNN custom calls are counted from their
+operand shapes where they are GEMMs (srpo_jax.hlo_flops). Fused attention custom calls are
+not counted there: the caller adds them from the model shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+
+import jax
+
+from srpo_jax import chips, topologies
+
+EXTRA = "pip install -e '.[aot]'"
+_PLUGIN_OF = {"gpu": "jax_plugins.xla_cuda12", "tpu": "libtpu"}
+
+
+class AotUnavailable(RuntimeError):
+    """The compile-only target cannot be built here (missing extra, unknown topology)."""
+
+
+def require_extra(platform: str) -> None:
+    """Raises AotUnavailable naming the extra when the platform's compiler is absent."""
+    module = _PLUGIN_OF[platform]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        what = "jax-cuda12-plugin" if platform == "gpu" else "libtpu"
+        raise AotUnavailable(
+            f"compiling for {platform.upper()} needs {what}, which is not installed: {EXTRA}"
+        )
+
+
+@functools.cache
+def compile_devices(topology_name: str) -> tuple[jax.Device, ...]:
+    """The compile-only devices of a srpo_jax.topologies entry, in process-major order."""
+    if topology_name not in topologies.TOPOLOGIES:
+        known = ", ".join(topologies.TOPOLOGIES)
+        raise AotUnavailable(f"unknown topology {topology_name!r}; known: {known}")
+    topo = topologies.TOPOLOGIES[topology_name]
+    require_extra(topo.platform)
+    from jax.experimental import topologies as jtopo
+
+    chip = chips.CHIPS[topo.chip]
+    if topo.platform == "gpu":
+        desc = jtopo.get_topology_desc(
+            platform="cuda",
+            topology=topo.compile_topology,
+            target_config=chips.gpu_target_config(chip),
+        )
+    else:
+        # libtpu reads these on start-up; unset, it logs two harmless warnings per process.
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "")
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        desc = jtopo.get_topology_desc(topology_name=topo.compile_topology, platform="tpu")
+    devices = tuple(desc.devices)
+    if len(devices) != topo.num_devices:
+        raise AotUnavailable(
+            f"topology {topo.name}: compile-only target {topo.compile_topology!r} has "
+            f"{len(devices)} devices, expected {topo.num_devices}"
+        )
+    return devices
+
+
+def compiler_name(topology_name: str) -> str:
+    topo = topologies.get(topology_name)
+    return "XLA:GPU (jax-cuda12-plugin)" if topo.platform == "gpu" else "XLA:TPU (libtpu)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """Per-device figures of one compiled program."""
+
+    compiler: str
+    arguments: int
+    outputs: int
+    aliased: int
+    temp: int
+    code: int
+    flops: float  # per device, one call
+    flops_source: str  # "cost_analysis" | "hlo dots"
+
+    @property
+    def peak(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temp + self.code
+
+
+def analyse(compiled, compiler: str = "") -> Analysis:
+    """Memory figures (buffer assignment) and FLOPs of a jax Compiled for one device."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        raise AotUnavailable(f"{compiler or 'this compiler'} gives no memory analysis")
+    flops, source = _cost_flops(compiled)
+    if flops is None:
+        from srpo_jax.hlo_flops import dot_flops
+
+        flops, source = float(dot_flops(compiled.as_text())), "hlo dots"
+    return Analysis(
+        compiler=compiler,
+        arguments=int(mem.argument_size_in_bytes),
+        outputs=int(mem.output_size_in_bytes),
+        aliased=int(mem.alias_size_in_bytes),
+        temp=int(mem.temp_size_in_bytes),
+        code=int(mem.generated_code_size_in_bytes),
+        flops=flops,
+        flops_source=source,
+    )
+
+
+def _cost_flops(compiled) -> tuple[float | None, str]:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # XLA:GPU compile-only: "cost analysis not supported"
+        return None, ""
+    if isinstance(cost, list):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost or cost["flops"] <= 0:
+        return None, ""
+    return float(cost["flops"]), "cost_analysis"
+
+
+def compile_for(topology_name: str, fn, *structs, **jit_kwargs):
+    """Compiles jax.jit(fn, **jit_kwargs) for `structs` (ShapeDtypeStructs that already carry
+    shardings on compile_devices(topology_name)) -> (Compiled, Analysis)."""
+    compiled = jax.jit(fn, **jit_kwargs).lower(*structs).compile()
+    return compiled, analyse(compiled, compiler_name(topology_name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+    """Lower bounds on one step's time at the device's peak bf16 rate and HBM bandwidth."""
+
+    flops: float
+    bytes_moved: float
+    compute_s: float
+    memory_s: float
+
+    @property
+    def bound_s(self) -> float:
+        return max(self.compute_s, self.memory_s)
+
+
+def roofline(topology_name: str, flops: float, bytes_moved: float) -> Roofline:
+    """flops and bytes_moved are per device; the bound is the slower of the two ceilings."""
+    chip = chips.CHIPS[topologies.get(topology_name).chip]
+    return Roofline(
+        flops, bytes_moved, flops / chip.peak_bf16_flops, bytes_moved / chip.hbm_bytes_per_s
+    )
