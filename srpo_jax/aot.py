@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import sys
 
 import jax
 
@@ -73,6 +74,9 @@ def compile_devices(topology_name: str) -> tuple[jax.Device, ...]:
         # libtpu reads these on start-up; unset, it logs two harmless warnings per process.
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        # No chip is opened, so concurrent compile-only processes (pytest-xdist workers, a
+        # bench beside the tests) need not take libtpu's one-process lock.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         desc = jtopo.get_topology_desc(topology_name=topo.compile_topology, platform="tpu")
     devices = tuple(desc.devices)
     if len(devices) != topo.num_devices:
@@ -167,3 +171,28 @@ def roofline(topology_name: str, flops: float, bytes_moved: float) -> Roofline:
     return Roofline(
         flops, bytes_moved, flops / chip.peak_bf16_flops, bytes_moved / chip.hbm_bytes_per_s
     )
+
+
+def fail(message: str) -> None:
+    """The CLI form of a bad target: one `error:` line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m srpo_jax.aot TOPOLOGY...`: checks each target's compiler and prints its
+    compile-only devices (the setup check for the [aot] extra)."""
+    if len(argv) < 2:
+        fail(
+            f"usage: python -m srpo_jax.aot TOPOLOGY...; known: {', '.join(topologies.TOPOLOGIES)}"
+        )
+    for name in argv[1:]:
+        try:
+            devices = compile_devices(name)
+        except AotUnavailable as e:
+            fail(str(e))
+        print(f"{name}: {compiler_name(name)}, {len(devices)} x {devices[0].device_kind}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
