@@ -36,7 +36,10 @@ def resolve_implementation(implementation: str) -> str:
         raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}")
     if implementation != "auto":
         return implementation
-    platform = jax.default_backend()
+    # The platform of the mesh being traced under (jax.set_mesh), so a compile-only GPU/TPU
+    # mesh picks its Pallas kernel from a CPU host (srpo_jax.aot); else the default back-end.
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
     return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform, "xla")
 
 
