@@ -65,11 +65,17 @@ def compile_devices(topology_name: str) -> tuple[jax.Device, ...]:
 
     chip = chips.CHIPS[topo.chip]
     if topo.platform == "gpu":
-        desc = jtopo.get_topology_desc(
-            platform="cuda",
-            topology=topo.compile_topology,
-            target_config=chips.gpu_target_config(chip),
-        )
+        try:
+            desc = jtopo.get_topology_desc(
+                platform="cuda",
+                topology=topo.compile_topology,
+                target_config=chips.gpu_target_config(chip),
+            )
+        except NotImplementedError:  # the CUDA plugin tried a driver, failed, and left
+            raise AotUnavailable(
+                "the CUDA plugin initialised as a runtime (no GPU here) instead of compile-only:"
+                " set JAX_PLATFORMS=cpu before jax starts"
+            ) from None
     else:
         # libtpu reads these on start-up; unset, it logs two harmless warnings per process.
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "")
@@ -151,6 +157,24 @@ def compile_for(topology_name: str, fn, *structs, **jit_kwargs):
     return compiled, analyse(compiled, compiler_name(topology_name))
 
 
+def target_mesh(topology_name: str, mesh_cfg):
+    """The learner's ("data", "fsdp", "tensor") mesh over the topology's compile-only devices
+    (srpo_jax.sharding.make_mesh; mesh_cfg.size must equal the device count)."""
+    from srpo_jax.sharding import make_mesh
+
+    return make_mesh(mesh_cfg, compile_devices(topology_name))
+
+
+def fused_attention_flops(model_cfg, rows: int, tokens: int, *, backward: bool) -> float:
+    """Matmul FLOPs of causal self-attention over `rows` x `tokens` for every layer, from the
+    model shape: q k^T and p v are 2 x 2 T^2 H per head, halved by the causal mask; the
+    backward recomputes the scores and forms dq, dk, dv, dp (2.5x the forward). For fused
+    kernels (cuDNN), whose custom calls hlo_flops cannot see."""
+    per_head = 2 * 2 * tokens * tokens * model_cfg.head_dim / 2
+    forward = rows * model_cfg.num_heads * model_cfg.num_layers * per_head
+    return forward * (3.5 if backward else 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Roofline:
     """Lower bounds on one step's time at the device's peak bf16 rate and HBM bandwidth."""
@@ -182,6 +206,10 @@ def fail(message: str) -> None:
 def main(argv: list[str]) -> None:
     """`python -m srpo_jax.aot TOPOLOGY...`: checks each target's compiler and prints its
     compile-only devices (the setup check for the [aot] extra)."""
+    # The compile-only clients need no device; without this the CUDA plugin would look for
+    # a driver and, finding none, register no topology.
+    if not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")
     if len(argv) < 2:
         fail(
             f"usage: python -m srpo_jax.aot TOPOLOGY...; known: {', '.join(topologies.TOPOLOGIES)}"

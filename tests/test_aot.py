@@ -83,3 +83,41 @@ def test_cli_lists_devices_and_refuses_an_unknown_topology():
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: unknown topology 'h20x9'")
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["h20x8", "tpu-v5p-8"])
+def test_learner_train_step_compiles_on_the_target_mesh(name):
+    """The plan's compile of the real train step (tiny model, SRPO, every row routed) runs
+    on the target's compile-only mesh: the wiring phase 2 puts into the plan."""
+    import importlib.util
+
+    from srpo_jax import config as config_lib
+    from srpo_jax import plan
+    from srpo_jax.sharding import MeshConfig
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("base", REPO_ROOT / "configs" / "base.py")
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.model.overrides = {"num_layers": 2, "head_dim": 128}
+    cfg = config_lib.from_config_dict(c)
+    devices = topologies.get(name).num_devices
+    mesh = aot.target_mesh(name, MeshConfig(1, devices, 1))
+    shape = plan.StepShape(
+        prompts=8,
+        group_size=4,
+        mini_batch_prompts=8,
+        micro_batch_rows=8,
+        prompt_len=64,
+        response_len=128,
+        teacher_prompt_len=64,
+    )
+    # As in tests/model/test_attention.py: the splash backward is traced under the
+    # process-wide matmul precision, which conftest raises to "highest" for the fp32 parity
+    # tests; main and the plan run at "default", which Mosaic takes for bf16 operands.
+    with jax.default_matmul_precision("default"):
+        figures = plan.compile_step(cfg, cfg.model.architecture(), mesh, shape)
+    assert figures.temp > 0 and figures.params > 0
+    assert figures.peak > figures.params + figures.teacher + figures.opt
