@@ -138,9 +138,13 @@ def _rotate_rows(x_BT, shift_B):
     return jnp.take_along_axis(x_BT, idx, axis=1)
 
 
-def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, valid_BT, dtype):
-    """cuDNN flash attention for rows of [left pad | tokens | right pad] (see module doc)."""
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, valid_BT, dtype, *, implementation="cudnn"):
+    """cuDNN flash attention for rows of [left pad | tokens | right pad] (see module doc).
+    implementation="xla" runs the same layout through jax's XLA attention (CPU tests)."""
+    if implementation == "cudnn" and jnp.dtype(dtype) not in (
+        jnp.dtype(jnp.bfloat16),
+        jnp.dtype(jnp.float16),
+    ):
         raise AttentionUnavailable(
             f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16, got {dtype}"
         )
@@ -156,7 +160,7 @@ def cudnn_attention(q_BTNH, k_BTKH, v_BTKH, valid_BT, dtype):
         is_causal=True,
         query_seq_lengths=length_B,
         key_value_seq_lengths=length_B,
-        implementation="cudnn",
+        implementation=implementation,
     )
     t = q_BTNH.shape[1]
     return _rotate_rows(out_BTNH, (t - lead_B) % t).astype(dtype)

@@ -52,6 +52,19 @@ def test_xla_path_equals_float64_reference_with_left_and_right_padding(query_chu
     np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=2e-5, atol=2e-6)
 
 
+def test_cudnn_layout_rotation_equals_float64_reference():
+    """The cuDNN path's layout (rows rotated so tokens start at 0, query/key lengths, rotated
+    back) through jax's XLA attention, which takes the same arguments, on the CPU."""
+    rng = np.random.default_rng(1)
+    b, t, n, k, h = 4, 32, 4, 2, 16
+    q, kk, v = (rng.standard_normal((b, t, m, h)).astype(np.float32) for m in (n, k, k))
+    valid = _padded_valid(b, t, rng)
+    args = (jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), jnp.asarray(valid))
+    got = attn.cudnn_attention(*args, jnp.float32, implementation="xla")
+    want = reference_attention_np(q, kk, v, valid)
+    np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=2e-5, atol=2e-6)
+
+
 def test_auto_is_xla_on_cpu_and_fused_kernels_refuse_cpu():
     assert attn.resolve("auto", "cpu") == "xla"
     assert attn.resolve("auto", "gpu") == "cudnn"
