@@ -21,7 +21,8 @@ from flax import nnx
 from srpo_jax import batching, learner
 from srpo_jax.algo import advantages, routing
 from srpo_jax.model import tiny
-from srpo_jax.sharding import MeshConfig, create_sharded_model, make_mesh
+from srpo_jax.model.qwen3 import create_sharded_model
+from srpo_jax.sharding import MeshConfig, make_mesh
 
 
 def random_rows(rng, prompts, group, vocab, prompt_len, resp_len, method):
@@ -37,7 +38,6 @@ def random_rows(rng, prompts, group, vocab, prompt_len, resp_len, method):
         response_ids=responses,
         rollout_logprobs=[(-rng.random(len(r))).tolist() for r in responses],
         advantages=np.asarray(advantages.group_advantages(rewards, group)),
-        grpo_rows=np.zeros(b, bool) if method == "sdpo" else ~sdpo_mask,
         sdpo_rows=sdpo_mask,
         teacher_rows=teacher_idx >= 0,
         teacher_prompt_ids={
@@ -68,7 +68,7 @@ def main():
         num_layers=args.layers,
         head_dim=8 if args.hidden <= 64 else 32,
     )
-    cfg = learner.LearnerConfig(
+    cfg = learner.StepSettings.of(
         method=args.method, topk=min(10, args.vocab), lr=1e-3, warmup_steps=0,
         fused_implementation=args.impl, chunk_size=256,
     )  # fmt: skip
@@ -93,8 +93,8 @@ def main():
         state, m = lrn.train_step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    tokens = int(batch["response_mask"].sum())
-    routed = int(batch["teacher_valid"].sum())
+    tokens = int(batch.response_mask_BR.sum())
+    routed = int(batch.teacher_valid_M.sum())
     cols = "method | D | L | V | rows | resp tokens | routed rows | compile s | median s | min s"
     print(f"| {cols} |")
     print("|---|---|---|---|---|---|---|---|---|---|")

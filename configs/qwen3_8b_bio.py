@@ -9,7 +9,7 @@ training budget: 32 prompts x 8 rollouts per step, T = 1.0 sampling, responses u
 tokens, lr and mini-batch per SPEC 10. It evaluates avg@16 on the test split every 5 steps
 and writes metrics.jsonl, TensorBoard events, curves.png and checkpoints (last 3) to the
 workdir; a restart with the same workdir resumes from the latest complete checkpoint.
-Mesh: tensor=8, 2 rows per micro-batch (one node; memory plan in docs/scale.md); change
+Mesh: tensor=8, 16 rows per micro-batch, remat on (one node; memory plan in docs/scale.md); change
 --config.mesh.* for other layouts. With SGLang rollout
 servers add --config.rollout.engine=sglang --config.rollout.sglang.urls="('http://host:port',)".
 """

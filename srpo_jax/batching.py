@@ -15,14 +15,92 @@ Teacher rows are packed densely: only the rollouts that need the teacher forward
 routed rollouts of SPEC 3, or every rollout with a teacher for `sdpo` and
 `advantage_mix`) get a row, so the teacher's compute falls with the routed fraction. A
 step where nothing is routed gets M = 0 and the learner compiles no teacher forward.
+
+The batch is a `TrainBatch` (a flax.struct pytree): every field is [n_mini, n_micro, ...]
+with its per-micro-batch dimensions in its name's suffix (b = B rows, S = P + R student
+positions, R response tokens, M teacher rows, T = Pt + R teacher positions).
+`TrainBatch.abstract` gives the same structure as ShapeDtypeStructs for a shape, which the
+memory plan compiles against, so the two cannot drift.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
+import flax
+import jax
 import numpy as np
+
+# field -> (per-micro-batch dims, dtype); b rows, S = P + R, R, M teacher rows, T = Pt + R.
+_FIELDS = {
+    "input_ids_BS": (("b", "S"), np.int32),
+    "attention_mask_BS": (("b", "S"), np.int32),
+    "response_ids_BR": (("b", "R"), np.int32),
+    "response_mask_BR": (("b", "R"), np.float32),
+    "rollout_logprobs_BR": (("b", "R"), np.float32),
+    "advantages_B": (("b",), np.float32),
+    "sdpo_rows_B": (("b",), np.bool_),  # rows whose tokens get the SDPO loss
+    "row_valid_B": (("b",), np.bool_),
+    "teacher_input_ids_MT": (("M", "T"), np.int32),
+    "teacher_attention_mask_MT": (("M", "T"), np.int32),
+    "teacher_src_M": (("M",), np.int32),  # the micro-batch row each teacher row scores
+    "teacher_valid_M": (("M",), np.bool_),
+}
+
+
+@flax.struct.dataclass
+class TrainBatch:
+    """One step's packed rollouts, [n_mini, n_micro, ...] per field (see _FIELDS)."""
+
+    input_ids_BS: Any
+    attention_mask_BS: Any
+    response_ids_BR: Any
+    response_mask_BR: Any
+    rollout_logprobs_BR: Any
+    advantages_B: Any
+    sdpo_rows_B: Any
+    row_valid_B: Any
+    teacher_input_ids_MT: Any
+    teacher_attention_mask_MT: Any
+    teacher_src_M: Any
+    teacher_valid_M: Any
+
+    @classmethod
+    def abstract(
+        cls,
+        *,
+        n_mini: int,
+        n_micro: int,
+        rows: int,
+        prompt_len: int,
+        response_len: int,
+        teacher_rows: int,
+        teacher_prompt_len: int,
+    ) -> TrainBatch:
+        """The batch of this shape as jax.ShapeDtypeStructs (nothing allocated)."""
+        size = {
+            "b": rows,
+            "S": prompt_len + response_len,
+            "R": response_len,
+            "M": teacher_rows,
+            "T": teacher_prompt_len + response_len,
+        }
+        return cls(
+            **{
+                name: jax.ShapeDtypeStruct((n_mini, n_micro, *(size[d] for d in dims)), dtype)
+                for name, (dims, dtype) in _FIELDS.items()
+            }
+        )
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.input_ids_BS.shape[0]
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.input_ids_BS.shape[1]
 
 
 def bucket_length(n: int, *, minimum: int = 16) -> int:
@@ -53,7 +131,6 @@ class StepRows:
     response_ids: Sequence[Sequence[int]]  # per row, sampled tokens
     rollout_logprobs: Sequence[Sequence[float]]  # per row, engine log-probs of those tokens
     advantages: np.ndarray  # float [B]
-    grpo_rows: np.ndarray  # bool [B]: rows whose tokens get the GRPO loss
     sdpo_rows: np.ndarray  # bool [B]: rows whose tokens get the SDPO loss
     teacher_rows: np.ndarray  # bool [B]: rows that need the teacher forward
     teacher_prompt_ids: dict[int, Sequence[int]]  # row -> teacher prompt (reprompt) ids
@@ -65,7 +142,7 @@ class StepRows:
                 raise ValueError(
                     f"StepRows.{name} has {len(getattr(self, name))} rows, expected {b}"
                 )
-        for name in ("advantages", "grpo_rows", "sdpo_rows", "teacher_rows"):
+        for name in ("advantages", "sdpo_rows", "teacher_rows"):
             if np.shape(getattr(self, name)) != (b,):
                 raise ValueError(
                     f"StepRows.{name} has shape {np.shape(getattr(self, name))}, expected ({b},)"
@@ -103,58 +180,10 @@ def _right_pad(seqs: Sequence[Sequence[float]], length: int, pad, dtype) -> np.n
     return out
 
 
-def build_train_batch(
-    rows: StepRows,
-    *,
-    num_minibatches: int,
-    micro_batch_rows: int,
-    pad_id: int,
-    min_bucket: int = 16,
-    min_teacher_rows: int = 1,
-) -> dict[str, np.ndarray]:
-    """Packs `rows` into the learner's batch dict (numpy, shapes [n_mini, n_micro, ...]).
-
-    Keys: input_ids, attention_mask [.., b, P+R]; response_ids, response_mask,
-    rollout_logprobs [.., b, R]; advantages, grpo_rows, sdpo_rows, row_valid [.., b];
-    teacher_input_ids, teacher_attention_mask [.., M, Pt+R]; teacher_src, teacher_valid
-    [.., M] (teacher_src indexes the micro-batch's rows). P, R, Pt, M are bucketed.
-    """
-    n = rows.num_rows
-    if num_minibatches < 1 or n % num_minibatches:
-        raise ValueError(f"{n} rows cannot be split into {num_minibatches} mini-batches")
-    mini = n // num_minibatches
-    if micro_batch_rows < 1 or mini % micro_batch_rows:
-        raise ValueError(
-            f"mini-batch of {mini} rows is not a multiple of micro_batch_rows={micro_batch_rows}"
-        )
-    n_micro = mini // micro_batch_rows
-    b = micro_batch_rows
-
-    p_len = bucket_length(max(len(p) for p in rows.prompt_ids), minimum=min_bucket)
-    r_len = bucket_length(max(1, max(len(r) for r in rows.response_ids)), minimum=min_bucket)
-    prompt_ids, prompt_mask = _left_pad(rows.prompt_ids, p_len, pad_id)
-    resp_ids = _right_pad(rows.response_ids, r_len, pad_id, np.int32)
-    resp_mask = _right_pad([[1] * len(r) for r in rows.response_ids], r_len, 0, np.float32)
-    rollout_lp = _right_pad(rows.rollout_logprobs, r_len, 0.0, np.float32)
-    input_ids = np.concatenate([prompt_ids, resp_ids], axis=1)
-    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
-
-    def split(x):
-        return x.reshape((num_minibatches, n_micro, b) + x.shape[1:])
-
-    batch = {
-        "input_ids": split(input_ids),
-        "attention_mask": split(attn),
-        "response_ids": split(resp_ids),
-        "response_mask": split(resp_mask),
-        "rollout_logprobs": split(rollout_lp),
-        "advantages": split(np.asarray(rows.advantages, np.float32)),
-        "grpo_rows": split(np.asarray(rows.grpo_rows, bool)),
-        "sdpo_rows": split(np.asarray(rows.sdpo_rows, bool)),
-        "row_valid": split(np.ones((n,), bool)),
-    }
-
-    # Teacher rows, packed densely per micro-batch.
+def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, min_bucket, min_teacher_rows):
+    """The teacher rows, packed densely per micro-batch: (fields, M, Pt)."""
+    num_minibatches, n_micro, b = lead
+    r_len = resp_ids.shape[-1]
     teacher = np.asarray(rows.teacher_rows, bool).reshape(num_minibatches, n_micro, b)
     m_rows = min(bucket_rows(int(teacher.sum(axis=-1).max()), minimum=min_teacher_rows), b)
     if m_rows:
@@ -180,15 +209,77 @@ def build_train_batch(
                 t_mask[i, j, slot, tp_len:] = resp_mask[row].astype(np.int32)
                 t_src[i, j, slot] = local
                 t_valid[i, j, slot] = True
-    batch.update(
-        teacher_input_ids=t_ids,
-        teacher_attention_mask=t_mask,
-        teacher_src=t_src,
-        teacher_valid=t_valid,
+    fields = dict(
+        teacher_input_ids_MT=t_ids,
+        teacher_attention_mask_MT=t_mask,
+        teacher_src_M=t_src,
+        teacher_valid_M=t_valid,
     )
+    return fields, m_rows, tp_len
+
+
+def build_train_batch(
+    rows: StepRows,
+    *,
+    num_minibatches: int,
+    micro_batch_rows: int,
+    pad_id: int,
+    min_bucket: int = 16,
+    min_teacher_rows: int = 1,
+) -> TrainBatch:
+    """Packs `rows` into the learner's TrainBatch of numpy arrays, [n_mini, n_micro, ...].
+
+    P, R, Pt and M are bucketed; teacher_src_M indexes the micro-batch's rows. The result
+    has exactly the structure of `TrainBatch.abstract` for those sizes (checked).
+    """
+    n = rows.num_rows
+    if num_minibatches < 1 or n % num_minibatches:
+        raise ValueError(f"{n} rows cannot be split into {num_minibatches} mini-batches")
+    mini = n // num_minibatches
+    if micro_batch_rows < 1 or mini % micro_batch_rows:
+        raise ValueError(
+            f"mini-batch of {mini} rows is not a multiple of micro_batch_rows={micro_batch_rows}"
+        )
+    n_micro = mini // micro_batch_rows
+    b = micro_batch_rows
+
+    p_len = bucket_length(max(len(p) for p in rows.prompt_ids), minimum=min_bucket)
+    r_len = bucket_length(max(1, max(len(r) for r in rows.response_ids)), minimum=min_bucket)
+    prompt_ids, prompt_mask = _left_pad(rows.prompt_ids, p_len, pad_id)
+    resp_ids = _right_pad(rows.response_ids, r_len, pad_id, np.int32)
+    resp_mask = _right_pad([[1] * len(r) for r in rows.response_ids], r_len, 0, np.float32)
+    rollout_lp = _right_pad(rows.rollout_logprobs, r_len, 0.0, np.float32)
+    input_ids = np.concatenate([prompt_ids, resp_ids], axis=1)
+    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
+
+    def split(x):
+        return x.reshape((num_minibatches, n_micro, b) + x.shape[1:])
+
+    student = dict(
+        input_ids_BS=split(input_ids),
+        attention_mask_BS=split(attn),
+        response_ids_BR=split(resp_ids),
+        response_mask_BR=split(resp_mask),
+        rollout_logprobs_BR=split(rollout_lp),
+        advantages_B=split(np.asarray(rows.advantages, np.float32)),
+        sdpo_rows_B=split(np.asarray(rows.sdpo_rows, bool)),
+        row_valid_B=split(np.ones((n,), bool)),
+    )
+
+    teacher, m_rows, tp_len = _pack_teacher(
+        rows, resp_ids, resp_mask, (num_minibatches, n_micro, b), pad_id, min_bucket,
+        min_teacher_rows,
+    )  # fmt: skip
+    batch = TrainBatch(**student, **teacher)
+    want = TrainBatch.abstract(
+        n_mini=num_minibatches,
+        n_micro=n_micro,
+        rows=b,
+        prompt_len=p_len,
+        response_len=r_len,
+        teacher_rows=m_rows,
+        teacher_prompt_len=tp_len,
+    )
+    got = jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), batch)
+    assert got == jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), want), (got, want)
     return batch
-
-
-def batch_signature(batch: dict[str, np.ndarray]) -> tuple:
-    """The static shape key of a batch: one compiled train step per distinct signature."""
-    return tuple(sorted((k, v.shape, v.dtype.str) for k, v in batch.items()))

@@ -26,9 +26,23 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from srpo_jax.config_checks import require
+
 log = logging.getLogger(__name__)
 
 _STATE, _HOST, _TREE = "state", "host", "_tree"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """The run config's `checkpoint` section: how often the trainer saves, how many are kept."""
+
+    every_steps: int = 10  # 0 = only at the end of the run
+    keep: int = 3
+
+    def __post_init__(self):
+        require(self.every_steps >= 0, "checkpoint.every_steps", ">= 0", self.every_steps)
+        require(self.keep >= 1, "checkpoint.keep", ">= 1", self.keep)
 
 
 class CheckpointMismatchError(ValueError):

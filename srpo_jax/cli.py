@@ -1,4 +1,4 @@
-"""Command-line error handling shared by the entry points (`main.py`, `plan.py`).
+"""Command-line error handling shared by the entry points (`main.py`, `tools/plan.py`).
 
 A bad flag, a config file that raises, or a --config.a.b=v override of a key the config
 lacks ends the program with one line on stderr naming the bad thing and exit code 2: no
@@ -8,7 +8,6 @@ traceback and no absl usage dump.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import re
 import sys
 
@@ -31,12 +30,8 @@ def unknown_override(argv: list[str]) -> str | None:
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if spec is None:
         return None
-    path, _, arg = spec.partition(":")
     try:
-        module_spec = importlib.util.spec_from_file_location("srpo_config_hint", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        node = module.get_config(arg) if arg else module.get_config()
+        node = config_lib.load_config_file(spec)
     except Exception:  # the config file itself is broken: nothing to compare against
         return None
     for flag in argv[1:]:

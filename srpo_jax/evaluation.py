@@ -13,13 +13,34 @@ time excluded, as in the paper).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from srpo_jax.config_checks import require
 from srpo_jax.data import rewards
 from srpo_jax.rollout.engine import SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The run config's `eval` section: how often and how avg@k / maj@k are sampled."""
+
+    every_steps: int = 5  # 0 = never
+    num_samples: int = 16  # avg@k with k = num_samples
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_examples: int = 0  # 0 = the whole test split
+
+    def __post_init__(self):
+        require(self.every_steps >= 0, "eval.every_steps", ">= 0", self.every_steps)
+        require(self.num_samples >= 1, "eval.num_samples", ">= 1", self.num_samples)
+        require(self.temperature >= 0, "eval.temperature", ">= 0", self.temperature)
+        require(0 < self.top_p <= 1, "eval.top_p", "in (0, 1]", self.top_p)
+        require(self.max_examples >= 0, "eval.max_examples", ">= 0", self.max_examples)
+
 
 # Keeps evaluation noise apart from training noise for the same step.
 EVAL_SEED_OFFSET = 1_000_003

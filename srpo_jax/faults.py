@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from srpo_jax.rollout.engine import RolloutError
+
 
 @dataclasses.dataclass(frozen=True)
 class FaultInjection:
@@ -81,7 +83,7 @@ class FaultInjection:
     def before_generate(self, step: int, attempt: int, engine: Any = None) -> None:
         """Called before each generation attempt of training step `step` (0-based)."""
         if step + 1 == self.rollout_fail_step and attempt < self.rollout_fails:
-            raise RuntimeError(f"injected rollout failure {attempt + 1} (SRPO_DEBUG_ROLLOUT_FAILS)")
+            raise RolloutError(f"injected rollout failure {attempt + 1} (SRPO_DEBUG_ROLLOUT_FAILS)")
         if step + 1 == self.server_kill_step and attempt == 0:
             _arm_server_kill(engine, step)
 
@@ -108,9 +110,10 @@ def _arm_server_kill(engine: Any, step: int) -> None:
     engine.on_request_done = kill_after_first_answer
 
 
-def poison(batch: dict) -> dict:
-    """SRPO_DEBUG_NAN_STEPS: NaN advantages and rollout log-probs -> non-finite gradients."""
-    batch = dict(batch)
-    for key in ("advantages", "rollout_logprobs"):
-        batch[key] = np.full_like(batch[key], np.nan)
-    return batch
+def poison(batch):
+    """SRPO_DEBUG_NAN_STEPS: NaN advantages and rollout log-probs -> non-finite gradients.
+    `batch` is a batching.TrainBatch (not imported: this module stays free of JAX)."""
+    return batch.replace(
+        advantages_B=np.full_like(batch.advantages_B, np.nan),
+        rollout_logprobs_BR=np.full_like(batch.rollout_logprobs_BR, np.nan),
+    )

@@ -25,7 +25,7 @@ One call of `train_step(state, batch)` is one training step of SPEC section 10:
    whose gradient norm is not finite is skipped (params and optimizer state untouched)
    and counted.
 4. EMA teacher: phi <- (1 - rate) phi + rate theta, only if some update of the step was
-   applied (SPEC 9).
+   applied (SPEC 9; algo/ema.py, optax.incremental_update).
 
 Deviations from SPEC, deliberate: none in the maths. Methods without entropy weights
 (`srpo_no_dw`, `sdpo`) call the kernel with tau = inf, which makes u_t = exp(-0) = 1
@@ -47,74 +47,126 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from srpo_jax.algo import methods
+from srpo_jax.algo.config import AlgoConfig
+from srpo_jax.algo.ema import ema_update
+from srpo_jax.batching import TrainBatch
+from srpo_jax.config_checks import in_unit, one_of, require
 from srpo_jax.forward import denominator, micro_objective, student_logp, teacher_entropy_sum
 from srpo_jax.kernels.fused_distill import api as fused_api
 from srpo_jax.sharding import named_sharding
 
-METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
-
 
 @dataclasses.dataclass(frozen=True)
-class LearnerConfig:
-    """What the train step needs to know; built by the trainer from the run config."""
+class OptimConfig:
+    """The run config's `optim` section: AdamW, its schedule, clipping, non-finite skips."""
 
-    method: str = "srpo"
-    # GRPO (SPEC 4)
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float = 3.0
-    tis_cap: float = 2.0
-    # SDPO (SPEC 5-6)
-    is_clip: float = 2.0
-    topk: int = 100
-    alpha: float = 0.5
-    tau: float = 1.0
-    add_tail: bool = True
-    entropy_over: str = "vocab"
-    temperature: float = 1.0
-    loss_agg: str = "token-mean"
-    adv_mix_lambda: float = 0.1
-    ema_rate: float = 0.05
-    # optimizer (SPEC 10)
-    lr: float = 5.5e-6
-    warmup_steps: int = 10
+    lr: float | None = None  # None = the method's SPEC 10 value (algo/methods.py)
+    warmup_steps: int = 10  # linear warm-up, then constant; advances once per training step
     b1: float = 0.9
     b2: float = 0.999
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    # implementation
-    loss_impl: str = "fused"  # "fused" | "plain" (materialised logits, reference maths)
-    fused_implementation: str = "auto"
-    fused_grad_mode: str = "auto"  # "auto" | "forward" | "recompute" (fused_distill's grad_mode)
-    chunk_size: int = 1024
+    grad_clip: float = 1.0  # global grad-norm clip; a non-finite norm skips the update
+    max_consecutive_skips: int = 10  # abort the run after this many non-finite steps in a row
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"LearnerConfig.method must be one of {METHODS}, got {self.method!r}")
-        if self.loss_agg not in ("token-mean", "seq-mean-token-mean"):
-            raise ValueError(f"LearnerConfig.loss_agg: unknown {self.loss_agg!r}")
-        if self.loss_impl not in ("fused", "plain"):
-            raise ValueError(f"LearnerConfig.loss_impl must be fused|plain, got {self.loss_impl!r}")
-        if self.entropy_over not in ("vocab", "buckets"):
-            raise ValueError(
-                f"LearnerConfig.entropy_over must be vocab|buckets, got {self.entropy_over!r}"
-            )
-        if self.fused_grad_mode not in fused_api.GRAD_MODES:
-            raise ValueError(
-                f"LearnerConfig.fused_grad_mode must be one of {fused_api.GRAD_MODES}, "
-                f"got {self.fused_grad_mode!r}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"LearnerConfig.lr must be > 0, got {self.lr}")
+        require(self.lr is None or self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+        in_unit("optim.b1", self.b1, high_open=True)
+        in_unit("optim.b2", self.b2, high_open=True)
+        require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        require(self.grad_clip > 0, "optim.grad_clip", "> 0", self.grad_clip)
+        require(
+            self.max_consecutive_skips >= 1,
+            "optim.max_consecutive_skips",
+            ">= 1",
+            self.max_consecutive_skips,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The run config's `train` section: batch geometry, loss implementation, run length.
+
+    The learner reads the batch geometry and the loss implementation; the trainer the run
+    length, seed, time budget and the supervised warm-up.
+    """
+
+    prompts_per_step: int = 32
+    mini_batch_prompts: int | None = None  # None = the method's SPEC 10 value
+    micro_batch_rows: int = 0  # rows per gradient-accumulation micro-batch; 0 = whole mini-batch
+    num_steps: int = 1000
+    seed: int = 0
+    loss_impl: str = "fused"
+    fused_implementation: str = "auto"
+    fused_grad_mode: str = "auto"  # where the fused kernel contracts its gradient
+    chunk_size: int = 1024  # tokens per chunk of the fused distillation kernel
+    time_budget_hours: float = 10.0  # training wall-clock (eval excluded); 0 = no budget
+    sft_warmup_steps: int = 0  # supervised warm-up steps before RL (demo only)
+    sft_lr: float = 1e-4
+
+    def __post_init__(self):
+        require(self.prompts_per_step >= 1, "train.prompts_per_step", ">= 1", self.prompts_per_step)
+        mb = self.mini_batch_prompts
+        require(mb is None or mb >= 1, "train.mini_batch_prompts", ">= 1", mb)
+        require(self.micro_batch_rows >= 0, "train.micro_batch_rows", ">= 0", self.micro_batch_rows)
+        require(self.num_steps >= 1, "train.num_steps", ">= 1", self.num_steps)
+        one_of("train.loss_impl", self.loss_impl, ("fused", "plain"))
+        one_of("train.fused_implementation", self.fused_implementation, fused_api.IMPLEMENTATIONS)
+        one_of("train.fused_grad_mode", self.fused_grad_mode, fused_api.GRAD_MODES)
+        require(self.chunk_size >= 1, "train.chunk_size", ">= 1", self.chunk_size)
+        require(
+            self.time_budget_hours >= 0, "train.time_budget_hours", ">= 0", self.time_budget_hours
+        )
+        require(self.sft_warmup_steps >= 0, "train.sft_warmup_steps", ">= 0", self.sft_warmup_steps)
+        require(self.sft_lr > 0, "train.sft_lr", "> 0", self.sft_lr)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """The config sections the train step reads, held whole (no field is copied).
+
+    temperature: the rollout engine's sampling temperature (log-probs are taken at the
+    temperature the rollouts were sampled with; 0, greedy, scores at 1).
+    """
+
+    algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=5.5e-6))
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        require(self.optim.lr is not None, "optim.lr", "resolved (a float)", self.optim.lr)
+
+    @classmethod
+    def of(cls, temperature: float = 1.0, **fields: Any) -> StepSettings:
+        """Section defaults with `fields` replaced, each name routed to the one section that
+        has it (algo, optim or train); optim.lr None takes the method's SPEC 10 value."""
+        sections = {"algo": AlgoConfig, "optim": OptimConfig, "train": TrainConfig}
+        kwargs: dict[str, dict] = {name: {} for name in sections}
+        for key, value in fields.items():
+            owner = [n for n, c in sections.items() if key in _field_names(c)]
+            if not owner:
+                raise TypeError(f"StepSettings.of: no section has a field {key!r}")
+            kwargs[owner[0]][key] = value
+        algo = AlgoConfig(**kwargs["algo"])
+        optim = OptimConfig(**kwargs["optim"])
+        if optim.lr is None:
+            optim = dataclasses.replace(optim, lr=algo.method_record.lr)
+        return cls(algo, optim, TrainConfig(**kwargs["train"]), temperature)
+
+    @property
+    def method(self) -> methods.Method:
+        return self.algo.method_record
 
     @property
     def effective_tau(self) -> float:
         """The fused kernel's tau: inf (u = 1, Z = |S|) for methods without entropy weights."""
-        return self.tau if self.method == "srpo" else math.inf
+        return self.algo.tau if self.method.entropy_weights else math.inf
 
-    @property
-    def uses_sdpo(self) -> bool:
-        return self.method in ("sdpo", "srpo", "srpo_no_dw")
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 @flax.struct.dataclass
@@ -127,22 +179,26 @@ class TrainState:
     consecutive_skips: jax.Array  # int32: steps in a row whose every update was skipped
 
 
-def lr_at(cfg: LearnerConfig, step: jax.Array) -> jax.Array:
+def lr_at(cfg: StepSettings, step: jax.Array) -> jax.Array:
     """Linear warmup over `warmup_steps` training steps, then constant (SPEC 10)."""
-    if cfg.warmup_steps <= 0:
-        return jnp.asarray(cfg.lr, jnp.float32)
-    frac = jnp.minimum((step.astype(jnp.float32) + 1.0) / cfg.warmup_steps, 1.0)
-    return cfg.lr * frac
+    o = cfg.optim
+    if o.warmup_steps <= 0:
+        return jnp.asarray(o.lr, jnp.float32)
+    frac = jnp.minimum((step.astype(jnp.float32) + 1.0) / o.warmup_steps, 1.0)
+    return o.lr * frac
 
 
-def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: StepSettings) -> optax.GradientTransformation:
     """AdamW whose learning rate is injected per update from the training step."""
     return optax.inject_hyperparams(optax.adamw)(
-        learning_rate=cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay
+        learning_rate=cfg.optim.lr,
+        b1=cfg.optim.b1,
+        b2=cfg.optim.b2,
+        weight_decay=cfg.optim.weight_decay,
     )
 
 
-def init_state(params: Any, cfg: LearnerConfig, mesh: Mesh | None = None) -> TrainState:
+def init_state(params: Any, cfg: StepSettings, mesh: Mesh | None = None) -> TrainState:
     """TrainState from (already sharded) student params; teacher and optimizer born alike.
 
     The teacher is an fp32 copy of the student (phi_0 = theta_0, SPEC 9); the optimizer
@@ -166,102 +222,114 @@ def _select(pred, new, old):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def train_step_fn(cfg: LearnerConfig, graphdef, state: TrainState, batch: dict):
-    """Pure training step. batch arrays are [n_mini, n_micro, b, ...] (batching.py)."""
-    n_mini, n_micro = batch["input_ids"].shape[:2]
+def _num_micro(mini: TrainBatch) -> int:
+    """Micro-batches in one mini-batch (its fields are [n_micro, ...])."""
+    return mini.input_ids_BS.shape[0]
+
+
+def _old_logprobs(cfg: StepSettings, graphdef, params, batch: TrainBatch):
+    """pi_old of every row before any update (forward only), [n_mini, n_micro, b, R]."""
+
+    def old_micro(mb):
+        return student_logp(cfg, graphdef, params, mb)[0]
+
+    old = jax.lax.map(lambda mini: jax.lax.map(old_micro, mini), batch)
+    return jax.lax.stop_gradient(old)
+
+
+def _sdpo_scale(cfg: StepSettings, graphdef, teacher, mini: TrainBatch):
+    """|S| / Z of the whole mini-batch from a teacher-entropy pre-pass (several micro-batches
+    with entropy weights), else None: the micro-batch forms its own scale in one pass."""
+    if _num_micro(mini) == 1 or not cfg.method.entropy_weights:
+        return None
+    if cfg.algo.entropy_over != "vocab":
+        raise ValueError(
+            "entropy_over='buckets' with several micro-batches is not supported: the "
+            "teacher-entropy pre-pass computes full-vocabulary entropies; set "
+            "train.micro_batch_rows to the mini-batch rows or entropy_over='vocab'"
+        )
+    zs, ss = jax.lax.map(lambda mb: teacher_entropy_sum(cfg, graphdef, teacher, mb), mini)
+    return jnp.sum(ss) / jnp.maximum(jnp.sum(zs), 1e-30)
+
+
+def _mini_batch_grads(cfg: StepSettings, graphdef, params, teacher, mini, old_mini):
+    """Gradient of the mini-batch objective, summed over its micro-batches, and the aux."""
+    denom = jnp.maximum(denominator(cfg, mini), 1.0)
+    sdpo_scale = _sdpo_scale(cfg, graphdef, teacher, mini)
+
+    def micro(acc, xs_micro):
+        g_acc, aux_acc = acc
+        mb, old_mb = xs_micro
+
+        def loss_fn(p):
+            num, aux = micro_objective(cfg, graphdef, p, teacher, mb, old_mb, sdpo_scale)
+            return num / denom, aux
+
+        (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        aux = dict(aux, loss=loss)
+        g_acc = jax.tree.map(jnp.add, g_acc, g)
+        aux_acc = aux if aux_acc is None else _merge_aux(aux_acc, aux)
+        return (g_acc, aux_acc), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    first = jax.tree.map(lambda x: x[0], (mini, old_mini))
+    # Trace one micro-batch to obtain the aux structure, then scan the rest.
+    (g_acc, aux_acc), _ = micro((zeros, None), first)
+    if _num_micro(mini) > 1:
+        rest = jax.tree.map(lambda x: x[1:], (mini, old_mini))
+        (g_acc, aux_acc), _ = jax.lax.scan(micro, (g_acc, aux_acc), rest)
+    return g_acc, aux_acc, denom
+
+
+def _apply_if_finite(cfg: StepSettings, opt, lr, grads, params, opt_state):
+    """Clip to the global norm (SPEC 10) and take the AdamW update, or skip it entirely
+    (params and optimizer state untouched) when the norm is not finite.
+
+    Hand-written rather than optax.clip_by_global_norm + optax.apply_if_finite: the clip
+    factor min(1, c / (|g| + 1e-6)) is the one the published runs (README figures) used,
+    and apply_if_finite counts non-finite updates and, past its limit, applies them anyway,
+    while SPEC 10 wants every non-finite update skipped and the run aborted after
+    optim.max_consecutive_skips whole steps in a row (TrainState.consecutive_skips).
+    """
+    gnorm = optax.tree.norm(grads)
+    finite = jnp.isfinite(gnorm)
+    factor = jnp.where(finite, jnp.minimum(1.0, cfg.optim.grad_clip / (gnorm + 1e-6)), 0.0)
+    g_clipped = jax.tree.map(lambda g: jnp.where(finite, g * factor, 0.0), grads)
+    opt_state.hyperparams["learning_rate"] = lr
+    updates, new_opt = opt.update(g_clipped, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    return _select(finite, new_params, params), _select(finite, new_opt, opt_state), gnorm, finite
+
+
+def train_step_fn(cfg: StepSettings, graphdef, state: TrainState, batch: TrainBatch):
+    """Pure training step. batch fields are [n_mini, n_micro, ...] (batching.TrainBatch)."""
+    n_mini, n_micro = batch.num_minibatches, batch.num_microbatches
     opt = make_optimizer(cfg)
     lr = lr_at(cfg, state.step)
-
-    if n_mini > 1:
-        # pi_old for every row before any update (forward only).
-        def old_micro(mb):
-            return student_logp(cfg, graphdef, state.params, mb)[0]
-
-        old_logp = jax.lax.map(
-            lambda mini: jax.lax.map(old_micro, mini), batch
-        )  # [n_mini, n_micro, b, R]
-        old_logp = jax.lax.stop_gradient(old_logp)
-    else:
-        old_logp = None
+    # With several updates per step pi_old comes from before the first; with one it is the
+    # stop-gradient of the current log-prob inside the same forward (None).
+    old_logp = _old_logprobs(cfg, graphdef, state.params, batch) if n_mini > 1 else None
 
     def one_update(carry, xs):
         params, opt_state, applied, skipped = carry
         mini, old_mini = xs
-        denom = jnp.maximum(denominator(cfg, mini), 1.0)
-        sdpo_scale = None
-        if n_micro > 1 and cfg.method == "srpo":
-            if cfg.entropy_over != "vocab":
-                raise ValueError(
-                    "entropy_over='buckets' with several micro-batches is not supported: the "
-                    "teacher-entropy pre-pass computes full-vocabulary entropies; set "
-                    "train.micro_batch_rows to the mini-batch rows or entropy_over='vocab'"
-                )
-            zs, ss = jax.lax.map(
-                lambda mb: teacher_entropy_sum(cfg, graphdef, state.teacher, mb), mini
-            )
-            sdpo_scale = jnp.sum(ss) / jnp.maximum(jnp.sum(zs), 1e-30)
-
-        def micro(acc, xs_micro):
-            g_acc, aux_acc = acc
-            mb, old_mb = xs_micro
-
-            def loss_fn(p):
-                num, aux = micro_objective(cfg, graphdef, p, state.teacher, mb, old_mb, sdpo_scale)
-                return num / denom, aux
-
-            (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            aux = dict(aux, loss=loss)
-            g_acc = jax.tree.map(jnp.add, g_acc, g)
-            aux_acc = aux if aux_acc is None else _merge_aux(aux_acc, aux)
-            return (g_acc, aux_acc), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        first = jax.tree.map(lambda x: x[0], (mini, old_mini))
-        # Trace one micro-batch to obtain the aux structure, then scan the rest.
-        (g_acc, aux_acc), _ = micro((zeros, None), first)
-        if n_micro > 1:
-            rest = jax.tree.map(lambda x: x[1:], (mini, old_mini))
-            (g_acc, aux_acc), _ = jax.lax.scan(micro, (g_acc, aux_acc), rest)
-
-        gnorm = optax.tree.norm(g_acc)
-        finite = jnp.isfinite(gnorm)
-        # Clip to the global norm (SPEC 10); a non-finite norm skips the update entirely.
-        factor = jnp.where(finite, jnp.minimum(1.0, cfg.grad_clip / (gnorm + 1e-6)), 0.0)
-        g_clipped = jax.tree.map(lambda g: jnp.where(finite, g * factor, 0.0), g_acc)
-        opt_state.hyperparams["learning_rate"] = lr
-        updates, new_opt = opt.update(g_clipped, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        params = _select(finite, new_params, params)
-        opt_state = _select(finite, new_opt, opt_state)
-        aux_acc = dict(aux_acc, grad_norm=gnorm, denominator=denom)
-        return (params, opt_state, applied | finite, skipped + (~finite).astype(jnp.int32)), aux_acc
-
-    if old_logp is None:
-        old_logp = jnp.zeros(batch["response_ids"].shape, jnp.float32)
-        use_old = False
-    else:
-        use_old = True
-
-    def scan_body(carry, xs):
-        mini, old_mini = xs
-        return one_update(carry, (mini, old_mini if use_old else None))
+        grads, aux, denom = _mini_batch_grads(cfg, graphdef, params, state.teacher, mini, old_mini)
+        params, opt_state, gnorm, finite = _apply_if_finite(cfg, opt, lr, grads, params, opt_state)
+        carry = (params, opt_state, applied | finite, skipped + (~finite).astype(jnp.int32))
+        return carry, dict(aux, grad_norm=gnorm, denominator=denom)
 
     init = (state.params, state.opt_state, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    if use_old:
+    if old_logp is not None:
         (params, opt_state, applied, skipped), aux = jax.lax.scan(
-            scan_body, init, (batch, old_logp)
+            one_update, init, (batch, old_logp)
         )
     else:
         mini0 = jax.tree.map(lambda x: x[0], batch)
-        carry, aux = one_update(init, (mini0, None))
-        params, opt_state, applied, skipped = carry
+        (params, opt_state, applied, skipped), aux = one_update(init, (mini0, None))
         aux = jax.tree.map(lambda x: x[None], aux)
 
-    rate = cfg.ema_rate
-    new_teacher = jax.tree.map(
-        lambda t, s: (1.0 - rate) * t + rate * s.astype(jnp.float32), state.teacher, params
-    )
-    teacher = _select(applied, new_teacher, state.teacher)
+    # EMA teacher (SPEC 9), only if some update of the step was applied.
+    teacher = ema_update(state.teacher, params, rate=cfg.algo.ema_rate, finite=applied)
     new_state = TrainState(
         params=params,
         teacher=teacher,
@@ -312,7 +380,7 @@ def _step_metrics(aux, lr, skipped, n_mini, n_micro):
 # ----------------------------------------------------------------------------- jit wrapper
 
 
-def batch_shardings(mesh: Mesh, batch: dict) -> dict:
+def batch_shardings(mesh: Mesh, batch: TrainBatch) -> TrainBatch:
     """Rows split over the batch axes where they divide evenly; everything else replicated."""
     spec = named_sharding(mesh, ("batch",)).spec
     axes = spec[0] if len(spec) else None
@@ -320,20 +388,20 @@ def batch_shardings(mesh: Mesh, batch: dict) -> dict:
     if axes:
         for a in (axes,) if isinstance(axes, str) else axes:
             n_shards *= mesh.shape[a]
-    out = {}
-    for k, v in batch.items():
-        rows = v.shape[2] if v.ndim > 2 else 0
+
+    def sharding(v):
+        rows = v.shape[2] if len(v.shape) > 2 else 0
         if rows and rows % n_shards == 0:
-            out[k] = NamedSharding(mesh, PartitionSpec(None, None, axes))
-        else:
-            out[k] = NamedSharding(mesh, PartitionSpec())
-    return out
+            return NamedSharding(mesh, PartitionSpec(None, None, axes))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(sharding, batch)
 
 
 class Learner:
     """Holds the graphdef and compiles `train_step` once per batch shape signature."""
 
-    def __init__(self, cfg: LearnerConfig, graphdef, mesh: Mesh | None = None):
+    def __init__(self, cfg: StepSettings, graphdef, mesh: Mesh | None = None):
         self.cfg = cfg
         self.graphdef = graphdef
         self.mesh = mesh
@@ -342,8 +410,8 @@ class Learner:
     def state_shardings(self, state: TrainState):
         return jax.tree.map(lambda x: x.sharding, state)
 
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+    def train_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
+        key = tuple((v.shape, str(v.dtype)) for v in jax.tree.leaves(batch))
         fn = self._compiled.get(key)
         if fn is None:
             step = functools.partial(train_step_fn, self.cfg, self.graphdef)
@@ -366,19 +434,19 @@ class Learner:
         with jax.set_mesh(self.mesh):
             return fn(state, batch)
 
-    def place_batch(self, batch: dict) -> dict:
+    def place_batch(self, batch: TrainBatch) -> TrainBatch:
         """Global device arrays from a host batch that every process holds in full.
 
         jit refuses numpy inputs with non-trivial shardings across processes; each process
         supplies the slices its own devices hold.
         """
-        shardings = batch_shardings(self.mesh, batch)
-        return {
-            k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
-            if isinstance(v, np.ndarray)
-            else v  # already a global jax.Array
-            for k, v in batch.items()
-        }
+
+        def place(v, sharding):
+            if not isinstance(v, np.ndarray):
+                return v  # already a global jax.Array
+            return jax.make_array_from_callback(v.shape, sharding, lambda idx: v[idx])
+
+        return jax.tree.map(place, batch, batch_shardings(self.mesh, batch))
 
     @property
     def num_compiled(self) -> int:

@@ -9,6 +9,7 @@ Non-finite values are written as JSON NaN/Infinity (Python's json reads them bac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 FILENAME = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """The run config's `log` section: which writers the trainer opens."""
+
+    tensorboard: bool = True
+    progress: bool = True
+
 
 # Panels of curves.png: (metric key, title). Each is drawn against steps and against
 # training wall-clock (evaluation time excluded), the paper's budget axis.

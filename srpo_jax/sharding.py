@@ -129,22 +129,3 @@ def param_shardings(mesh: Mesh, abstract_state):
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def create_sharded_model(config, mesh: Mesh, *, seed: int = 0):
-    """A Qwen3 whose parameters are born sharded: eval_shape -> shardings from the rules
-    table -> jit(init, out_shardings). No device ever holds an unsharded parameter."""
-    from flax import nnx
-
-    from srpo_jax.model.qwen3 import Qwen3
-
-    abstract = nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(seed)))
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = param_shardings(mesh, abstract_state)
-
-    @jax.jit
-    def init():
-        return nnx.split(Qwen3(config, rngs=nnx.Rngs(seed)))[1]
-
-    state = jax.jit(init, out_shardings=shardings)()
-    return nnx.merge(graphdef, state)

@@ -1,4 +1,5 @@
-"""Accelerator topologies the memory planner (srpo_jax.plan) can target.
+"""Accelerator topologies the memory planner (srpo_jax.tools.plan) and the compile-only
+targets (srpo_jax.aot) share.
 
 Each entry is what one run of the learner sees: the number of JAX devices, how many host
 processes own them, and the memory one device offers. Memory figures are the capacity
@@ -129,7 +130,7 @@ def get(name: str) -> Topology:
 
 
 def table() -> str:
-    """The topology table as fixed-width text (printed by `python -m srpo_jax.plan --list`)."""
+    """The topology table as fixed-width text (`python -m srpo_jax.tools.plan --list`)."""
     lines = [f"{'name':<12} {'devices':>7} {'hosts':>5} {'GiB/device':>10}  description"]
     for t in TOPOLOGIES.values():
         lines.append(

@@ -94,8 +94,8 @@ def test_learner_train_step_compiles_on_the_target_mesh(name):
     import importlib.util
 
     from srpo_jax import config as config_lib
-    from srpo_jax import plan
     from srpo_jax.sharding import MeshConfig
+    from srpo_jax.tools import plan
     from tests.conftest import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("base", REPO_ROOT / "configs" / "base.py")

@@ -27,7 +27,8 @@ from srpo_jax.config import from_config_dict, load_config_module
 from srpo_jax.data import datasets, rewards
 from srpo_jax.data import tokenizer as tok_lib
 from srpo_jax.model import hf_io, save_hf
-from srpo_jax.sharding import MeshConfig, create_sharded_model, make_mesh
+from srpo_jax.model.qwen3 import create_sharded_model
+from srpo_jax.sharding import MeshConfig, make_mesh
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = "--config=configs/demo.py"
@@ -176,18 +177,17 @@ def test_empty_completion_packs_to_an_all_zero_mask():
         response_ids=responses,
         rollout_logprobs=[[-0.5] * len(r) for r in responses],
         advantages=np.array([1.0, -1.0, 0.5, -0.5]),
-        grpo_rows=np.ones(b, bool),
         sdpo_rows=np.zeros(b, bool),
         teacher_rows=np.zeros(b, bool),
         teacher_prompt_ids={},
     )
     batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=b, pad_id=0)
-    mask = batch["response_mask"][0, 0]
+    mask = batch.response_mask_BR[0, 0]
     assert mask.shape[-1] >= 1 and not mask[1].any()
     np.testing.assert_array_equal(mask.sum(-1), [3, 0, 1, 2])
-    p_len = batch["input_ids"].shape[-1] - mask.shape[-1]
-    assert not batch["attention_mask"][0, 0, 1, p_len:].any()  # no response token attends
-    assert all(np.isfinite(v).all() for v in batch.values() if v.dtype.kind == "f")
+    p_len = batch.input_ids_BS.shape[-1] - mask.shape[-1]
+    assert not batch.attention_mask_BS[0, 0, 1, p_len:].any()  # no response token attends
+    assert all(np.isfinite(v).all() for v in jax.tree.leaves(batch) if v.dtype.kind == "f")
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def heavy_runs(tmp_path_factory, tiny_tok_dir, hf_dir):
     _, params = nnx.split(
         create_sharded_model(narrow.model.architecture(), mesh, seed=0), nnx.Param
     )
-    state = learner.init_state(params, trainer.learner_config(narrow), mesh)
+    state = learner.init_state(params, trainer.step_settings(narrow), mesh)
     manager = checkpoint.CheckpointManager(root / "wd_ckpt" / "checkpoints", async_save=False)
     manager.save(1, state, {"weight_version": 1})
     manager.close()
@@ -335,7 +335,7 @@ def test_learner_step_on_empty_completions_stays_finite():
         tiny(vocab_size=97, hidden_size=32, intermediate_size=64, head_dim=8), mesh, seed=0
     )
     graphdef, params = nnx.split(model, nnx.Param)
-    cfg = learner.LearnerConfig(method="srpo", topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
+    cfg = learner.StepSettings.of(method="srpo", topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
     state = learner.init_state(params, cfg, mesh)
     lrn = learner.Learner(cfg, graphdef, mesh)
     b = 4
@@ -345,7 +345,6 @@ def test_learner_step_on_empty_completions_stays_finite():
             response_ids=responses,
             rollout_logprobs=[[-0.5] * len(r) for r in responses],
             advantages=np.array([1.0, -1.0, 1.0, -1.0]),
-            grpo_rows=np.ones(b, bool),
             sdpo_rows=np.zeros(b, bool),
             teacher_rows=np.zeros(b, bool),
             teacher_prompt_ids={},

@@ -1,4 +1,4 @@
-"""srpo_jax.compare: a shortened comparison runs end to end, writes its reports, and is
+"""srpo_jax.tools.compare: a shortened comparison runs end to end, writes its reports, and is
 deterministic (same seeds -> the same table.md text); the report maths on hand-made logs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from srpo_jax import compare, compare_plot, compare_report
 from srpo_jax import config as config_lib
+from srpo_jax.tools import compare, compare_plot, compare_report
 
 CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 
@@ -142,7 +142,7 @@ def test_cli_and_per_run_config():
             "--seeds=3",
             "--budget_steps=30",
             "--out=x",
-            "--set=eval.max_examples=16",
+            "--config.eval.max_examples=16",
         ]
     )
     assert (plan.methods, plan.seeds, plan.eval_steps, out, report_only) == (

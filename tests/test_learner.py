@@ -9,9 +9,10 @@ import pytest
 from flax import nnx
 
 from srpo_jax import batching, forward, learner
-from srpo_jax.algo import advantages, routing
+from srpo_jax.algo import advantages, methods, routing
 from srpo_jax.model import Qwen3, tiny
-from srpo_jax.sharding import MeshConfig, create_sharded_model, make_mesh
+from srpo_jax.model.qwen3 import create_sharded_model
+from srpo_jax.sharding import MeshConfig, make_mesh
 
 G = 4
 PROMPTS = 4
@@ -37,13 +38,11 @@ def make_rows(seed: int, method: str, *, rewards=None) -> batching.StepRows:
         int(r): rng.integers(1, VOCAB, rng.integers(5, 14)).tolist()
         for r in np.flatnonzero(teacher_idx >= 0)
     }
-    grpo = np.zeros(b, bool) if method == "sdpo" else ~sdpo_mask
     return batching.StepRows(
         prompt_ids=[prompts[r // G] for r in range(b)],
         response_ids=responses,
         rollout_logprobs=rollout_lp,
         advantages=adv,
-        grpo_rows=grpo,
         sdpo_rows=sdpo_mask,
         teacher_rows=teacher_idx >= 0,
         teacher_prompt_ids=teacher_prompts,
@@ -53,7 +52,7 @@ def make_rows(seed: int, method: str, *, rewards=None) -> batching.StepRows:
 def lcfg(method="srpo", **kw):
     base = dict(method=method, topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
     base.update(kw)
-    return learner.LearnerConfig(**base)
+    return learner.StepSettings.of(**base)
 
 
 def fresh_state(cfg, mesh=None, seed=0, mcfg=None):
@@ -111,7 +110,7 @@ def test_micro_batches_equal_one_batch(method):
     rows = make_rows(1, method)
     full, mf, _ = run_step(cfg, rows)
     micro, mm, batch = run_step(cfg, rows, micro=4)
-    assert batch["input_ids"].shape[:3] == (1, 4, 4)
+    assert batch.input_ids_BS.shape[:3] == (1, 4, 4)
     np.testing.assert_allclose(mf["loss"], mm["loss"], rtol=1e-5)
     assert_trees_close(full.params, micro.params)
 
@@ -199,7 +198,7 @@ def test_nan_gradient_skips_the_update():
 
 
 @pytest.mark.parametrize(
-    "method,dtype", [(m, "float32") for m in learner.METHODS] + [("srpo", "bfloat16")]
+    "method,dtype", [(m, "float32") for m in methods.names()] + [("srpo", "bfloat16")]
 )
 def test_one_step_lowers_the_methods_own_objective(method, dtype):
     cfg = lcfg(method, lr=3e-3)
@@ -233,7 +232,7 @@ def test_grpo_four_minibatches_use_pi_old_from_before_the_first_update():
     cfg = lcfg("grpo")
     rows = make_rows(5, "grpo")
     new, metrics, batch = run_step(cfg, rows, n_mini=4)
-    assert batch["input_ids"].shape[:3] == (4, 1, 4)
+    assert batch.input_ids_BS.shape[:3] == (4, 1, 4)
     assert np.isfinite(metrics["loss"]) and metrics["skipped_updates"] == 0
     # the LR schedule advances once per training step, not per update
     assert int(new.step) == 1
@@ -250,3 +249,42 @@ def test_model_is_plain_qwen3():
     # the learner's graphdef is a plain Qwen3 module; no learner-specific state in it
     graphdef, _ = fresh_state(lcfg())
     assert isinstance(nnx.merge(graphdef, fresh_state(lcfg())[1].params), Qwen3)
+
+
+def _one_correct_per_group(b):
+    rewards = np.zeros(b)
+    rewards[::G] = 1.0  # the correct rollout has no correct sibling: no teacher for it
+    return rewards
+
+
+def test_a_method_added_in_a_test_trains_through_the_learner(monkeypatch):
+    # Two new table entries, nothing else touched. "srpo_again" has srpo's switches under a
+    # new name: the same step bit for bit (no module reads the name). "distil_failed" is a
+    # new combination (distillation of failures only, no GRPO term, no entropy weights):
+    # when every rollout with a teacher is a failure, its routing equals sdpo's "all", and
+    # the step must equal sdpo's.
+    srpo = methods.get("srpo")
+    monkeypatch.setitem(methods.METHODS, "srpo_again", dataclasses.replace(srpo, name="srpo_again"))
+    new = methods.Method("distil_failed", "failed", False, False, False, 1e-5, 32)
+    monkeypatch.setitem(methods.METHODS, new.name, new)
+
+    rows = make_rows(7, "srpo")
+    for micro in (None, 4):  # the micro-batch path reads entropy_weights for its pre-pass
+        a, ma, _ = run_step(lcfg("srpo"), rows, micro=micro)
+        b, mb, _ = run_step(lcfg("srpo_again"), make_rows(7, "srpo_again"), micro=micro)
+        assert_trees_close(a.params, b.params, rtol=0, atol=0)
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
+
+    b_rows = PROMPTS * G
+    rewards = _one_correct_per_group(b_rows)
+    mask, teacher = routing.route(rewards, G, "distil_failed")
+    # Independent of the table: failures (reward 0) of a group with a correct rollout.
+    np.testing.assert_array_equal(mask, rewards == 0)
+    np.testing.assert_array_equal(teacher >= 0, rewards == 0)
+    got, mg, _ = run_step(lcfg("distil_failed"), make_rows(8, "distil_failed", rewards=rewards))
+    want, mw, _ = run_step(lcfg("sdpo"), make_rows(8, "sdpo", rewards=rewards))
+    assert mg["sdpo/tokens"] > 0
+    np.testing.assert_allclose(mg["loss"], mw["loss"], rtol=1e-6)
+    assert_trees_close(got.params, want.params)

@@ -48,7 +48,6 @@ def _rows(seed: int):
         response_ids=responses,
         rollout_logprobs=[(-rng.random(len(r)) * 3).tolist() for r in responses],
         advantages=np.asarray(advantages.group_advantages(rewards, g)),
-        grpo_rows=~sdpo,
         sdpo_rows=sdpo,
         teacher_rows=teacher_idx >= 0,
         teacher_prompt_ids={
@@ -58,7 +57,7 @@ def _rows(seed: int):
     )
 
 
-def _global_batch(mesh, batch_np: dict) -> dict:
+def _global_batch(mesh, batch_np):
     """Host numpy batch (identical on every process) -> global arrays; each process only
     materialises the shards its own devices hold."""
     import jax
@@ -66,10 +65,11 @@ def _global_batch(mesh, batch_np: dict) -> dict:
     from srpo_jax import learner
 
     shardings = learner.batch_shardings(mesh, batch_np)
-    return {
-        k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
-        for k, v in batch_np.items()
-    }
+    return jax.tree.map(
+        lambda v, sh: jax.make_array_from_callback(v.shape, sh, lambda idx: v[idx]),
+        batch_np,
+        shardings,
+    )
 
 
 def _host_params(model_cfg, mesh):
@@ -130,7 +130,7 @@ def _worker(num_processes: int, process_id: int, port: int, out_dir: str, ckpt_d
     mesh = make_mesh(MeshConfig(fsdp=n_dev))
     model_cfg = tiny(vocab_size=97, hidden_size=32, intermediate_size=64, head_dim=8)
     _, (graphdef, params) = _host_params(model_cfg, mesh)
-    cfg = learner.LearnerConfig(method="srpo", topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
+    cfg = learner.StepSettings.of(method="srpo", topk=10, lr=1e-3, warmup_steps=0, chunk_size=16)
     state = learner.init_state(params, cfg, mesh)
     lrn = learner.Learner(cfg, graphdef, mesh)
     losses = []

@@ -11,10 +11,10 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from srpo_jax.model import Qwen3, tiny
+from srpo_jax.model.qwen3 import create_sharded_model
 from srpo_jax.sharding import (
     LOGICAL_AXIS_RULES,
     MeshConfig,
-    create_sharded_model,
     fit_spec,
     logical_to_spec,
     make_mesh,

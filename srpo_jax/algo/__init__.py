@@ -4,7 +4,7 @@ advantages and routing run host-side between rollouts and the learner; losses, o
 ema are pure jnp functions the jitted learner calls on per-token arrays.
 """
 
-from srpo_jax.algo import advantages, ema, losses, objective, routing
+from srpo_jax.algo import advantages, ema, losses, methods, objective, routing
 from srpo_jax.algo.advantages import correctness, group_advantages
 from srpo_jax.algo.ema import ema_update
 from srpo_jax.algo.losses import (
@@ -14,9 +14,9 @@ from srpo_jax.algo.losses import (
     sdpo_token_divergence,
     teacher_entropy,
 )
+from srpo_jax.algo.methods import METHODS, Method
 from srpo_jax.algo.objective import ObjectiveParts, combine, objective_parts, srpo_objective
 from srpo_jax.algo.routing import (
-    METHODS,
     build_teacher_messages,
     render_teacher_prompt,
     route,
@@ -26,6 +26,7 @@ from srpo_jax.algo.routing import (
 
 __all__ = [
     "METHODS",
+    "Method",
     "ObjectiveParts",
     "advantages",
     "build_teacher_messages",
@@ -38,6 +39,7 @@ __all__ = [
     "group_advantages",
     "grpo_token_loss",
     "losses",
+    "methods",
     "objective",
     "objective_parts",
     "render_teacher_prompt",

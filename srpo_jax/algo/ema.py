@@ -2,11 +2,13 @@
 
 phi is the fp32 teacher copy; it is never optimised. `finite` is a traced bool (the learner's
 "this step applied a finite update" flag), so the update stays inside the jitted step with no
-host sync; when it is False the teacher is returned unchanged.
+host sync; when it is False the teacher is returned unchanged. The blend itself is
+optax.incremental_update (rate * theta + (1 - rate) * phi); the learner calls this.
 """
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def ema_update(teacher, student, *, rate: float = 0.05, finite=True):
@@ -17,9 +19,10 @@ def ema_update(teacher, student, *, rate: float = 0.05, finite=True):
         raise ValueError("teacher and student pytrees have different structures")
     finite = jnp.asarray(finite, dtype=bool)
 
-    def blend(phi, theta):
-        phi = jnp.asarray(phi)
-        new = (1.0 - rate) * phi + rate * jnp.asarray(theta).astype(phi.dtype)
-        return jnp.where(finite, new.astype(phi.dtype), phi)
-
-    return jax.tree.map(blend, teacher, student)
+    student = jax.tree.map(
+        lambda p, s: jnp.asarray(s).astype(jnp.asarray(p).dtype), teacher, student
+    )
+    new = optax.incremental_update(student, teacher, step_size=rate)
+    return jax.tree.map(
+        lambda n, phi: jnp.where(finite, n.astype(jnp.asarray(phi).dtype), phi), new, teacher
+    )

@@ -31,10 +31,11 @@ that its z equals |S|; otherwise the fused numerator would silently be entropy-w
 Micro-batched sums equal the full batch up to float rounding (1 ulp observed in float64),
 not bit for bit: the two sum the same terms in a different order.
 
-Methods (SPEC 3, 8): grpo (GRPO on all), srpo (routing + entropy weights), srpo_no_dw
-(w = 1), sdpo (distillation on sdpo_mask, no GRPO term; others give zero loss but count in
-the denominator), advantage_mix (GRPO on all with per-token advantage A_i + lambda *
-sg(log pi_phi - log pi_theta), 0 for rollouts without a teacher).
+Methods (SPEC 3, 8) are records of switches (algo/methods.py), read here: `grpo` (the GRPO
+term on the non-routed rollouts; without it, e.g. sdpo, those rollouts give zero loss but
+count in the denominator), `sdpo` (the distillation term on sdpo_mask), `entropy_weights`
+(srpo; w = 1 otherwise) and `teacher_advantage` (advantage_mix: per-token advantage A_i +
+lambda * sg(log pi_phi - log pi_theta), 0 for rollouts without a teacher).
 """
 
 from typing import NamedTuple
@@ -43,16 +44,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from srpo_jax.algo import losses
+from srpo_jax.algo import methods as methods_lib
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
-# method -> (GRPO on non-routed rollouts, SDPO on routed rollouts, entropy weighting)
-_METHODS = {
-    "grpo": (True, False, False),
-    "srpo": (True, True, True),
-    "srpo_no_dw": (True, True, False),
-    "sdpo": (False, True, False),
-    "advantage_mix": (True, False, False),
-}
 
 
 class ObjectiveParts(NamedTuple):
@@ -143,7 +137,7 @@ def objective_parts(
     sdpo_divergence_BT=None,
     entropy_BT=None,
     *,
-    method: str = "srpo",
+    method: str | methods_lib.Method = "srpo",
     loss_agg: str = "token-mean",
     tau: float = 1.0,
     clip_low: float = 0.2,
@@ -158,9 +152,8 @@ def objective_parts(
     fused_sdpo=None,
 ) -> tuple[ObjectiveParts, dict[str, jnp.ndarray]]:
     """The additive parts and metrics of one (micro-)batch. Arguments as `srpo_objective`."""
-    if method not in _METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {tuple(_METHODS)}")
-    use_grpo, use_sdpo, use_dw = _METHODS[method]
+    m = methods_lib.get(method)
+    use_grpo, use_sdpo, use_dw = m.grpo, m.sdpo, m.entropy_weights
     dtype = losses.as_wide(logp_BT).dtype
     valid = (jnp.asarray(response_mask_BT) > 0).astype(dtype)
     factor, denominator = aggregation(response_mask_BT, loss_agg, dtype)
@@ -170,14 +163,14 @@ def objective_parts(
     metrics: dict[str, jnp.ndarray] = {}
 
     adv = losses.as_wide(adv_B)[:, None]
-    if method == "advantage_mix":
+    if m.teacher_advantage:
         if teacher_logp_BT is None or has_teacher_B is None:
-            raise ValueError("advantage_mix needs teacher_logp_BT and has_teacher_B")
-        has_t = (jnp.asarray(has_teacher_B) > 0)[:, None]
-        a_sdpo = lax.stop_gradient(losses.as_wide(teacher_logp_BT) - losses.as_wide(logp_BT))
-        a_sdpo = jnp.where(has_t & (valid > 0), a_sdpo, 0.0)
-        adv = adv + mix_lambda * a_sdpo
-        metrics["sdpo_advantage_mean"] = jnp.sum(a_sdpo) / jnp.maximum(jnp.sum(valid * has_t), 1.0)
+            raise ValueError(
+                f"{m.name} mixes teacher advantages: pass teacher_logp_BT and has_teacher_B"
+            )
+        adv, metrics["sdpo_advantage_mean"] = _mixed_advantage(
+            adv, logp_BT, teacher_logp_BT, has_teacher_B, valid, mix_lambda
+        )
     kw = dict(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip)
     l_grpo = losses.grpo_token_loss(
         logp_BT, old_logp_BT, rollout_logp_BT, adv, grpo_tokens, tis_cap=tis_cap, **kw
@@ -190,7 +183,7 @@ def objective_parts(
 
     if use_dw:
         if entropy_BT is None:
-            raise ValueError(f"method {method!r} weights by teacher entropy: pass entropy_BT")
+            raise ValueError(f"method {m.name!r} weights by teacher entropy: pass entropy_BT")
         u, z, count = losses.entropy_weight_terms(entropy_BT, routed, tau)
     else:
         u, z, count = routed, jnp.sum(routed), jnp.sum(routed)
@@ -200,20 +193,33 @@ def objective_parts(
         sdpo_sum, z = fused_sdpo
     else:
         if sdpo_divergence_BT is None:
-            raise ValueError(f"method {method!r} distils: pass sdpo_divergence_BT or fused_sdpo")
+            raise ValueError(f"method {m.name!r} distils: pass sdpo_divergence_BT or fused_sdpo")
+        sdpo_kw = dict(loss_agg=loss_agg, is_clip=is_clip, tis_cap=tis_cap)
         mult = sdpo_token_multiplier(
-            logp_BT,
-            old_logp_BT,
-            rollout_logp_BT,
-            response_mask_BT,
-            loss_agg=loss_agg,
-            is_clip=is_clip,
-            tis_cap=tis_cap,
+            logp_BT, old_logp_BT, rollout_logp_BT, response_mask_BT, **sdpo_kw
         )
         d = jnp.where(routed > 0, losses.as_wide(sdpo_divergence_BT), 0.0)
         sdpo_sum = jnp.sum(u * mult * d)
     parts = ObjectiveParts(grpo_sum, sdpo_sum, z, count, denominator)
 
+    metrics.update(_routing_metrics(valid, sdpo_B, routed, correct_B, has_teacher_B, entropy_BT))
+    if use_sdpo:
+        metrics.update(_masked_stats(sdpo_scale_from(parts) * u, routed, "sdpo_weight"))
+    return parts, metrics
+
+
+def _mixed_advantage(adv_B1, logp_BT, teacher_logp_BT, has_teacher_B, valid_BT, mix_lambda):
+    """SPEC 8: A_i + lambda * sg(log pi_phi - log pi_theta) per token (0 without a teacher);
+    returns (advantage [B, T], mean teacher advantage over the tokens that have one)."""
+    has_t = (jnp.asarray(has_teacher_B) > 0)[:, None]
+    a_sdpo = lax.stop_gradient(losses.as_wide(teacher_logp_BT) - losses.as_wide(logp_BT))
+    a_sdpo = jnp.where(has_t & (valid_BT > 0), a_sdpo, 0.0)
+    mean = jnp.sum(a_sdpo) / jnp.maximum(jnp.sum(valid_BT * has_t), 1.0)
+    return adv_B1 + mix_lambda * a_sdpo, mean
+
+
+def _routing_metrics(valid, sdpo_B, routed, correct_B, has_teacher_B, entropy_BT) -> dict:
+    metrics = {}
     has_tokens_B = jnp.sum(valid, axis=-1) > 0
     n_seq = jnp.maximum(jnp.sum(has_tokens_B), 1)
     metrics["routed_fraction"] = jnp.sum(sdpo_B & has_tokens_B) / n_seq
@@ -227,25 +233,16 @@ def objective_parts(
         stats = _masked_stats(h, routed, "teacher_entropy")
         metrics["teacher_entropy_mean"] = stats["teacher_entropy_mean"]
         metrics["teacher_entropy_std"] = stats["teacher_entropy_std"]
-    if use_sdpo:
-        metrics.update(_masked_stats(sdpo_scale_from(parts) * u, routed, "sdpo_weight"))
-    return parts, metrics
+    return metrics
 
 
 def srpo_objective(
-    logp_BT,
-    old_logp_BT,
-    rollout_logp_BT,
-    adv_B,
-    response_mask_BT,
-    sdpo_mask_B,
-    sdpo_divergence_BT=None,
-    entropy_BT=None,
-    *,
-    sdpo_scale=None,
-    **kwargs,
+    *args, sdpo_scale=None, **kwargs
 ) -> tuple[jnp.ndarray, jnp.ndarray, dict[str, jnp.ndarray]]:
     """(numerator, denominator, metrics) of SPEC 7 for per-token arrays [B, T].
+
+    Positional arguments as `objective_parts`: logp_BT, old_logp_BT, rollout_logp_BT, adv_B,
+    response_mask_BT, sdpo_mask_B, sdpo_divergence_BT=None, entropy_BT=None.
 
     logp_BT: log pi_theta(y_t) (differentiable); old_logp_BT: trainer log-probs before the
     update; rollout_logp_BT: rollout-engine log-probs (None: no TIS); adv_B: group advantages;
@@ -257,17 +254,7 @@ def srpo_objective(
     from the fused kernel. sdpo_scale: |S|/Z of the whole optimisation batch when this call
     sees only a micro-batch (`sdpo_scale`); None computes it from this call's tokens.
     """
-    parts, metrics = objective_parts(
-        logp_BT,
-        old_logp_BT,
-        rollout_logp_BT,
-        adv_B,
-        response_mask_BT,
-        sdpo_mask_B,
-        sdpo_divergence_BT,
-        entropy_BT,
-        **kwargs,
-    )
+    parts, metrics = objective_parts(*args, **kwargs)
     if sdpo_scale is None:
         numerator, denominator = combine(parts)
     else:

@@ -9,7 +9,9 @@ The demonstration is the FIRST candidate in a fixed order: plain index order by 
 the SDPO code does; rollouts in a group are i.i.d. samples, so index order is already a random
 order), or a per-group permutation drawn from `seed` when one is given.
 
-Routing (SRPO 3.1), per method:
+Routing (SRPO 3.1), from the method record's switches (algo/methods.py): `distil` picks the
+routed rollouts, and the teacher forward runs on those plus, with `teacher_advantage`, every
+rollout that has a teacher:
 
     method         sdpo_mask m_i        teacher_index (teacher forward needed)
     grpo           0                    -1 everywhere
@@ -37,7 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
+from srpo_jax.algo import methods as methods_lib
+from srpo_jax.algo.advantages import check_grouping
 
 _THINK_RE = re.compile(r"<think>.*?</think>\s*", flags=re.DOTALL)
 
@@ -63,13 +66,7 @@ def teacher_info(
 ) -> TeacherInfo:
     """c_i, f_i and the index of the first correct sibling other than i (SPEC 2)."""
     rewards_B = np.asarray(rewards, dtype=np.float64)
-    if rewards_B.ndim != 1:
-        raise ValueError(f"rewards must be 1-D [B], got shape {rewards_B.shape}")
-    if group_size < 1 or rewards_B.shape[0] % group_size != 0:
-        raise ValueError(
-            f"batch of {rewards_B.shape[0]} rollouts is not a whole number of groups of "
-            f"group_size={group_size}"
-        )
+    check_grouping(rewards_B, group_size)
     correct_B = rewards_B >= success_threshold
     num_groups = rewards_B.shape[0] // group_size
     order_NG = _group_order(group_size, num_groups, seed)
@@ -87,30 +84,30 @@ def teacher_info(
 def route(
     rewards,
     group_size: int,
-    method: str,
+    method: str | methods_lib.Method,
     success_threshold: float = 0.5,
     *,
     seed: int | None = None,
+    info: TeacherInfo | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sdpo_mask [B] bool, teacher_index [B] int32, -1 = no teacher forward) per method.
 
     See the module docstring for the table. `seed` only changes which correct sibling is the
-    demonstration, never which rollouts are routed.
+    demonstration, never which rollouts are routed. `info`: this step's `teacher_info` when
+    the caller already has it (computed once per step).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    info = teacher_info(rewards, group_size, success_threshold, seed=seed)
-    none_B = np.full_like(info.teacher_index, -1)
-    if method == "grpo":
-        sdpo_mask_B = np.zeros_like(info.correct)
-        return sdpo_mask_B, none_B
-    if method in ("srpo", "srpo_no_dw"):
+    m = methods_lib.get(method)
+    if info is None:
+        info = teacher_info(rewards, group_size, success_threshold, seed=seed)
+    if m.distil == "failed":
         sdpo_mask_B = ~info.correct & info.has_teacher
-        return sdpo_mask_B, np.where(sdpo_mask_B, info.teacher_index, -1).astype(np.int32)
-    if method == "sdpo":
-        return info.has_teacher.copy(), info.teacher_index.copy()
-    # advantage_mix: no routing, but every rollout with a teacher needs pi_phi(y_t).
-    return np.zeros_like(info.correct), info.teacher_index.copy()
+    elif m.distil == "all":
+        sdpo_mask_B = info.has_teacher.copy()
+    else:
+        sdpo_mask_B = np.zeros_like(info.correct)
+    # teacher_advantage needs pi_phi(y_t) for every rollout with a teacher, routed or not.
+    needs_teacher_B = sdpo_mask_B | info.has_teacher if m.teacher_advantage else sdpo_mask_B
+    return sdpo_mask_B, np.where(needs_teacher_B, info.teacher_index, -1).astype(np.int32)
 
 
 def drop_teachers(sdpo_mask, teacher_index, keep) -> tuple[np.ndarray, np.ndarray]:

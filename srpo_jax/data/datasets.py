@@ -24,6 +24,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from srpo_jax.config_checks import one_of, require
+
 KINDS = ("mcq", "tooluse")
 REQUIRED_FIELDS = ("idx", "kind", "dataset", "prompt", "system", "answer")
 BENCHMARK_DIRS = {
@@ -40,6 +42,37 @@ TOOLUSE_TRAIN_HELP = (
     "at commit 0e6d5106abe69f578c63bf38a9394e22905c8773 and check `git hash-object` gives "
     "b3f1449172a9a98389c03d38f83ab2795426d7f8 (see data/README.md)."
 )
+TASKS = ("synthetic", *BENCHMARK_DIRS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """The run config's `tokenizer` section (loaded by data/tokenizer.py)."""
+
+    path: str = ""  # "" = model.hf_path, or the demo's tiny tokenizer when that is empty too
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The run config's `data` section: which task, where its files are, length filters."""
+
+    task: str = "synthetic"
+    data_dir: str = "../shared/data"
+    max_prompt_len: int = 2048  # longer prompts are filtered out (SPEC 10)
+    max_response_len: int = 8192
+    shuffle_seed: int = 0
+    synthetic_train_size: int = 512
+    synthetic_test_size: int = 64
+
+    def __post_init__(self):
+        one_of("data.task", self.task, TASKS)
+        for k in (
+            "max_prompt_len",
+            "max_response_len",
+            "synthetic_train_size",
+            "synthetic_test_size",
+        ):
+            require(getattr(self, k) >= 1, f"data.{k}", ">= 1", getattr(self, k))
 
 
 class DataError(ValueError):

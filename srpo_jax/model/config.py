@@ -1,16 +1,25 @@
-"""Qwen3 dense architecture hyper-parameters, the published presets, and HF config.json I/O.
+"""Qwen3 dense architecture hyper-parameters, the published presets, HF config.json I/O, and
+the run config's `model` section (ModelConfig).
 
 The preset numbers are the published Qwen3 config.json values (SPEC section 12). The HF
 dictionary conversion is what lets `hf_io` read any Qwen3 checkpoint directory and write one
-that transformers' `AutoModelForCausalLM.from_pretrained` accepts.
+that transformers' `AutoModelForCausalLM.from_pretrained` accepts. `read_hf_config` is the
+only place in srpo_jax that reads a config.json; `ModelConfig.architecture` resolves the
+run's Qwen3Config from it (or from a preset) and everything downstream (learner, rollout
+engine, memory plan) builds that one object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import pathlib
 from typing import Any
 
 import jax.numpy as jnp
+
+from srpo_jax.config_checks import ConfigError, one_of, require
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -234,3 +243,99 @@ PRESETS = {
 # Presets are also reachable as Qwen3Config.qwen3_8b(...) etc., for callers holding only the class.
 for _name, _fn in PRESETS.items():
     setattr(Qwen3Config, _name, staticmethod(_fn))
+
+
+def read_hf_config(hf_dir, **overrides: Any) -> Qwen3Config:
+    """The Qwen3Config of an HF checkpoint directory's config.json, `overrides` applied.
+    FileNotFoundError (its argument the missing path) when there is no config.json."""
+    path = pathlib.Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    return Qwen3Config.from_hf_dict(json.loads(path.read_text()), **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and weights. preset names a Qwen3Config preset; hf_path a local HF dir."""
+
+    preset: str = "tiny"  # "" = take the architecture from hf_path/config.json
+    hf_path: str = ""  # local HF checkpoint dir (config.json + safetensors); "" = random init
+    overrides: dict = dataclasses.field(default_factory=dict)  # Qwen3Config field -> value
+    dtype: str = "bfloat16"  # compute dtype; params and EMA teacher stay fp32
+    remat: bool = False
+    attention_query_chunk: int = 1024  # queries per attention block; 0 = all at once
+    # auto | xla | cudnn | splash (srpo_jax.model.attention): auto = cudnn on GPU, splash on TPU
+    attention_impl: str = "auto"
+    # A full-size preset without weights trains a random network: refuse unless asked for
+    # (throughput tests), so a forgotten hf_path cannot waste a 10-hour run.
+    random_init: bool = False
+
+    def __post_init__(self):
+        one_of("model.preset", self.preset, (*PRESETS, ""))
+        require(
+            bool(self.preset or self.hf_path),
+            "model.hf_path",
+            "set when model.preset is empty",
+            self.hf_path,
+        )
+        one_of("model.dtype", self.dtype, ("bfloat16", "float32"))
+        one_of("model.attention_impl", self.attention_impl, ("auto", "xla", "cudnn", "splash"))
+        require(
+            self.attention_query_chunk >= 0,
+            "model.attention_query_chunk",
+            ">= 0 (0: no query blocks)",
+            self.attention_query_chunk,
+        )
+        needs_weights = (
+            self.preset not in ("tiny", "") and not self.hf_path and not self.random_init
+        )
+        if needs_weights:
+            raise ConfigError(
+                f"config.model.hf_path is empty for preset {self.preset!r}: pass the pretrained "
+                "weights with --config.model.hf_path=/path/to/hf_dir (or set "
+                "config.model.random_init=True to train a randomly initialised network)"
+            )
+        # dtype, remat, attention_query_chunk and attention_impl have their own keys;
+        # everything else in Qwen3Config may be overridden.
+        own_keys = ("dtype", "remat", "attention_query_chunk", "attention_impl")
+        allowed = [f.name for f in dataclasses.fields(Qwen3Config) if f.name not in own_keys]
+        for name in self.overrides:
+            if name not in allowed:
+                close = difflib.get_close_matches(str(name), allowed, n=2)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(
+                    f"unknown config key config.model.overrides.{name}{hint}; "
+                    f"valid: {', '.join(allowed)}"
+                )
+
+    def architecture(self):
+        """The Qwen3Config to build: hf_path/config.json when weights are given (checked
+        against the preset, if one is named), else the preset; overrides applied to either."""
+        extra = {
+            **self.overrides,
+            "dtype": self.dtype,
+            "remat": self.remat,
+            "attention_query_chunk": self.attention_query_chunk,
+            "attention_impl": self.attention_impl,
+        }
+        preset = PRESETS[self.preset](**extra) if self.preset else None
+        if not self.hf_path:
+            return preset
+        try:
+            loaded = read_hf_config(self.hf_path, **extra)
+        except FileNotFoundError as e:
+            raise ConfigError(
+                f"config.model.hf_path has no config.json: {str(e)!r} not found"
+            ) from None
+        if preset is not None and preset != loaded:
+            diffs = [
+                f"{f.name} {getattr(loaded, f.name)!r} vs {getattr(preset, f.name)!r}"
+                for f in dataclasses.fields(Qwen3Config)
+                if getattr(loaded, f.name) != getattr(preset, f.name)
+            ]
+            raise ConfigError(
+                f"config.model.hf_path {self.hf_path!r} does not hold config.model.preset "
+                f"{self.preset!r} (config.json vs preset: {', '.join(diffs)}); fix one of them or "
+                "set --config.model.preset='' to take the architecture from config.json"
+            )
+        return loaded

@@ -25,7 +25,7 @@ from jax.sharding import SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from srpo_jax.model.config import Qwen3Config
+from srpo_jax.model.config import Qwen3Config, read_hf_config
 from srpo_jax.model.qwen3 import Qwen3
 from srpo_jax.sharding import param_shardings
 
@@ -192,17 +192,29 @@ def _variable(model: Qwen3, dotted: str) -> nnx.Variable:
     return obj
 
 
-def load_hf(path, *, config_overrides: dict[str, Any] | None = None, mesh=None) -> Qwen3:
+def load_hf(
+    path,
+    *,
+    config: Qwen3Config | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    mesh=None,
+) -> Qwen3:
     """A Qwen3 with weights from an HF directory (config.json + model.safetensors or sharded
     model-*.safetensors with model.safetensors.index.json). With `mesh`, each parameter is
-    placed straight onto its shards per the rules table; without, onto the first device."""
+    placed straight onto its shards per the rules table; without, onto the first device.
+
+    `config` is the architecture the caller already resolved (the trainer passes the run's
+    model config, so remat, dtype and the attention settings reach the model); without it,
+    config.json plus `config_overrides` decides. The safetensors shapes are checked against
+    whichever config is used."""
     path = pathlib.Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise HFCheckpointError(f"{config_file} does not exist")
-    config = Qwen3Config.from_hf_dict(
-        json.loads(config_file.read_text()), **(config_overrides or {})
-    )
+    if config is not None and config_overrides:
+        raise ValueError("load_hf takes either config or config_overrides, not both")
+    if config is None:
+        try:
+            config = read_hf_config(path, **(config_overrides or {}))
+        except FileNotFoundError as e:
+            raise HFCheckpointError(f"{e} does not exist") from None
     model = nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0)))
     if mesh is not None:
         shardings = param_shardings(mesh, nnx.state(model, nnx.Param))

@@ -9,7 +9,8 @@ cuDNN or splash flash attention).
 
 Parameters are fp32 and carry logical axis names (`logical_axes` metadata) that
 srpo_jax.sharding maps to mesh axes. Matmuls run in the compute dtype with fp32
-accumulation; softmax and the logits are fp32.
+accumulation; softmax and the logits are fp32. `create_sharded_model` builds one with its
+parameters born sharded (the model imports sharding, never the other way round).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flax import nnx
 from srpo_jax.model import attention as attn
 from srpo_jax.model import kv_cache as kvc
 from srpo_jax.model.config import Qwen3Config
-from srpo_jax.sharding import fit_spec, logical_to_spec
+from srpo_jax.sharding import fit_spec, logical_to_spec, param_shardings
 
 # name -> (per-layer shape from config, logical axes without the leading "layers", init)
 _LAYER_PARAMS = {
@@ -278,3 +279,18 @@ class Qwen3(nnx.Module):
         """Feeds one token per row -> (fp32 logits [B, V] for the next token, cache)."""
         tokens_B1 = tokens_B[:, None]
         return self._extend(tokens_B1, jnp.ones(tokens_B1.shape, jnp.int32), cache)
+
+
+def create_sharded_model(config, mesh: jax.sharding.Mesh, *, seed: int = 0):
+    """A Qwen3 whose parameters are born sharded: eval_shape -> shardings from the rules
+    table -> jit(init, out_shardings). No device ever holds an unsharded parameter."""
+    abstract = nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = param_shardings(mesh, abstract_state)
+
+    @jax.jit
+    def init():
+        return nnx.split(Qwen3(config, rngs=nnx.Rngs(seed)))[1]
+
+    state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)

@@ -46,6 +46,7 @@ import requests
 from absl import logging
 
 from srpo_jax.rollout import sglang_server
+from srpo_jax.rollout.config import SGLangConfig
 from srpo_jax.rollout.engine import (
     FINISH_ABORT,
     FINISH_LENGTH,
@@ -55,78 +56,7 @@ from srpo_jax.rollout.engine import (
     SamplingParams,
 )
 
-SYNC_STRATEGIES = ("update_from_disk", "restart")
-PAUSE_MODES = ("abort", "retract", "in_place")
 _FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "abort": FINISH_ABORT}
-
-
-@dataclasses.dataclass(frozen=True)
-class SGLangConfig:
-    """Where the servers are (or how to launch them) and how to talk to them.
-
-    Either `urls` names running servers, or `launch_command` (a template with `{model_path}`,
-    `{host}`, `{port}`, `{index}`) starts `num_servers` local ones on `host`, ports
-    base_port + i (base_port 0: free ports picked by the OS). `export_dir` must be readable by
-    every server (a shared filesystem for remote ones); empty means a fresh temp dir.
-    """
-
-    urls: tuple[str, ...] = ()
-    launch_command: str = ""
-    num_servers: int = 0
-    host: str = "127.0.0.1"
-    base_port: int = 30000
-    launch_env: tuple[tuple[str, str], ...] = ()  # extra environment for launched servers
-    log_dir: str = ""  # server logs; empty: inside export_dir
-    timeout_s: float = 600.0  # per HTTP request
-    startup_timeout_s: float = 600.0  # per launch, until /health answers
-    max_retries: int = 3
-    backoff_s: float = 1.0  # first retry waits this, then doubles
-    max_concurrency: int = 8
-    rows_per_request: int = 64
-    sync: str = "update_from_disk"
-    pause_mode: str = "abort"
-    load_format: str | None = None
-    export_dir: str = ""
-    keep_exports: int = 2
-    max_restarts: int = 5  # relaunches of dead launched servers over the engine's life
-
-    def __post_init__(self):
-        def bad(field, why):
-            raise ValueError(f"SGLangConfig.{field}={getattr(self, field)!r}: {why}")
-
-        if isinstance(self.urls, str):
-            bad("urls", "must be a tuple of URLs, not one string")
-        for u in self.urls:
-            if not (isinstance(u, str) and u.startswith(("http://", "https://"))):
-                bad("urls", f"entry {u!r} is not an http(s):// URL")
-        if self.urls and self.launch_command:
-            bad("launch_command", "give either urls (running servers) or a launch command")
-        if not self.urls and not self.launch_command:
-            bad("urls", "empty and no launch_command: there is no server to talk to")
-        if self.num_servers < 0 or (self.launch_command and self.num_servers < 1):
-            bad("num_servers", "must be >= 1 with a launch_command (and never negative)")
-        if not 0 <= self.base_port <= 65535:
-            bad("base_port", "must be 0 (free ports) or a TCP port")
-        if self.base_port and self.base_port + self.num_servers - 1 > 65535:
-            bad("base_port", f"base_port + num_servers - 1 exceeds 65535 ({self.num_servers})")
-        for f in ("timeout_s", "startup_timeout_s"):
-            if not getattr(self, f) > 0:
-                bad(f, "must be > 0")
-        if self.max_retries < 0:
-            bad("max_retries", "must be >= 0")
-        if self.backoff_s < 0:
-            bad("backoff_s", "must be >= 0")
-        if self.max_restarts < 0:
-            bad("max_restarts", "must be >= 0")
-        for f in ("max_concurrency", "rows_per_request", "keep_exports"):
-            if getattr(self, f) < 1:
-                bad(f, "must be >= 1")
-        if self.sync not in SYNC_STRATEGIES:
-            bad("sync", f"must be one of {SYNC_STRATEGIES}")
-        if self.sync == "restart" and not self.launch_command:
-            bad("sync", "'restart' needs launch_command (only launched servers can be relaunched)")
-        if self.pause_mode not in PAUSE_MODES:
-            bad("pause_mode", f"must be one of {PAUSE_MODES}")
 
 
 def sample_seed(seed: int, step: int, prompt: int, sample: int) -> int:
@@ -169,6 +99,7 @@ class SGLangEngine:
         exporter: Callable[[Any, pathlib.Path], None] | None = None,
         initial_version: int = 0,
     ):
+        config.check_servers()
         self.config = config
         self._exporter = exporter or default_exporter(model_config)
         self._version = initial_version
@@ -516,26 +447,20 @@ class SGLangEngine:
         self.close()
 
 
-def engine_from_config(run_cfg, model_config, params, *, workdir=None) -> SGLangEngine:
-    """An SGLangEngine from the run config's `rollout.sglang` section (srpo_jax.config).
+def engine_from_config(
+    run_cfg: SGLangConfig, model_config, params, *, workdir=None
+) -> SGLangEngine:
+    """An SGLangEngine from the run config's `rollout.sglang` section (export_dir "" = the
+    run's workdir/export).
 
     With running servers (`urls`) the first `update_weights` pushes the learner's weights.
     With a `launch_command` the initial params are exported first (bf16 HF checkpoint) so
     the servers start on the learner's weights.
     """
     export_dir = run_cfg.export_dir or (str(pathlib.Path(workdir) / "export") if workdir else "")
-    cfg = SGLangConfig(
-        urls=tuple(run_cfg.urls),
-        launch_command=run_cfg.launch_command,
-        num_servers=run_cfg.num_servers if run_cfg.launch_command else 0,
-        sync=run_cfg.sync,
-        export_dir=export_dir,
-        timeout_s=run_cfg.timeout_s,
-        max_retries=run_cfg.max_retries,
-        max_restarts=run_cfg.max_restarts,
-        rows_per_request=run_cfg.rows_per_request,
-        max_concurrency=run_cfg.max_concurrency,
-    )
+    # Without a launch command there is nothing to launch: the engine talks to `urls` only.
+    num_servers = run_cfg.num_servers if run_cfg.launch_command else 0
+    cfg = dataclasses.replace(run_cfg, export_dir=export_dir, num_servers=num_servers)
     model_path = None
     if cfg.launch_command:
         base = pathlib.Path(export_dir or tempfile.mkdtemp(prefix="srpo_sglang_init_"))

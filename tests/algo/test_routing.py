@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srpo_jax.algo import routing
+from srpo_jax.algo import methods, routing
 
 
 def _route_all(rewards, g, **kw):
-    return {m: routing.route(rewards, g, m, **kw) for m in routing.METHODS}
+    return {m: routing.route(rewards, g, m, **kw) for m in methods.names()}
 
 
 def test_decision_table_rows():
@@ -57,7 +57,7 @@ def test_all_success_group():
 
 def test_all_fail_and_grpo_and_advantage_mix():
     out = _route_all([0, 0, 0, 1, 0, 0], 3)
-    for m in routing.METHODS:
+    for m in methods.names():
         assert not out[m][0][:3].any() and (out[m][1][:3] == -1).all(), m
     assert not out["grpo"][0].any() and (out["grpo"][1] == -1).all()
     mix_mask, mix_teacher = out["advantage_mix"]

@@ -78,6 +78,37 @@ def _varying_like(x, ref):
     return jax.lax.pcast(x, vma, to="varying") if vma else x
 
 
+def _write_dw_tile(dw_DV, dw_DT, col0, fresh_T, *, narrow: bool, tile: int):
+    """dW tile [D, tile] written into the [D, V] carry at column col0.
+
+    XLA:CPU widens narrow-float (bf16) dynamic-slice and dynamic-update-slice to fp32:
+    slicing the loop-invariant W would hoist a [D, V] fp32 copy of W out of the loop, and
+    a dynamic-update-slice into the dW carry would copy the carry whole. So narrow W is
+    read through an unsigned view (one [D, V] copy: bitcast-convert copies on CPU, half
+    the fp32 copy), and dW tiles are written with a select over the carry, which XLA
+    updates in place (one streaming [D, V] pass per tile, so tiles that divide V are
+    preferred: no gather). fp32 uses plain slices and in-place dynamic-update-slice.
+    """
+    d_model, vocab = dw_DV.shape
+    if not narrow:
+        old_DT = jax.lax.dynamic_slice_in_dim(dw_DV, col0, tile, 1)
+        dw_DT = jnp.where(fresh_T, dw_DT.astype(dw_DV.dtype), old_DT)
+        return jax.lax.dynamic_update_slice_in_dim(dw_DV, dw_DT, col0, 1)
+    if vocab % tile == 0:
+        # Whole tiles: a select against the tile broadcast along V, a streaming pass.
+        # The carry must enter only through elementwise ops (no reshape of it), else
+        # XLA does not update it in place and copies [D, V] per tile.
+        shape_DLT = (d_model, vocab // tile, tile)
+        new_DV = jnp.broadcast_to(dw_DT[:, None, :], shape_DLT).reshape(dw_DV.shape)
+        at_V = jnp.arange(vocab) // tile == col0 // tile
+        return jnp.where(at_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
+    # Shifted last tile: gather each column's source (slower than the above).
+    rel_V = jnp.clip(jnp.arange(vocab) - col0, 0, tile - 1)
+    take_V = (jnp.arange(vocab) >= col0) & jnp.take(fresh_T, rel_V)
+    new_DV = jnp.take(dw_DT, rel_V, axis=1)
+    return jnp.where(take_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
+
+
 def recompute_grads(
     hs_ND: jax.Array,
     ws_DV: jax.Array,
@@ -106,13 +137,8 @@ def recompute_grads(
     narrow = jnp.dtype(ws_DV.dtype).itemsize < 4 and narrow_views
     if narrow:
         tile = dividing_tile(vocab, tile)
-    # XLA:CPU widens narrow-float (bf16) dynamic-slice and dynamic-update-slice to fp32:
-    # slicing the loop-invariant W would hoist a [D, V] fp32 copy of W out of the loop, and
-    # a dynamic-update-slice into the dW carry would copy the carry whole. So narrow W is
-    # read through an unsigned view (one [D, V] copy: bitcast-convert copies on CPU, half
-    # the fp32 copy), and dW tiles are written with a select over the carry, which XLA
-    # updates in place (one streaming [D, V] pass per tile, so tiles that divide V are
-    # preferred: no gather). fp32 uses plain slices and in-place dynamic-update-slice.
+    # Narrow W is read through an unsigned view and dW written by a select: see
+    # _write_dw_tile for why (XLA:CPU widens narrow-float dynamic slices to fp32).
     ws_src_DV = ws_DV
     if narrow:
         # A where() on a forward output (top-k ids are never negative) ties the copy to the
@@ -129,25 +155,6 @@ def recompute_grads(
     def read_w(col0):
         w_DT = jax.lax.dynamic_slice_in_dim(ws_src_DV, col0, tile, 1)
         return from_bits(w_DT, ws_DV.dtype) if narrow else w_DT
-
-    def write_dw(dw_DV, dw_DT, col0, fresh_T):
-        if not narrow:
-            old_DT = jax.lax.dynamic_slice_in_dim(dw_DV, col0, tile, 1)
-            dw_DT = jnp.where(fresh_T, dw_DT.astype(dw_DV.dtype), old_DT)
-            return jax.lax.dynamic_update_slice_in_dim(dw_DV, dw_DT, col0, 1)
-        if vocab % tile == 0:
-            # Whole tiles: a select against the tile broadcast along V, a streaming pass.
-            # The carry must enter only through elementwise ops (no reshape of it), else
-            # XLA does not update it in place and copies [D, V] per tile.
-            shape_DLT = (d_model, vocab // tile, tile)
-            new_DV = jnp.broadcast_to(dw_DT[:, None, :], shape_DLT).reshape(dw_DV.shape)
-            at_V = jnp.arange(vocab) // tile == col0 // tile
-            return jnp.where(at_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
-        # Shifted last tile: gather each column's source (slower than the above).
-        rel_V = jnp.clip(jnp.arange(vocab) - col0, 0, tile - 1)
-        take_V = (jnp.arange(vocab) >= col0) & jnp.take(fresh_T, rel_V)
-        new_DV = jnp.take(dw_DT, rel_V, axis=1)
-        return jnp.where(take_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
 
     def tile_step(carry, col0, fresh_T):
         dw_DV, dh_ND = carry
@@ -171,7 +178,7 @@ def recompute_grads(
         dw0_DT = _varying_like(jnp.zeros((d_model, tile), f32), hs_ND)
         rows_K = jnp.arange(n_chunks) * chunk
         (dw_DT, dh_ND), _ = jax.lax.scan(chunk_step, (dw0_DT, dh_ND), (hs_KCD, coeffs, rows_K))
-        dw_DV = write_dw(dw_DV, dw_DT, col0, fresh_T)
+        dw_DV = _write_dw_tile(dw_DV, dw_DT, col0, fresh_T, narrow=narrow, tile=tile)
         return (dw_DV, dh_ND), None
 
     # The dW carry is the result itself, in W's dtype: no [D, V] fp32 accumulator.

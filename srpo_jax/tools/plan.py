@@ -1,6 +1,6 @@
 """Memory plan: will the full SRPO train step fit a given accelerator topology?
 
-    python -m srpo_jax.plan --config=configs/qwen3_8b_chem.py:method=srpo --topology=h20x8
+    python -m srpo_jax.tools.plan --config=configs/qwen3_8b_chem.py:method=srpo --topology=h20x8
 
 builds the train state and one step's batch as abstract shapes only (ShapeDtypeStructs
 carrying their shardings; no weight is ever allocated), lowers and compiles the whole
@@ -62,13 +62,13 @@ import functools  # noqa: E402
 import math  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from srpo_jax import learner  # noqa: E402
+from srpo_jax.batching import TrainBatch  # noqa: E402
 from srpo_jax.config import Config  # noqa: E402
 from srpo_jax.model import Qwen3  # noqa: E402
 from srpo_jax.sharding import MeshConfig, make_mesh, param_shardings  # noqa: E402
@@ -102,29 +102,20 @@ class StepShape:
         return self.micro_batch_rows if self.teacher_rows < 0 else self.teacher_rows
 
 
-def batch_struct(s: StepShape) -> dict[str, jax.ShapeDtypeStruct]:
+def batch_struct(s: StepShape) -> TrainBatch:
     """Shapes/dtypes of batching.build_train_batch's output for this step shape."""
-    lead = (s.n_mini, s.n_micro)
-    b, m, r = s.micro_batch_rows, s.m_rows, s.response_len
-    shapes = {
-        "input_ids": ((b, s.prompt_len + r), jnp.int32),
-        "attention_mask": ((b, s.prompt_len + r), jnp.int32),
-        "response_ids": ((b, r), jnp.int32),
-        "response_mask": ((b, r), jnp.float32),
-        "rollout_logprobs": ((b, r), jnp.float32),
-        "advantages": ((b,), jnp.float32),
-        "grpo_rows": ((b,), jnp.bool_),
-        "sdpo_rows": ((b,), jnp.bool_),
-        "row_valid": ((b,), jnp.bool_),
-        "teacher_input_ids": ((m, s.teacher_prompt_len + r), jnp.int32),
-        "teacher_attention_mask": ((m, s.teacher_prompt_len + r), jnp.int32),
-        "teacher_src": ((m,), jnp.int32),
-        "teacher_valid": ((m,), jnp.bool_),
-    }
-    return {k: jax.ShapeDtypeStruct(lead + shp, dt) for k, (shp, dt) in shapes.items()}
+    return TrainBatch.abstract(
+        n_mini=s.n_mini,
+        n_micro=s.n_micro,
+        rows=s.micro_batch_rows,
+        prompt_len=s.prompt_len,
+        response_len=s.response_len,
+        teacher_rows=s.m_rows,
+        teacher_prompt_len=s.teacher_prompt_len,
+    )
 
 
-def abstract_state(model_cfg, lcfg: learner.LearnerConfig, mesh):
+def abstract_state(model_cfg, lcfg: learner.StepSettings, mesh):
     """(graphdef, TrainState of ShapeDtypeStructs with shardings): nothing is allocated."""
     abstract = nnx.eval_shape(lambda: Qwen3(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract, nnx.Param)
@@ -189,17 +180,25 @@ class Figures:
         return self.arguments + self.outputs - self.aliased + self.temp + self.code
 
 
+def step_program_settings(cfg: Config):
+    """(model config, learner config) of the train step main would run with `cfg`: the same
+    resolution (hf_path's config.json included) and the trainer's own step settings."""
+    from srpo_jax.trainer import step_settings
+
+    return cfg.model.architecture(), step_settings(cfg)
+
+
 def compile_step(cfg: Config, model_cfg, mesh, shape: StepShape) -> Figures:
     """Lowers and compiles the train step for abstract inputs; returns its memory figures."""
-    from srpo_jax.trainer import learner_config  # the trainer's own LearnerConfig mapping
+    from srpo_jax.trainer import step_settings
 
-    lcfg = learner_config(cfg)
+    lcfg = step_settings(cfg)
     graphdef, state = abstract_state(model_cfg, lcfg, mesh)
     batch = batch_struct(shape)
     b_shard = learner.batch_shardings(mesh, batch)
-    batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_shard[k]) for k, v in batch.items()
-    }
+    batch = jax.tree.map(
+        lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), batch, b_shard
+    )
     s_shard = jax.tree.map(lambda x: x.sharding, state)
     step = jax.jit(
         functools.partial(learner.train_step_fn, lcfg, graphdef),
@@ -231,12 +230,12 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers: tuple[i
     Parameter, teacher, optimizer and batch bytes are exact (computed from the full-depth
     abstract state); temporaries and outputs are fitted linearly in the layer count.
     """
-    from srpo_jax.trainer import learner_config
+    from srpo_jax.trainer import step_settings
 
     (la, lb), full = layers, model_cfg.num_layers
     fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape)
     fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape)
-    _, state = abstract_state(model_cfg, learner_config(cfg), mesh)
+    _, state = abstract_state(model_cfg, step_settings(cfg), mesh)
 
     def line(a, b):
         return int(round(a + (b - a) * (full - la) / (lb - la)))
@@ -361,13 +360,13 @@ def main(argv: list[str]) -> None:
     if n_dev != expected:
         raise SystemExit(
             f"{n_dev} JAX devices but topology {topo.name} needs {expected}: run as "
-            "`python -m srpo_jax.plan` (which forces the CPU device count) or pass --native "
+            "`python -m srpo_jax.tools.plan` (which forces the CPU device count) or pass --native "
             "on the real machine"
         )
     c = f.config
     c.model.random_init = True  # shapes only: the weights are never loaded or initialised
     cfg = config_lib.from_config_dict(c)
-    model_cfg = cfg.model.architecture()
+    model_cfg, _ = step_program_settings(cfg)
     mesh_cfg = parse_mesh(f.mesh) if f.mesh else default_mesh(cfg.mesh, n_dev)
     mesh = make_mesh(mesh_cfg)
     t = cfg.train
@@ -414,6 +413,11 @@ def main(argv: list[str]) -> None:
         cfg, model_cfg, mesh, base, usable, tried=tried, max_compiles=f.max_compiles,
         layers=layers,
     )  # fmt: skip
+    _report(f, topo, mesh_cfg, usable, layers, results)
+
+
+def _report(f, topo, mesh_cfg, usable: int, layers, results: dict) -> None:
+    """The verdict line (largest micro-batch that fits) and, with --json, the figures."""
     fitting = [m for m, fig in results.items() if fig.peak <= usable]
     if fitting:
         best = max(fitting)

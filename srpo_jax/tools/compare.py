@@ -1,6 +1,6 @@
 """Method comparison on equal budgets (issue 10): every method x seed, one table, one plot.
 
-    python -m srpo_jax.compare --config=configs/demo.py \
+    python -m srpo_jax.tools.compare --config=configs/demo.py \
         --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=40 --out=compare
 
 Each (method, seed) trains with `trainer.run` in out/runs/<method>_s<seed>, from the config
@@ -33,17 +33,17 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import shutil
 import sys
 import time
 
-from srpo_jax import compare_plot, compare_report
 from srpo_jax import config as config_lib
+from srpo_jax.algo import methods
+from srpo_jax.tools import compare_plot, compare_report
 
-DEFAULT_METHODS = ("grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix")
+DEFAULT_METHODS = methods.names()  # every entry of the method table
 DEFAULT_BUDGET_STEPS = 40  # 5 methods x 3 seeds in under 30 min of an idle 2-core CPU
 DEFAULT_SEEDS = 3
 
@@ -63,9 +63,9 @@ class Plan:
 
     def __post_init__(self):
         for m in self.methods:
-            if m not in config_lib.METHODS:
+            if m not in methods.names():
                 raise ValueError(
-                    f"--methods: unknown method {m!r}; valid: {', '.join(config_lib.METHODS)}"
+                    f"--methods: unknown method {m!r}; valid: {', '.join(methods.names())}"
                 )
         if len(set(self.methods)) != len(self.methods) or not self.methods:
             raise ValueError(f"--methods must name distinct methods, got {self.methods}")
@@ -100,10 +100,7 @@ def run_config_dict(plan: Plan, method: str, seed: int):
     path = pathlib.Path(plan.config_path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r} is not a file")
-    spec = importlib.util.spec_from_file_location(f"srpo_compare_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cd = module.get_config(f"method={method}")
+    cd = config_lib.load_config_file(f"{path}:method={method}")
     with cd.unlocked():
         cd.train.seed = seed
         cd.train.num_steps = plan.budget_steps
@@ -234,19 +231,20 @@ def write_reports(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
 
 
 def _parse_override(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
+    """--config.section.key=value (main's and plan's override syntax) -> (dotted key, value)."""
+    key, sep, raw = text[len("--config.") :].partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set {text!r} must look like section.key=value")
+        raise ValueError(f"{text!r} must look like --config.section.key=value")
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw  # a bare string, e.g. --set=train.fused_implementation=xla
+        value = raw  # a bare string, e.g. --config.train.fused_implementation=xla
     return key, value
 
 
 def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
     p = argparse.ArgumentParser(
-        prog="python -m srpo_jax.compare", description=__doc__.split("\n")[0]
+        prog="python -m srpo_jax.tools.compare", description=__doc__.split("\n")[0]
     )
     p.add_argument("--config", default="configs/demo.py", help="config file with get_config(arg)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
@@ -255,13 +253,19 @@ def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
     p.add_argument("--budget_steps", type=int, default=DEFAULT_BUDGET_STEPS)
     p.add_argument("--budget_minutes", type=float, default=0.0, help="per run; 0 = none")
     p.add_argument("--eval_every", type=int, default=0, help="0 = budget_steps // 10")
-    p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[])
     p.add_argument("--no_share_warmup", action="store_true", help="warm up inside every run")
     p.add_argument("--out", default="compare")
     p.add_argument(
         "--report_only", action="store_true", help="rewrite the reports from out/runs, no training"
     )
-    a = p.parse_args(argv)
+    a, rest = p.parse_known_args(argv)
+    try:  # config overrides, as main and plan take them: --config.section.key=value
+        bad = [r for r in rest if not r.startswith("--config.")]
+        if bad:
+            p.error(f"unrecognized arguments: {' '.join(bad)}")
+        overrides = [_parse_override(r) for r in rest]
+    except ValueError as e:
+        p.error(str(e))
     if a.seeds < 1:
         p.error(f"--seeds must be >= 1, got {a.seeds}")
     try:
@@ -272,7 +276,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, str, bool]:
             budget_steps=a.budget_steps,
             budget_minutes=a.budget_minutes,
             eval_every=a.eval_every,
-            overrides=tuple(a.overrides),
+            overrides=tuple(overrides),
             share_warmup=not a.no_share_warmup,
         )
     except ValueError as e:

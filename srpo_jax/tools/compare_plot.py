@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from srpo_jax.compare_report import ACC, ELAPSED, ENTROPY, Report, series
+from srpo_jax.tools.compare_report import ACC, ELAPSED, ENTROPY, Report, series
 
 # (metric key, title, x axis "step" | "minutes", smoothing window in steps)
 PANELS = (

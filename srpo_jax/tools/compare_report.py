@@ -1,4 +1,4 @@
-"""Reports of a method comparison (srpo_jax.compare): table.md, timing.md, curves.png.
+"""Reports of a method comparison (srpo_jax.tools.compare): table.md, timing.md, curves.png.
 
 table.md is computed from step-indexed metrics only (evaluation accuracy, routed fraction,
 response length, teacher entropy), so it is a pure function of the comparison's config,

@@ -1,0 +1,121 @@
+"""The run config's `rollout` section and its `rollout.sglang` sub-section.
+
+Which engine generates the rollouts, how it samples, how often a failed generation is
+retried, and (for SGLang) where the servers are and how weights reach them. `SGLangConfig` is
+the one SGLang settings class: the run config's section and what `SGLangEngine` takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from srpo_jax.config_checks import ConfigError, one_of, require
+
+SYNC_STRATEGIES = ("update_from_disk", "restart")
+PAUSE_MODES = ("abort", "retract", "in_place")
+_KEY = "rollout.sglang"
+
+
+@dataclasses.dataclass(frozen=True)
+class SGLangConfig:
+    """Where the SGLang servers are (or how to launch them) and how to talk to them.
+
+    Either `urls` names running servers, or `launch_command` (a template with `{model_path}`,
+    `{host}`, `{port}`, `{index}`) starts `num_servers` local ones on `host`, ports
+    base_port + i (base_port 0: free ports picked by the OS). `export_dir` must be readable by
+    every server (a shared filesystem for remote ones); empty means workdir/export in a run
+    (a fresh temp dir for an engine built directly). Each field is checked on construction;
+    `check_servers` (the engine calls it) checks that there is exactly one way to reach a
+    server, so the section can stay empty while rollout.engine is "jax".
+    """
+
+    urls: tuple[str, ...] = ()  # running servers; empty = launch num_servers with launch_command
+    launch_command: str = ""
+    num_servers: int = 1  # servers to launch (launch_command only)
+    host: str = "127.0.0.1"
+    base_port: int = 30000
+    launch_env: dict = dataclasses.field(default_factory=dict)  # extra env of launched servers
+    log_dir: str = ""  # server logs; empty: inside export_dir
+    timeout_s: float = 600.0  # per HTTP request
+    startup_timeout_s: float = 600.0  # per launch, until /health answers
+    max_retries: int = 3  # per HTTP request
+    backoff_s: float = 1.0  # first retry waits this, then doubles
+    max_concurrency: int = 8  # requests in flight at once (over all servers)
+    rows_per_request: int = 64  # rollout rows per POST /generate
+    sync: str = "update_from_disk"  # how new weights reach the servers
+    pause_mode: str = "abort"
+    load_format: str | None = None
+    export_dir: str = ""  # shared-file-system dir for weight export
+    keep_exports: int = 2
+    max_restarts: int = 5  # relaunches of dead launched servers per run (then the run stops)
+
+    def __post_init__(self):
+        require(not isinstance(self.urls, str), f"{_KEY}.urls", "a tuple of URLs", self.urls)
+        for u in self.urls:
+            ok = isinstance(u, str) and u.startswith(("http://", "https://"))
+            require(ok, f"{_KEY}.urls", "http(s):// URLs", u)
+        require(self.num_servers >= 0, f"{_KEY}.num_servers", ">= 0", self.num_servers)
+        require(
+            0 <= self.base_port <= 65535, f"{_KEY}.base_port", "0 or a TCP port", self.base_port
+        )
+        for key in ("timeout_s", "startup_timeout_s"):
+            require(getattr(self, key) > 0, f"{_KEY}.{key}", "> 0", getattr(self, key))
+        for key in ("max_retries", "max_restarts", "backoff_s"):
+            require(getattr(self, key) >= 0, f"{_KEY}.{key}", ">= 0", getattr(self, key))
+        for key in ("rows_per_request", "max_concurrency", "keep_exports"):
+            require(getattr(self, key) >= 1, f"{_KEY}.{key}", ">= 1", getattr(self, key))
+        one_of(f"{_KEY}.sync", self.sync, SYNC_STRATEGIES)
+        one_of(f"{_KEY}.pause_mode", self.pause_mode, PAUSE_MODES)
+
+    def check_servers(self) -> None:
+        """ConfigError unless exactly one of urls / launch_command says where the servers are
+        (and the launch and sync settings fit that choice)."""
+        if not (self.urls or self.launch_command):
+            raise ConfigError(
+                f"config.{_KEY}.urls is empty and config.{_KEY}.launch_command is "
+                "empty: the sglang engine needs running servers or a command to launch them"
+            )
+        if self.urls and self.launch_command:
+            raise ConfigError(
+                f"config.{_KEY}.launch_command must be empty when config.{_KEY}.urls names "
+                "running servers (give one of them)"
+            )
+        if self.launch_command and self.num_servers < 1:
+            raise ConfigError(
+                f"config.{_KEY}.num_servers must be >= 1 with a launch_command, "
+                f"got {self.num_servers}"
+            )
+        last_port = self.base_port + self.num_servers - 1
+        if self.launch_command and self.base_port and last_port > 65535:
+            raise ConfigError(
+                f"config.{_KEY}.base_port + num_servers - 1 must be <= 65535, got {last_port}"
+            )
+        if self.sync == "restart" and not self.launch_command:
+            raise ConfigError(
+                f"config.{_KEY}.sync 'restart' needs config.{_KEY}.launch_command (only "
+                "launched servers can be relaunched)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """The run config's `rollout` section: engine, sampling and retries."""
+
+    engine: str = "jax"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 = off
+    # A failed engine call (any engine) is retried this many times before the run stops.
+    max_retries: int = 2
+    sglang: SGLangConfig = dataclasses.field(default_factory=SGLangConfig)
+
+    def __post_init__(self):
+        one_of("rollout.engine", self.engine, ("jax", "sglang"))
+        require(self.temperature >= 0, "rollout.temperature", ">= 0", self.temperature)
+        require(0 < self.top_p <= 1, "rollout.top_p", "in (0, 1]", self.top_p)
+        require(
+            self.top_k == -1 or self.top_k >= 1, "rollout.top_k", "-1 (off) or >= 1", self.top_k
+        )
+        require(self.max_retries >= 0, "rollout.max_retries", ">= 0", self.max_retries)
+        if self.engine == "sglang":
+            self.sglang.check_servers()
