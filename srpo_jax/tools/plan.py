@@ -54,8 +54,25 @@ def _force_host_devices(argv: list[str]) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def _import_jax_quietly() -> None:
+    """Imports jax with stderr closed. With the [aot] extra on a host without a GPU, the CUDA
+    plugin's C++ start-up logs "Could not find cuda drivers" before absl logging is set up
+    (no variable silences it); the plan wants no driver, and a bad flag's one `error:` line
+    must stand alone on stderr. An import failure still raises (and prints) after restore."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import jax  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 if __name__ == "__main__":
     _force_host_devices(sys.argv)
+    if os.environ.get("JAX_PLATFORMS") == "cpu":
+        _import_jax_quietly()
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
