@@ -150,7 +150,7 @@ def test_cli_end_to_end_on_the_demo_config(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "-m", "srpo_jax.tools.plan", "--config=configs/demo.py",
-         "--topology=h20x8", "--micro_batch_rows=8", f"--json={out}"],
+         "--topology=h20x8", "--micro_batch_rows=8", f"--json={out}", "--backend=cpu"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,6 +162,29 @@ def test_cli_end_to_end_on_the_demo_config(tmp_path):
     result = json.loads(out.read_text())
     assert result["topology"] == "h20x8" and list(result["results"]) == ["8"]
     assert result["results"]["8"]["peak"] < topologies.get("h20x8").usable_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "compiler"), [("h20x8", "XLA:GPU"), ("tpu-v5p-8", "XLA:TPU")])
+def test_cli_plans_with_the_targets_own_compiler(tmp_path, name, compiler):
+    """--backend=target: the figures come from XLA:GPU / XLA:TPU compile-only devices
+    (srpo_jax.aot), and say so; the state bytes are the compiler-independent shard sizes."""
+    pytest.importorskip("jax_plugins.xla_cuda12" if compiler == "XLA:GPU" else "libtpu")
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.tools.plan", "--config=configs/demo.py",
+         f"--topology={name}", "--micro_batch_rows=8", f"--json={out}", "--backend=target"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"figures: {compiler}" in proc.stdout and "ESTIMATE" not in proc.stdout
+    assert "lower bounds:" in proc.stdout and "at peak bf16" in proc.stdout
+    import json
+
+    fig = json.loads(out.read_text())["results"]["8"]
+    assert fig["compiler"].startswith(compiler) and fig["flops"] > 0
+    assert fig["peak"] >= fig["params"] + fig["teacher"] + fig["opt"]
 
 
 def test_cli_bad_config_key_is_one_line_and_exit_2():
