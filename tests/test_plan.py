@@ -229,3 +229,24 @@ def test_layer_extrapolation_matches_the_full_depth_compile():
     assert f1.temp < f2.temp < full.temp
     assert est.temp == pytest.approx(full.temp, rel=0.05)
     assert est.peak == pytest.approx(full.peak, rel=0.05)
+
+
+def test_backend_target_without_the_extra_is_one_error_line(monkeypatch, capsys):
+    """A missing compiler plugin under --backend=target stops the plan (error: + exit 2);
+    under auto the plan falls back to the labelled XLA:CPU estimate."""
+    import types
+
+    from srpo_jax import aot
+
+    def absent(platform):
+        raise aot.AotUnavailable(f"compiling for {platform.upper()} needs jax-cuda12-plugin")
+
+    monkeypatch.setattr(aot, "require_extra", absent)
+    topo, mesh_cfg = topologies.get("h20x8"), MeshConfig(data=8)
+    with pytest.raises(SystemExit) as e:
+        plan._target(types.SimpleNamespace(native=False, backend="target"), topo, mesh_cfg, 8)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: compiling for GPU needs jax-cuda12-plugin\n"
+    auto = types.SimpleNamespace(native=False, backend="auto")
+    _, compiler, label = plan._target(auto, topo, mesh_cfg, 8)
+    assert compiler == "XLA:CPU" and "ESTIMATE" in label
