@@ -3,6 +3,8 @@
     python kernels/bench_fused_loss.py --n 4096 --v 151936 --d 2560 --dtypes float32,bfloat16 \
         --impls reference,xla --compile-only      # memory only (CPU: the full run is too big)
     python kernels/bench_fused_loss.py --n 128 --d 512 --repeats 3   # timings
+    python kernels/bench_fused_loss.py --d 4096 --dtypes bfloat16 --topology=h20x8,tpu-v5p-8
+        # compiled temporaries from the real XLA:GPU / XLA:TPU compilers, no device ([aot])
 
 Prints one markdown table: device, implementation, N, V, D, dtype, chunk, fwd+bwd median
 time (value and gradient of the numerator wrt student hidden and unembedding), peak temp
@@ -14,6 +16,7 @@ implementations run only on their own platform (no interpret mode here).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -25,7 +28,7 @@ from srpo_jax.kernels.fused_distill import api
 PLATFORM_OF = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
 
 
-def build(impl, n, v, d, dtype, chunk):
+def build(impl, n, v, d, dtype, chunk, sharding=None):
     """Jitted value-and-grad of the numerator and abstract inputs for it.
 
     impl "xla" is the chunked XLA path with its default grad_mode="auto" (forward for fp32
@@ -41,8 +44,11 @@ def build(impl, n, v, d, dtype, chunk):
 
         return jax.value_and_grad(numerator, argnums=(0, 1))(hs, ws)
 
-    nd, dv = jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((d, v), dtype)
-    shapes = (nd, nd, dv, dv, jax.ShapeDtypeStruct((n,), jnp.float32))
+    def struct(shape, dt):
+        return jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
+
+    nd, dv = struct((n, d), dtype), struct((d, v), dtype)
+    shapes = (nd, nd, dv, dv, struct((n,), jnp.float32))
     return jax.jit(loss), shapes
 
 
@@ -55,9 +61,9 @@ def make_inputs(shapes, seed=0):
     return hs, ht, ws, wt, jnp.ones(shapes[4].shape, jnp.float32)
 
 
-def bench(impl, n, v, d, dtype_name, chunk, repeats, compile_only):
+def bench(impl, n, v, d, dtype_name, chunk, repeats, compile_only, sharding=None):
     dtype = jnp.dtype(dtype_name)
-    fn, shapes = build(impl, n, v, d, dtype, chunk)
+    fn, shapes = build(impl, n, v, d, dtype, chunk, sharding)
     compiled = fn.lower(*shapes).compile()
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
@@ -75,6 +81,19 @@ def bench(impl, n, v, d, dtype_name, chunk, repeats, compile_only):
     return row
 
 
+def _compile_target(name):
+    """(sharding on one compile-only device, platform, device kind) for a topology name."""
+    from srpo_jax import aot, topologies
+
+    try:
+        device = aot.compile_devices(name)[0]
+    except aot.AotUnavailable as e:
+        aot.fail(f"--topology={name}: {e}")
+    mesh = jax.sharding.Mesh([device], ("x",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return sharding, topologies.get(name).platform, f"{device.device_kind} ({name}, AOT)"
+
+
 def fmt_bytes(b):
     return "n/a" if b is None else f"{b / 2**30:.3f} GiB"
 
@@ -89,16 +108,24 @@ def main():
     p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile-only", action="store_true", help="memory analysis only")
+    p.add_argument(
+        "--topology",
+        default="",
+        help="comma-separated srpo_jax.topologies names: compile-only on one of their "
+        "devices with the real compiler (needs the [aot] extra; implies --compile-only)",
+    )
     a = p.parse_args()
-    backend = jax.default_backend()
-    device = jax.devices()[0].device_kind
+    targets = [(None, jax.default_backend(), jax.devices()[0].device_kind)]
+    if a.topology:
+        targets = [_compile_target(name) for name in a.topology.split(",")]
     print("| device | impl | N | V | D | dtype | chunk | fwd+bwd median | temp | vs floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for dtype_name in a.dtypes.split(","):
-        for impl in a.impls.split(","):
+    for sharding, backend, device in targets:
+        for dtype_name, impl in itertools.product(a.dtypes.split(","), a.impls.split(",")):
             if PLATFORM_OF.get(impl, backend) != backend:
                 continue  # a Pallas kernel for another platform
-            r = bench(impl, a.n, a.v, a.d, dtype_name, a.chunk, a.repeats, a.compile_only)
+            compile_only = a.compile_only or sharding is not None
+            r = bench(impl, a.n, a.v, a.d, dtype_name, a.chunk, a.repeats, compile_only, sharding)
             if r["t"] is None:
                 t_s, bw = "not timed", "n/a"
             else:

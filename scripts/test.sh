@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch is pinned to the CPU build in the parity extra (a bare `torch` pulls CUDA wheels).
-bash scripts/setup.sh test,parity
+# aot: the compile-only XLA:GPU / XLA:TPU compilers (srpo_jax.aot) the compile tests use.
+bash scripts/setup.sh test,parity,aot
 . .venv/bin/activate
 ruff format --check srpo_jax tests configs kernels benchmarks
 ruff check srpo_jax tests configs kernels benchmarks

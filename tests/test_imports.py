@@ -86,3 +86,11 @@ def test_sharding_imports_nothing_of_ours_and_the_model_only_low_layers():
     for name, deps in graph.items():
         if name.startswith("srpo_jax.model"):
             assert all(d.startswith(low) for d in deps), (name, deps)
+
+
+def test_the_library_never_imports_the_tools():
+    # srpo_jax.tools (plan, compare) sit on top of the library: the compile-only targets
+    # (srpo_jax.aot) read the topology table from srpo_jax.topologies, not from a tool.
+    for name, deps in _graph().items():
+        if not name.startswith("srpo_jax.tools"):
+            assert not any(d.startswith("srpo_jax.tools") for d in deps), (name, deps)

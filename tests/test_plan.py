@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from srpo_jax import batching
+from srpo_jax import batching, topologies
 from srpo_jax.learner import StepSettings
 from srpo_jax.model.config import qwen3_4b, qwen3_8b, tiny
 from srpo_jax.sharding import MeshConfig, make_mesh
-from srpo_jax.tools import plan, topologies
+from srpo_jax.tools import plan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_cli_end_to_end_on_the_demo_config(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "-m", "srpo_jax.tools.plan", "--config=configs/demo.py",
-         "--topology=h20x8", "--micro_batch_rows=8", f"--json={out}"],
+         "--topology=h20x8", "--micro_batch_rows=8", f"--json={out}", "--backend=cpu"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,6 +162,29 @@ def test_cli_end_to_end_on_the_demo_config(tmp_path):
     result = json.loads(out.read_text())
     assert result["topology"] == "h20x8" and list(result["results"]) == ["8"]
     assert result["results"]["8"]["peak"] < topologies.get("h20x8").usable_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "compiler"), [("h20x8", "XLA:GPU"), ("tpu-v5p-8", "XLA:TPU")])
+def test_cli_plans_with_the_targets_own_compiler(tmp_path, name, compiler):
+    """--backend=target: the figures come from XLA:GPU / XLA:TPU compile-only devices
+    (srpo_jax.aot), and say so; the state bytes are the compiler-independent shard sizes."""
+    pytest.importorskip("jax_plugins.xla_cuda12" if compiler == "XLA:GPU" else "libtpu")
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.tools.plan", "--config=configs/demo.py",
+         f"--topology={name}", "--micro_batch_rows=8", f"--json={out}", "--backend=target"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"figures: {compiler}" in proc.stdout and "ESTIMATE" not in proc.stdout
+    assert "lower bounds:" in proc.stdout and "at peak bf16" in proc.stdout
+    import json
+
+    fig = json.loads(out.read_text())["results"]["8"]
+    assert fig["compiler"].startswith(compiler) and fig["flops"] > 0
+    assert fig["peak"] >= fig["params"] + fig["teacher"] + fig["opt"]
 
 
 def test_cli_bad_config_key_is_one_line_and_exit_2():
@@ -206,3 +229,24 @@ def test_layer_extrapolation_matches_the_full_depth_compile():
     assert f1.temp < f2.temp < full.temp
     assert est.temp == pytest.approx(full.temp, rel=0.05)
     assert est.peak == pytest.approx(full.peak, rel=0.05)
+
+
+def test_backend_target_without_the_extra_is_one_error_line(monkeypatch, capsys):
+    """A missing compiler plugin under --backend=target stops the plan (error: + exit 2);
+    under auto the plan falls back to the labelled XLA:CPU estimate."""
+    import types
+
+    from srpo_jax import aot
+
+    def absent(platform):
+        raise aot.AotUnavailable(f"compiling for {platform.upper()} needs jax-cuda12-plugin")
+
+    monkeypatch.setattr(aot, "require_extra", absent)
+    topo, mesh_cfg = topologies.get("h20x8"), MeshConfig(data=8)
+    with pytest.raises(SystemExit) as e:
+        plan._target(types.SimpleNamespace(native=False, backend="target"), topo, mesh_cfg, 8)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: compiling for GPU needs jax-cuda12-plugin\n"
+    auto = types.SimpleNamespace(native=False, backend="auto")
+    _, compiler, label = plan._target(auto, topo, mesh_cfg, 8)
+    assert compiler == "XLA:CPU" and "ESTIMATE" in label

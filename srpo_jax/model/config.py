@@ -51,6 +51,8 @@ class Qwen3Config:
     # Queries per attention block (0: all at once). Exact; bounds the fp32 scores to
     # [B, heads, attention_query_chunk, S] per layer instead of [B, heads, T, S].
     attention_query_chunk: int = 1024
+    # "auto" | "xla" | "cudnn" | "splash" (srpo_jax.model.attention); auto picks by platform.
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         for name in (
@@ -75,6 +77,11 @@ class Qwen3Config:
             raise ValueError(
                 "Qwen3Config.attention_query_chunk must be an int >= 0 (0: no chunking), "
                 f"got {self.attention_query_chunk!r}"
+            )
+        if self.attention_impl not in ("auto", "xla", "cudnn", "splash"):
+            raise ValueError(
+                "Qwen3Config.attention_impl must be auto, xla, cudnn or splash, got "
+                f"{self.attention_impl!r}"
             )
         if self.head_dim % 2:
             raise ValueError(f"Qwen3Config.head_dim must be even for RoPE, got {self.head_dim}")
@@ -257,6 +264,8 @@ class ModelConfig:
     dtype: str = "bfloat16"  # compute dtype; params and EMA teacher stay fp32
     remat: bool = False
     attention_query_chunk: int = 1024  # queries per attention block; 0 = all at once
+    # auto | xla | cudnn | splash (srpo_jax.model.attention): auto = cudnn on GPU, splash on TPU
+    attention_impl: str = "auto"
     # A full-size preset without weights trains a random network: refuse unless asked for
     # (throughput tests), so a forgotten hf_path cannot waste a 10-hour run.
     random_init: bool = False
@@ -270,6 +279,7 @@ class ModelConfig:
             self.hf_path,
         )
         one_of("model.dtype", self.dtype, ("bfloat16", "float32"))
+        one_of("model.attention_impl", self.attention_impl, ("auto", "xla", "cudnn", "splash"))
         require(
             self.attention_query_chunk >= 0,
             "model.attention_query_chunk",
@@ -285,9 +295,9 @@ class ModelConfig:
                 "weights with --config.model.hf_path=/path/to/hf_dir (or set "
                 "config.model.random_init=True to train a randomly initialised network)"
             )
-        # dtype, remat and attention_query_chunk have their own keys; everything else in
-        # Qwen3Config may be overridden.
-        own_keys = ("dtype", "remat", "attention_query_chunk")
+        # dtype, remat, attention_query_chunk and attention_impl have their own keys;
+        # everything else in Qwen3Config may be overridden.
+        own_keys = ("dtype", "remat", "attention_query_chunk", "attention_impl")
         allowed = [f.name for f in dataclasses.fields(Qwen3Config) if f.name not in own_keys]
         for name in self.overrides:
             if name not in allowed:
@@ -306,6 +316,7 @@ class ModelConfig:
             "dtype": self.dtype,
             "remat": self.remat,
             "attention_query_chunk": self.attention_query_chunk,
+            "attention_impl": self.attention_impl,
         }
         preset = PRESETS[self.preset](**extra) if self.preset else None
         if not self.hf_path:

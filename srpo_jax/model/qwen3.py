@@ -4,8 +4,8 @@ Pre-norm blocks: RMSNorm -> GQA attention (per-head q/k RMSNorm, RoPE) -> residu
 RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; tied or untied unembedding. Layer
 parameters are stored stacked along a leading `layers` axis and applied with lax.scan, so
 compile time does not grow with depth; each layer can be rematerialised (jax.checkpoint).
-Attention takes its queries `attention_query_chunk` at a time (exact), so long sequences
-never hold all [T, S] fp32 scores at once.
+Attention is srpo_jax.model.attention (`attention_impl`: the exact query-chunked XLA path,
+cuDNN or splash flash attention).
 
 Parameters are fp32 and carry logical axis names (`logical_axes` metadata) that
 srpo_jax.sharding maps to mesh axes. Matmuls run in the compute dtype with fp32
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from srpo_jax.model import attention as attn
 from srpo_jax.model import kv_cache as kvc
 from srpo_jax.model.config import Qwen3Config
 from srpo_jax.sharding import fit_spec, logical_to_spec, param_shardings
@@ -55,7 +56,6 @@ _LAYER_PARAMS = {
 }
 LAYER_PARAM_NAMES = tuple(_LAYER_PARAMS)
 _INIT_STD = 0.02  # transformers' initializer_range for Qwen3
-_NEG_INF = float(jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
 
 
 def _param(rngs: nnx.Rngs, shape, axes, init: str, dtype) -> nnx.Param:
@@ -96,49 +96,6 @@ def rope(x_BTNH, positions_BT, theta: float):
     return out.astype(x_BTNH.dtype)
 
 
-def attention(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype, query_chunk: int = 0):
-    """Grouped-query attention; q head n reads kv head n // (N // K), as in transformers.
-
-    query_chunk > 0 and shorter than T: the queries go through in blocks of that many
-    (lax.scan), each block rematerialised in the backward, so one block's fp32 scores
-    [B, K, G, query_chunk, S] are live instead of all T rows of them. Exact: every query
-    row's softmax is over its whole key range either way.
-    """
-    t = q_BTNH.shape[1]
-    if query_chunk <= 0 or t <= query_chunk:
-        return _attention_block(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype)
-    b, _, n, h = q_BTNH.shape
-    n_blocks = -(-t // query_chunk)
-    pad = n_blocks * query_chunk - t
-    # Padded query rows attend to nothing (finite, uniform weights) and are dropped below.
-    q_BPNH = jnp.pad(q_BTNH, [(0, 0), (0, pad), (0, 0), (0, 0)])
-    allowed_BPS = jnp.pad(allowed_BTS, [(0, 0), (0, pad), (0, 0)])
-    q_nBCNH = q_BPNH.reshape(b, n_blocks, query_chunk, n, h).swapaxes(0, 1)
-    allowed_nBCS = allowed_BPS.reshape(b, n_blocks, query_chunk, -1).swapaxes(0, 1)
-    block = jax.checkpoint(
-        lambda q_BCNH, allowed_BCS: _attention_block(q_BCNH, k_BSKH, v_BSKH, allowed_BCS, dtype)
-    )
-    _, out_nBCNH = jax.lax.scan(lambda _, xs: (None, block(*xs)), None, (q_nBCNH, allowed_nBCS))
-    return out_nBCNH.swapaxes(0, 1).reshape(b, n_blocks * query_chunk, n, h)[:, :t]
-
-
-def _attention_block(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype):
-    b, t, n, h = q_BTNH.shape
-    k = k_BSKH.shape[2]
-    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-    scores = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BTKGH, k_BSKH.astype(dtype), preferred_element_type=jnp.float32
-    )
-    scores = scores * (h**-0.5)
-    scores = jnp.where(allowed_BTS[:, None, None], scores, _NEG_INF)
-    # fp32 softmax: bf16 exponentials lose the small attention weights.
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum(
-        "bkgts,bskh->btkgh", probs, v_BSKH.astype(dtype), preferred_element_type=jnp.float32
-    )
-    return out.astype(dtype).reshape(b, t, n, h)
-
-
 def _project(x, w, spec: str, dtype):
     return jnp.einsum(spec, x, w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
 
@@ -154,7 +111,15 @@ def decoder_layer(config: Qwen3Config, p, x_BTD, positions_BT, kv_fn):
     q = rope(q, positions_BT, config.rope_theta)
     k = rope(k, positions_BT, config.rope_theta)
     keys, values, allowed_BTS = kv_fn(k, v)
-    o_BTNH = attention(q, keys, values, allowed_BTS, dt, config.attention_query_chunk)
+    o_BTNH = attn.attention(
+        q,
+        keys,
+        values,
+        allowed_BTS,
+        dt,
+        impl=config.attention_impl,
+        query_chunk=config.attention_query_chunk,
+    )
     x_BTD = x_BTD + _project(o_BTNH, p["o_proj"], "btnh,nhd->btd", dt)
     x_BTD = _constrain(x_BTD, ("batch", "seq", "act_embed"))
     h_BTD = rms_norm(x_BTD, p["mlp_norm"], eps, dt)
@@ -247,12 +212,11 @@ class Qwen3(nnx.Module):
             attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
         if positions_BT is None:
             positions_BT = default_positions(attention_mask_BT)
-        t = input_ids_BT.shape[1]
-        causal_TT = jnp.tril(jnp.ones((t, t), jnp.bool_))
-        allowed_BTS = causal_TT[None] & attention_mask_BT.astype(jnp.bool_)[:, None, :]
+        # Causal over each row's real tokens; the attention implementation builds its own mask.
+        mask = attn.CausalPadding(attention_mask_BT.astype(jnp.bool_))
 
         def kv_fn(_i, extra, k, v):
-            return k, v, allowed_BTS, extra
+            return k, v, mask, extra
 
         x_BTD, _ = self._run_layers(self._embed(input_ids_BT), positions_BT, kv_fn, ())
         return self._final(x_BTD)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 
-from srpo_jax.tools import topologies
+from srpo_jax import topologies
 
 
 def _force_host_devices(argv: list[str]) -> None:
@@ -54,8 +54,25 @@ def _force_host_devices(argv: list[str]) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def _import_jax_quietly() -> None:
+    """Imports jax with stderr closed. With the [aot] extra on a host without a GPU, the CUDA
+    plugin's C++ start-up logs "Could not find cuda drivers" before absl logging is set up
+    (no variable silences it); the plan wants no driver, and a bad flag's one `error:` line
+    must stand alone on stderr. An import failure still raises (and prints) after restore."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import jax  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 if __name__ == "__main__":
     _force_host_devices(sys.argv)
+    if os.environ.get("JAX_PLATFORMS") == "cpu":
+        _import_jax_quietly()
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
@@ -67,7 +84,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from srpo_jax import learner  # noqa: E402
+from srpo_jax import aot, chips, learner  # noqa: E402
 from srpo_jax.batching import TrainBatch  # noqa: E402
 from srpo_jax.config import Config  # noqa: E402
 from srpo_jax.model import Qwen3  # noqa: E402
@@ -174,6 +191,9 @@ class Figures:
     aliased: int
     temp: int
     code: int
+    compiler: str = "XLA:CPU"
+    flops: float = 0.0  # per device, one step
+    flops_source: str = ""  # aot.Analysis.flops_source
 
     @property
     def peak(self) -> int:
@@ -188,8 +208,11 @@ def step_program_settings(cfg: Config):
     return cfg.model.architecture(), step_settings(cfg)
 
 
-def compile_step(cfg: Config, model_cfg, mesh, shape: StepShape) -> Figures:
-    """Lowers and compiles the train step for abstract inputs; returns its memory figures."""
+def compile_step(
+    cfg: Config, model_cfg, mesh, shape: StepShape, compiler: str = "XLA:CPU"
+) -> Figures:
+    """Lowers and compiles the train step for abstract inputs on `mesh` (forced CPU devices
+    or aot.target_mesh's compile-only ones, compiled by `compiler`); returns its figures."""
     from srpo_jax.trainer import step_settings
 
     lcfg = step_settings(cfg)
@@ -208,23 +231,24 @@ def compile_step(cfg: Config, model_cfg, mesh, shape: StepShape) -> Figures:
     )
     with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
         compiled = step.lower(state, batch).compile()
-    mem = compiled.memory_analysis()
-    if mem is None:
-        raise RuntimeError(f"backend {jax.default_backend()!r} gives no memory analysis")
+    a = aot.analyse(compiled, compiler)
     return Figures(
         params=per_device_bytes(state.params),
         teacher=per_device_bytes(state.teacher),
         opt=per_device_bytes(state.opt_state),
         batch=per_device_bytes(batch),
-        arguments=int(mem.argument_size_in_bytes),
-        outputs=int(mem.output_size_in_bytes),
-        aliased=int(mem.alias_size_in_bytes),
-        temp=int(mem.temp_size_in_bytes),
-        code=int(mem.generated_code_size_in_bytes),
+        arguments=a.arguments,
+        outputs=a.outputs,
+        aliased=a.aliased,
+        temp=a.temp,
+        code=a.code,
+        compiler=a.compiler,
+        flops=a.flops,
+        flops_source=a.flops_source,
     )
 
 
-def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers: tuple[int, int]):
+def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compiler="XLA:CPU"):
     """Figures for the full depth from compiles at two smaller depths (see module doc).
 
     Parameter, teacher, optimizer and batch bytes are exact (computed from the full-depth
@@ -233,8 +257,8 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers: tuple[i
     from srpo_jax.trainer import step_settings
 
     (la, lb), full = layers, model_cfg.num_layers
-    fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape)
-    fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape)
+    fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape, compiler)
+    fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape, compiler)
     _, state = abstract_state(model_cfg, step_settings(cfg), mesh)
 
     def line(a, b):
@@ -255,6 +279,9 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers: tuple[i
         aliased=state_bytes + fa.aliased - state_a,
         temp=line(fa.temp, fb.temp),
         code=max(fa.code, fb.code),
+        compiler=fa.compiler,
+        flops=float(line(fa.flops, fb.flops)),
+        flops_source=f"{fa.flops_source}, fitted linearly in the layer count",
     ), (fa, fb)
 
 
@@ -300,7 +327,9 @@ def row(micro: int, n_micro: int, f: Figures, usable: int) -> str:
     return f"{micro:>10} {n_micro:>7} " + " ".join(fmt_gib(c) for c in cols) + f"  {word}"
 
 
-def search(cfg, model_cfg, mesh, base: StepShape, usable: int, *, tried, max_compiles, layers):
+def search(
+    cfg, model_cfg, mesh, base: StepShape, usable: int, *, tried, max_compiles, layers, compiler
+):
     """Compiles micro_batch_rows candidates around the config's value; returns
     {micro_rows: Figures}. Goes up while the step fits, down while it does not."""
     mini_rows = base.mini_batch_prompts * base.group_size
@@ -315,9 +344,9 @@ def search(cfg, model_cfg, mesh, base: StepShape, usable: int, *, tried, max_com
     def run(m):
         shape = dataclasses.replace(base, micro_batch_rows=m)
         if layers:
-            fig, _ = extrapolated(cfg, model_cfg, mesh, shape, layers)
+            fig, _ = extrapolated(cfg, model_cfg, mesh, shape, layers, compiler)
         else:
-            fig = compile_step(cfg, model_cfg, mesh, shape)
+            fig = compile_step(cfg, model_cfg, mesh, shape, compiler)
         results[m] = fig
         print(row(m, shape.n_micro, fig, usable), flush=True)
         return fig.peak <= usable
@@ -369,7 +398,7 @@ def main(argv: list[str]) -> None:
     cfg = config_lib.from_config_dict(c)
     model_cfg, _ = step_program_settings(cfg)
     mesh_cfg = parse_mesh(f.mesh) if f.mesh else default_mesh(cfg.mesh, n_dev)
-    mesh = make_mesh(mesh_cfg)
+    mesh, compiler, backend = _target(f, topo, mesh_cfg, n_dev)
     t = cfg.train
     mini_rows = t.mini_batch_prompts * cfg.algo.group_size
     tp_len = f.teacher_prompt_len or batching.bucket_length(cfg.algo.max_reprompt_len)
@@ -384,12 +413,6 @@ def main(argv: list[str]) -> None:
     )
     usable = topo.usable_bytes
     layers = tuple(int(x) for x in f.layers.split(",")) if f.layers else ()
-    backend = (
-        f"native {jax.default_backend()} devices ({jax.devices()[0].device_kind})"
-        if f.native
-        else f"CPU backend, {n_dev} forced host devices: an ESTIMATE of the "
-        f"{topo.platform.upper()} figures (docs/scale.md)"
-    )
     print(
         f"SRPO train-step memory plan: {cfg.model.preset or cfg.model.hf_path} "
         f"({model_cfg.num_layers} layers, remat={model_cfg.remat}), method {cfg.algo.method}\n"
@@ -412,13 +435,51 @@ def main(argv: list[str]) -> None:
     tried = [int(x) for x in f.micro_batch_rows.split(",")] if f.micro_batch_rows else []
     results = search(
         cfg, model_cfg, mesh, base, usable, tried=tried, max_compiles=f.max_compiles,
-        layers=layers,
+        layers=layers, compiler=compiler,
     )  # fmt: skip
     _report(f, topo, mesh_cfg, usable, layers, results)
 
 
+def _target(f, topo, mesh_cfg: MeshConfig, n_dev: int):
+    """(mesh, compiler name, label): the target's own compiler on compile-only devices
+    (srpo_jax.aot) unless --backend=cpu or --native; an absent [aot] extra is an error
+    only when --backend=target asks for it, else the plan falls back to the CPU estimate."""
+    if f.native:
+        kind = jax.devices()[0].device_kind
+        return make_mesh(mesh_cfg), f"native {jax.default_backend()}", f"native ({kind})"
+    if f.backend != "cpu":
+        try:
+            aot.require_extra(topo.platform)
+            mesh = aot.target_mesh(topo.name, mesh_cfg)
+        except aot.AotUnavailable as e:
+            if f.backend == "target":
+                aot.fail(str(e))
+        else:
+            name = aot.compiler_name(topo.name)
+            return mesh, name, f"{name} compile-only for {topo.name} (no device needed)"
+    label = (
+        f"XLA:CPU, {n_dev} forced host devices: an ESTIMATE of the {topo.platform.upper()} "
+        "figures (docs/scale.md; pip install -e '.[aot]' for the target's compiler)"
+    )
+    return make_mesh(mesh_cfg), "XLA:CPU", label
+
+
 def _report(f, topo, mesh_cfg, usable: int, layers, results: dict) -> None:
     """The verdict line (largest micro-batch that fits) and, with --json, the figures."""
+    chip = chips.CHIPS.get(topo.chip)
+    for m, fig in sorted(results.items()):
+        line = (
+            f"micro_rows {m}: {fig.flops:.3e} FLOPs per device ({fig.flops_source}, {fig.compiler})"
+        )
+        if chip is not None:
+            r = aot.roofline(topo.name, fig.flops, fig.arguments + fig.outputs)
+            line += (
+                f"; lower bounds: {r.compute_s:.2f} s at peak bf16 "
+                f"({chip.peak_bf16_flops / 1e12:.0f} TFLOP/s), {r.memory_s * 1e3:.1f} ms for "
+                f"HBM (arguments read + outputs written once at "
+                f"{chip.hbm_bytes_per_s / 1e12:.1f} TB/s)"
+            )
+        print(line)
     fitting = [m for m, fig in results.items() if fig.peak <= usable]
     if fitting:
         best = max(fitting)
@@ -441,6 +502,7 @@ def _report(f, topo, mesh_cfg, usable: int, layers, results: dict) -> None:
             "mesh": dataclasses.asdict(mesh_cfg),
             "usable_bytes": usable,
             "native": bool(f.native),
+            "compiler": next(iter(results.values())).compiler if results else "",
             "extrapolated_from_layers": list(layers),
             "results": {
                 str(m): dict(dataclasses.asdict(fig), peak=fig.peak) for m, fig in results.items()
@@ -468,6 +530,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("teacher_prompt_len", 0, "Teacher prompt bucket (0: worst case).")
     flags.DEFINE_string("layers", "", "a,b: compile a and b layers and extrapolate (slow CPU).")
     flags.DEFINE_bool("native", False, "Use the real devices (no forced CPU devices).")
+    flags.DEFINE_enum(
+        "backend",
+        "auto",
+        ["auto", "target", "cpu"],
+        "Compiler: target = the topology's own (XLA:GPU/XLA:TPU, the [aot] extra); cpu = "
+        "the XLA:CPU estimate; auto = target when the extra is installed.",
+    )
     flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 
 

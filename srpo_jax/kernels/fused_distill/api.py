@@ -36,7 +36,10 @@ def resolve_implementation(implementation: str) -> str:
         raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}")
     if implementation != "auto":
         return implementation
-    platform = jax.default_backend()
+    # The platform of the mesh being traced under (jax.set_mesh), so a compile-only GPU/TPU
+    # mesh picks its Pallas kernel from a CPU host (srpo_jax.aot); else the default back-end.
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
     return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform, "xla")
 
 
@@ -118,6 +121,25 @@ def fused_distill(
         wide = jnp.dtype(student_unembed_DV.dtype).itemsize >= 4
         grad_mode = "forward" if wide else "recompute"
     impl = resolve_implementation(implementation)
+    mesh, axes = _auto_token_axes(impl, student_hidden_ND.shape[0])
+    if axes:
+        # Pallas calls have no SPMD partitioning rule (Mosaic refuses; Triton would gather
+        # every operand): under a mesh, run each device's tokens locally and psum.
+        kwargs = dict(topk=topk, alpha=alpha, tau=tau, add_tail=add_tail)
+        kwargs.update(entropy_over=entropy_over, temperature=temperature)
+        kwargs.update(chunk_size=chunk_size, implementation=impl, grad_mode=grad_mode)
+        return fused_distill_sharded(
+            mesh,
+            student_hidden_ND,
+            teacher_hidden_ND,
+            student_unembed_DV,
+            teacher_unembed_DV,
+            mask_N,
+            token_weight_N,
+            token_axes=axes,
+            interpret=interpret,
+            **kwargs,
+        )
     if token_weight_N is None:
         token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
     args = (student_hidden_ND, teacher_hidden_ND, student_unembed_DV, teacher_unembed_DV)
@@ -139,6 +161,25 @@ def fused_distill(
     }[impl]
     cfg = xla.ChunkedConfig(chunk_size=chunk_size, stats=stats, grad_mode=grad_mode, **loss_kwargs)
     return xla.chunked_fused_distill(cfg, *args)
+
+
+def _auto_token_axes(impl: str, n_tokens: int):
+    """(mesh, token axes) to shard_map a Pallas call over, or (None, ()) when it runs as is:
+    not a Pallas implementation, no mesh, already inside shard_map, or N does not split."""
+    if impl not in ("pallas_gpu", "pallas_tpu"):
+        return None, ()
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None, ()
+    manual = jax.sharding.AxisType.Manual
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    axes = tuple(a for a in ("data", "fsdp") if a in types and mesh.shape[a] > 1)
+    if any(t == manual for t in types.values()) or not axes:
+        return None, ()
+    shards = 1
+    for a in axes:
+        shards *= mesh.shape[a]
+    return (mesh, axes) if n_tokens % shards == 0 else (None, ())
 
 
 def fused_distill_sharded(

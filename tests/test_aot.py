@@ -1,0 +1,124 @@
+"""srpo_jax.aot: compile-only devices for every topology, the real compilers' figures.
+
+Needs the [aot] extra (jax-cuda12-plugin, nvidia-cudnn-cu12, libtpu); skips only without it.
+The figures are checked against what the program must hold (a sharded matmul's operand and
+result bytes, its 2 M N K FLOPs), not against the code's own output.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from srpo_jax import chips, topologies
+from srpo_jax.hlo_flops import dot_flops
+
+pytest.importorskip("jax_plugins.xla_cuda12", reason="needs the [aot] extra")
+pytest.importorskip("libtpu", reason="needs the [aot] extra")
+from srpo_jax import aot  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(topologies.TOPOLOGIES))
+def test_sharded_matmul_compiles_for_every_topology(name):
+    topo = topologies.get(name)
+    devices = aot.compile_devices(name)
+    assert len(devices) == topo.num_devices
+    assert {d.platform for d in devices} == {"tpu" if topo.platform == "tpu" else "gpu"}
+    mesh = Mesh(np.asarray(devices), ("d",))
+    rows = NamedSharding(mesh, P("d"))
+    m = 1024 * topo.num_devices
+    x = jax.ShapeDtypeStruct((m, 2048), jnp.bfloat16, sharding=rows)
+    w = jax.ShapeDtypeStruct((2048, 1024), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    _, a = aot.compile_for(name, lambda x, w: x @ w, x, w)
+    assert a.compiler == aot.compiler_name(name)
+    assert a.arguments == (1024 * 2048 + 2048 * 1024) * 2  # this device's rows + all of w
+    assert a.outputs == 1024 * 1024 * 2
+    assert a.flops == pytest.approx(2 * 1024 * 2048 * 1024, rel=0.01)
+    assert a.flops_source == ("cost_analysis" if topo.platform == "tpu" else "hlo dots")
+
+
+def test_hlo_dot_count_follows_loop_trip_counts():
+    devices = aot.compile_devices("h100x8")[:1]
+    rep = NamedSharding(Mesh(np.asarray(devices), ("d",)), P())
+    x = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16, sharding=rep)
+    ws = jax.ShapeDtypeStruct((6, 512, 512), jnp.bfloat16, sharding=rep)
+
+    def layers(x, ws):
+        return jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, ws)[0]
+
+    text = jax.jit(layers).lower(x, ws).compile().as_text()
+    assert dot_flops(text) == 6 * 2 * 256 * 512 * 512
+
+
+def test_gpu_target_config_carries_the_chip_figures():
+    text = chips.gpu_target_config(chips.CHIPS["h20"])
+    assert "core_count: 78" in text and "memory_bandwidth: 4000000000000" in text
+    assert f"device_memory_size: {97871 * 2**20}" in text and "major: 9" in text
+    with pytest.raises(ValueError, match="not a GPU"):
+        chips.gpu_target_config(chips.CHIPS["v5p"])
+
+
+def test_roofline_takes_the_slower_ceiling():
+    r = aot.roofline("h20x8", flops=148e12, bytes_moved=8e12)
+    assert (r.compute_s, r.memory_s, r.bound_s) == pytest.approx((1.0, 2.0, 2.0))
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "srpo_jax.aot", *args], capture_output=True, text=True
+    )
+
+
+def test_cli_lists_devices_and_refuses_an_unknown_topology(capsys):
+    aot.main(["aot", "h20x8"])
+    out = capsys.readouterr().out
+    assert "h20x8: XLA:GPU" in out and "8 x NVIDIA H20" in out
+    bad = _cli("h20x9")  # a process of its own: the exit status and stderr as a user sees them
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: unknown topology 'h20x9'")
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["h20x8", "tpu-v5p-8"])
+def test_learner_train_step_compiles_on_the_target_mesh(name):
+    """The plan's compile of the real train step (tiny model, SRPO, every row routed) runs
+    on the target's compile-only mesh: the wiring phase 2 puts into the plan."""
+    import importlib.util
+
+    from srpo_jax import config as config_lib
+    from srpo_jax.sharding import MeshConfig
+    from srpo_jax.tools import plan
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("base", REPO_ROOT / "configs" / "base.py")
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.model.overrides = {"num_layers": 2, "head_dim": 128}
+    cfg = config_lib.from_config_dict(c)
+    devices = topologies.get(name).num_devices
+    mesh = aot.target_mesh(name, MeshConfig(1, devices, 1))
+    shape = plan.StepShape(
+        prompts=8,
+        group_size=4,
+        mini_batch_prompts=8,
+        micro_batch_rows=8,
+        prompt_len=64,
+        response_len=128,
+        teacher_prompt_len=64,
+    )
+    # As in tests/model/test_attention.py: the splash backward is traced under the
+    # process-wide matmul precision, which conftest raises to "highest" for the fp32 parity
+    # tests; main and the plan run at "default", which Mosaic takes for bf16 operands.
+    with jax.default_matmul_precision("default"):
+        figures = plan.compile_step(cfg, cfg.model.architecture(), mesh, shape)
+    assert figures.temp > 0 and figures.params > 0
+    assert figures.peak > figures.params + figures.teacher + figures.opt
