@@ -156,3 +156,27 @@ def test_verbosity_hides_library_info_but_keeps_warnings(caplog, monkeypatch):
     finally:
         root.setLevel(saved[0])
         absl.setLevel(saved[1])
+
+
+def test_aborted_run_ends_the_bar_line_before_the_error(monkeypatch, tmp_path):
+    """trainer.run closes the view in a finally: main's `error:` line must not be glued to
+    a bar that was still drawing (tqdm ends its line only on close)."""
+    from srpo_jax import config as config_lib
+    from srpo_jax import trainer
+    from srpo_jax.faults import FaultInjection
+
+    out = _Terminal()
+    view = progress.Progress(stream=out)
+
+    def setup_that_aborts(cfg, wd, faults, v):
+        v.start("warm-up", 10, shown=progress.WARMUP_METRICS)
+        v.update(3, {"loss": 1.0})
+        raise trainer.TrainingAborted("step 3: gave up")
+
+    monkeypatch.setattr(trainer, "setup", setup_that_aborts)
+    cfg = config_lib.from_config_dict(config_lib.default_config_dict())
+    with pytest.raises(trainer.TrainingAborted):
+        trainer.run(cfg, tmp_path, faults=FaultInjection(), progress=view)
+    text = out.getvalue()
+    assert text.endswith("\n"), repr(text[-80:])
+    assert "3/10" in text.rstrip("\n").split("\n")[-1]
