@@ -260,6 +260,16 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compile
     fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape, compiler)
     fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape, compiler)
     _, state = abstract_state(model_cfg, step_settings(cfg), mesh)
+    if fb.temp < fa.temp:
+        # XLA:GPU can schedule a deeper program into fewer temporaries; a line through two
+        # such points goes negative at full depth, so there is no fit to report.
+        from srpo_jax.cli import fail
+
+        fail(
+            f"--layers={la},{lb}: temporaries fall with depth ({fa.temp / GiB:.2f} GiB at {la} "
+            f"layers, {fb.temp / GiB:.2f} GiB at {lb}) under {compiler}, so a linear fit is "
+            "meaningless; drop --layers to compile the full depth"
+        )
 
     def line(a, b):
         return int(round(a + (b - a) * (full - la) / (lb - la)))
