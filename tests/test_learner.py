@@ -140,14 +140,14 @@ def test_bf16_student_logp_matches_the_samplers_logits():
     mb = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), batch)
     logp_BR = np.asarray(forward.student_logp(lcfg(), graphdef, params, mb)[0])
 
-    r_len = mb["response_ids"].shape[-1]
-    p_len = mb["input_ids"].shape[-1] - r_len
-    logits = np.asarray(model(mb["input_ids"], mb["attention_mask"]), np.float64)
+    r_len = mb.response_ids_BR.shape[-1]
+    p_len = mb.input_ids_BS.shape[-1] - r_len
+    logits = np.asarray(model(mb.input_ids_BS, mb.attention_mask_BS), np.float64)
     logits = logits[:, p_len - 1 : p_len - 1 + r_len]
     lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-    ids = np.asarray(mb["response_ids"])
+    ids = np.asarray(mb.response_ids_BR)
     want = np.take_along_axis(logits, ids[..., None], -1)[..., 0] - lse
-    valid = np.asarray(mb["response_mask"]) > 0
+    valid = np.asarray(mb.response_mask_BR) > 0
     np.testing.assert_allclose(logp_BR[valid], want[valid], atol=2e-5)
 
 

@@ -69,6 +69,19 @@ def _validate(hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, topk, alpha, tau, entrop
         raise ValueError(f"entropy_over={entropy_over!r}; expected 'vocab' or 'buckets'")
 
 
+def _resolve_grad_mode(grad_mode: str, chunk_size: int, student_unembed_DV) -> str:
+    """Checks chunk_size and grad_mode; "auto" -> "forward" for an fp32 unembedding (its
+    accumulator is then the gradient itself), "recompute" for narrower ones."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be positive")
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"grad_mode={grad_mode!r}; expected one of {GRAD_MODES}")
+    if grad_mode == "auto":
+        wide = jnp.dtype(student_unembed_DV.dtype).itemsize >= 4
+        grad_mode = "forward" if wide else "recompute"
+    return grad_mode
+
+
 def fused_distill(
     student_hidden_ND: jax.Array,
     teacher_hidden_ND: jax.Array,
@@ -113,32 +126,19 @@ def fused_distill(
         entropy_over,
         temperature,
     )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be positive")
-    if grad_mode not in GRAD_MODES:
-        raise ValueError(f"grad_mode={grad_mode!r}; expected one of {GRAD_MODES}")
-    if grad_mode == "auto":
-        wide = jnp.dtype(student_unembed_DV.dtype).itemsize >= 4
-        grad_mode = "forward" if wide else "recompute"
+    grad_mode = _resolve_grad_mode(grad_mode, chunk_size, student_unembed_DV)
     impl = resolve_implementation(implementation)
     mesh, axes = _auto_token_axes(impl, student_hidden_ND.shape[0])
     if axes:
         # Pallas calls have no SPMD partitioning rule (Mosaic refuses; Triton would gather
         # every operand): under a mesh, run each device's tokens locally and psum.
+        operands = (student_hidden_ND, teacher_hidden_ND, student_unembed_DV)
+        operands += (teacher_unembed_DV, mask_N, token_weight_N)
         kwargs = dict(topk=topk, alpha=alpha, tau=tau, add_tail=add_tail)
         kwargs.update(entropy_over=entropy_over, temperature=temperature)
         kwargs.update(chunk_size=chunk_size, implementation=impl, grad_mode=grad_mode)
         return fused_distill_sharded(
-            mesh,
-            student_hidden_ND,
-            teacher_hidden_ND,
-            student_unembed_DV,
-            teacher_unembed_DV,
-            mask_N,
-            token_weight_N,
-            token_axes=axes,
-            interpret=interpret,
-            **kwargs,
+            mesh, *operands, token_axes=axes, interpret=interpret, **kwargs
         )
     if token_weight_N is None:
         token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
