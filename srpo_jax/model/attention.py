@@ -77,8 +77,12 @@ def attention(q_BTNH, k_BSKH, v_BSKH, mask, dtype, *, impl: str = "xla", query_c
     """Grouped-query attention; q head n reads kv head n // (N // K), as in transformers.
 
     mask: a CausalPadding (self-attention) or a dense bool allowed_BTS (any pattern; "xla").
+    impl "auto" on a GPU takes cuDNN for bf16/fp16 compute and the XLA path for fp32.
     """
+    requested = impl
     impl = resolve(impl, current_platform())
+    if impl == "cudnn" and requested == "auto" and jnp.dtype(dtype).itemsize > 2:
+        impl = "xla"  # cuDNN's fused kernel is half precision only; auto keeps fp32 exact
     if impl == "xla" or not isinstance(mask, CausalPadding):
         allowed_BTS = mask.dense() if isinstance(mask, CausalPadding) else mask
         return xla_attention(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype, query_chunk)
