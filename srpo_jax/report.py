@@ -13,6 +13,7 @@ of the metrics, curves and checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -79,7 +80,7 @@ def config_summary(
         cfg,
         workdir,
         model_cfg=model_cfg,
-        num_params=sum(int(x.size) for x in jax.tree.leaves(params)),
+        num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),  # arrays or abstract
         devices=jax.devices(),
         data_counts={
             "train": len(train_set),

@@ -54,7 +54,7 @@ from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
 from srpo_jax.faults import FaultInjection
 from srpo_jax.model import hf_io
-from srpo_jax.model.qwen3 import create_sharded_model
+from srpo_jax.model.qwen3 import Qwen3, create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
 from srpo_jax.schedule import Preemption, ResumeState, TrainingAborted, train_loop
 from srpo_jax.sft import SFTConfig, run_sft
@@ -231,10 +231,13 @@ def setup(
         )
     train_set = datasets.PromptSet(_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len)
     test_set = datasets.PromptSet(_examples(cfg, "test"), tokenizer, cfg.data.max_prompt_len)
-    graphdef, params = _initial_params(cfg, model_cfg, mesh)
     if multihost.is_leader():  # the resolved config to the workdir, one screen of it here
         report.write_config(cfg, wd)
-    view.write(report.config_summary(cfg, wd, model_cfg, params, train_set, test_set))
+    # Printed before the weights load (parameter count from the abstract model), so a bad
+    # checkpoint's error line follows the data counts instead of replacing them.
+    abstract = nnx.state(nnx.eval_shape(lambda: Qwen3(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    view.write(report.config_summary(cfg, wd, model_cfg, abstract, train_set, test_set))
+    graphdef, params = _initial_params(cfg, model_cfg, mesh)
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
     seeds = {
