@@ -26,11 +26,15 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from srpo_jax import config as config_lib
-from srpo_jax import log_levels
-from srpo_jax.cli import fail as _fail
-from srpo_jax.cli import last_error_line as _last_error_line
-from srpo_jax.cli import parse_flags as _parse_flags
+from srpo_jax import jax_startup
+
+jax_startup.import_jax()  # before the config modules import it (they define jax types)
+
+from srpo_jax import config as config_lib  # noqa: E402
+from srpo_jax import log_levels  # noqa: E402
+from srpo_jax.cli import fail as _fail  # noqa: E402
+from srpo_jax.cli import last_error_line as _last_error_line  # noqa: E402
+from srpo_jax.cli import parse_flags as _parse_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
@@ -94,11 +98,13 @@ def main(argv: list[str]) -> None:
     if _WORKDIR.value is None:
         _fail("--workdir is required (checkpoints and metrics go there)")
 
-    _init_distributed()
     import jax
 
+    with jax_startup.driver_probe_filtered():  # the first backend start probes for drivers
+        _init_distributed()
+        n_devices = jax.device_count()
     try:
-        config_lib.check_mesh(cfg, jax.device_count())
+        config_lib.check_mesh(cfg, n_devices)
     except config_lib.ConfigError as e:
         _fail(str(e))
 

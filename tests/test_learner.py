@@ -158,12 +158,12 @@ def test_teacher_rows_are_only_the_routed_rows_and_cost_scales():
     b_some = batching.build_train_batch(
         make_rows(2, "srpo", rewards=rewards_some), num_minibatches=1, micro_batch_rows=16, pad_id=0
     )
-    assert b_some["teacher_valid"].sum() == 3
-    assert set(b_some["teacher_src"][0, 0][b_some["teacher_valid"][0, 0]]) == {1, 2, 3}
+    assert b_some.teacher_valid_M.sum() == 3
+    assert set(b_some.teacher_src_M[0, 0][b_some.teacher_valid_M[0, 0]]) == {1, 2, 3}
     b_none = batching.build_train_batch(
         make_rows(2, "srpo", rewards=rewards_none), num_minibatches=1, micro_batch_rows=16, pad_id=0
     )
-    assert b_none["teacher_input_ids"].shape[2] == 0
+    assert b_none.teacher_input_ids_MT.shape[2] == 0
 
     cfg = lcfg()
     graphdef, state = fresh_state(cfg)

@@ -39,10 +39,14 @@ import shutil
 import sys
 import time
 
-from srpo_jax import config as config_lib
-from srpo_jax import log_levels
-from srpo_jax.algo import methods
-from srpo_jax.tools import compare_plot, compare_report
+from srpo_jax import jax_startup
+
+jax_startup.import_jax()  # before the config modules import it (they define jax types)
+
+from srpo_jax import config as config_lib  # noqa: E402
+from srpo_jax import log_levels  # noqa: E402
+from srpo_jax.algo import methods  # noqa: E402
+from srpo_jax.tools import compare_plot, compare_report  # noqa: E402
 
 DEFAULT_METHODS = methods.names()  # every entry of the method table
 DEFAULT_BUDGET_STEPS = 40  # 5 methods x 3 seeds in under 30 min of an idle 2-core CPU

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sys
 
-from srpo_jax import topologies
+from srpo_jax import jax_startup, topologies
 
 
 def _force_host_devices(argv: list[str]) -> None:
@@ -54,25 +54,9 @@ def _force_host_devices(argv: list[str]) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def _import_jax_quietly() -> None:
-    """Imports jax with stderr closed. With the [aot] extra on a host without a GPU, the CUDA
-    plugin's C++ start-up logs "Could not find cuda drivers" before absl logging is set up
-    (no variable silences it); the plan wants no driver, and a bad flag's one `error:` line
-    must stand alone on stderr. An import failure still raises (and prints) after restore."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import jax  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 if __name__ == "__main__":
     _force_host_devices(sys.argv)
-    if os.environ.get("JAX_PLATFORMS") == "cpu":
-        _import_jax_quietly()
+    jax_startup.import_jax()
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
@@ -393,9 +377,10 @@ def main(argv: list[str]) -> None:
     if f.config is None:
         raise SystemExit("--config is required, e.g. --config=configs/qwen3_8b_chem.py:method=srpo")
     topo = topologies.get(f.topology)
-    if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
-    n_dev = jax.device_count()
+    with jax_startup.driver_probe_filtered():  # the first backend start probes for drivers
+        if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            jax.distributed.initialize()
+        n_dev = jax.device_count()
     expected = f.num_devices or topo.num_devices
     if n_dev != expected:
         raise SystemExit(

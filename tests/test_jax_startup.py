@@ -1,0 +1,59 @@
+"""The driver-probe filter drops exactly the CUDA plugin's two start-up lines and keeps the rest."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from srpo_jax import jax_startup
+
+ABSL_LINE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+)
+PROBE_LINE = (
+    "I0000 00:00:1796172550.491318   26064 cudart_stub.cc:31] Could not find cuda drivers on "
+    "your machine, GPU will not be used.\n"
+)
+
+
+def test_probe_lines_are_dropped_and_others_kept_in_order():
+    # A real process: under pytest's capture sys.stderr does not write through fd 2.
+    script = (
+        "import os, sys\n"
+        "from srpo_jax import jax_startup\n"
+        "with jax_startup.driver_probe_filtered():\n"
+        f"    os.write(2, {(ABSL_LINE + PROBE_LINE + 'real warning one').encode()!r} + b'\\n')\n"
+        "    print('python-level line', file=sys.stderr)\n"
+        f"    os.write(2, {(PROBE_LINE + 'real warning two').encode()!r} + b'\\n')\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stderr == "real warning one\npython-level line\nreal warning two\nafter\n"
+
+
+def test_stderr_is_restored_after_an_exception(capfd):
+    with pytest.raises(RuntimeError), jax_startup.driver_probe_filtered():
+        os.write(2, b"kept before the error\n")
+        raise RuntimeError("boom")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "kept before the error\nafter\n"
+
+
+def test_main_bad_flag_prints_one_line_even_with_the_cuda_plugin():
+    """With the [aot] extra the CUDA plugin probes for drivers at import; the CLI's stderr
+    must still be the one error line (without the extra this checks the plain path)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.main", "--config=configs/demo.py", "--bogus_flag=1"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:"), proc.stderr
