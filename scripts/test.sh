@@ -15,7 +15,7 @@ ruff check srpo_jax tests configs kernels benchmarks
 
 status=0
 set +e
-python -m pytest -n "${PYTEST_WORKERS:-2}" -m "not server" "$@"
+python -m pytest -n "${PYTEST_WORKERS:-2}" -m "not server" --durations=40 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
