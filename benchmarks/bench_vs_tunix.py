@@ -120,7 +120,7 @@ def srpo_args(p: dict, method: str, workdir: pathlib.Path) -> list[str]:
         "algo.group_size": p["group"],
         "train.prompts_per_step": p["prompts"],
         "train.mini_batch_prompts": p["prompts"],
-        "train.sft_warmup_steps": 0,
+        "warmup.steps": 0,
         "train.num_steps": p["steps"],
         "optim.lr": p["lr"],
         "eval.every_steps": 10**6,

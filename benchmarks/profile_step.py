@@ -65,7 +65,7 @@ def build_config(size: str, method: str):
     c.data.max_response_len = s["new_tokens"]
     c.algo.group_size = s["group"]
     c.train.prompts_per_step = c.train.mini_batch_prompts = s["prompts"]
-    c.train.sft_warmup_steps = 0
+    c.warmup.steps = 0
     return from_config_dict(c)
 
 

@@ -11,7 +11,7 @@ length) and checkpoints to the workdir, and prints the test avg@4 at the first a
 evaluation. Any method name works as the argument (grpo | sdpo | srpo | srpo_no_dw |
 advantage_mix); the numbers below are for srpo.
 
-Warm-up (train.sft_warmup_steps, trainer._warmup -> sft.py): 100 Adam steps (lr 1e-3,
+Warm-up (warmup.steps, trainer._warmup -> sft.py): 100 Adam steps (lr 1e-3,
 batch 32) of teacher-forced cross-entropy on the gold response `<answer>\nX\n</answer>`
 of the training questions (a quarter of them carry the answer as a hint, which teaches
 copying from the teacher-prompt layout; see srpo_jax/data/synthetic.py). It teaches the
@@ -80,8 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.fused_implementation = "xla"
     c.train.chunk_size = 256
     c.train.time_budget_hours = 0.0
-    c.train.sft_warmup_steps = 100
-    c.train.sft_lr = 1e-3
+    c.warmup.steps = 100
+    c.warmup.lr = 1e-3
 
     c.eval.every_steps = 10
     c.eval.num_samples = 4

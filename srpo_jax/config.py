@@ -9,6 +9,7 @@ Each section's frozen dataclass lives in, and is validated by, the module it con
     algo        srpo_jax.algo.config.AlgoConfig         (method: a name in algo/methods.py)
     optim       srpo_jax.learner.OptimConfig
     train       srpo_jax.learner.TrainConfig
+    warmup      srpo_jax.sft.WarmupConfig               (supervised warm-up; demo only)
     rollout     srpo_jax.rollout.config.RolloutConfig   (rollout.sglang: SGLangConfig)
     eval        srpo_jax.evaluation.EvalConfig
     checkpoint  srpo_jax.checkpoint.CheckpointConfig
@@ -47,6 +48,7 @@ from srpo_jax.learner import OptimConfig, TrainConfig
 from srpo_jax.metrics import LogConfig
 from srpo_jax.model.config import ModelConfig
 from srpo_jax.rollout.config import RolloutConfig, SGLangConfig
+from srpo_jax.sft import WarmupConfig
 from srpo_jax.sharding import MeshConfig
 
 if typing.TYPE_CHECKING:
@@ -67,6 +69,7 @@ __all__ = [
     "SGLangConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "WarmupConfig",
     "check_mesh",
     "from_config_dict",
     "load_config_file",
@@ -85,6 +88,7 @@ class Config:
     algo: AlgoConfig = dataclasses.field(default_factory=AlgoConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    warmup: WarmupConfig = dataclasses.field(default_factory=WarmupConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)

@@ -102,8 +102,6 @@ class TrainConfig:
     fused_grad_mode: str = "auto"  # where the fused kernel contracts its gradient
     chunk_size: int = 1024  # tokens per chunk of the fused distillation kernel
     time_budget_hours: float = 10.0  # training wall-clock (eval excluded); 0 = no budget
-    sft_warmup_steps: int = 0  # supervised warm-up steps before RL (demo only)
-    sft_lr: float = 1e-4
 
     def __post_init__(self):
         require(self.prompts_per_step >= 1, "train.prompts_per_step", ">= 1", self.prompts_per_step)
@@ -118,8 +116,6 @@ class TrainConfig:
         require(
             self.time_budget_hours >= 0, "train.time_budget_hours", ">= 0", self.time_budget_hours
         )
-        require(self.sft_warmup_steps >= 0, "train.sft_warmup_steps", ">= 0", self.sft_warmup_steps)
-        require(self.sft_lr > 0, "train.sft_lr", "> 0", self.sft_lr)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,8 +116,8 @@ def _config_rows(
         f"data {m.data} x fsdp {m.fsdp} x tensor {m.tensor} on {len(devices)} {platform} device(s)"
     )
     steps = f"{t.num_steps} RL steps"
-    if t.sft_warmup_steps:
-        steps = f"{t.sft_warmup_steps} warm-up + {steps}"
+    if cfg.warmup.steps:
+        steps = f"{cfg.warmup.steps} warm-up + {steps}"
     every = cfg.eval.every_steps
     steps += f"; eval every {every} (avg@{cfg.eval.num_samples})" if every else "; no eval"
     ckpt = cfg.checkpoint.every_steps

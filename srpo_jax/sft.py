@@ -21,23 +21,22 @@ from flax import nnx
 
 from srpo_jax import multihost
 from srpo_jax.batching import bucket_length
+from srpo_jax.config_checks import require
 from srpo_jax.kernels import chunked_vocab
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
-    steps: int
-    lr: float = 3e-3
-    batch_size: int = 32
-    seed: int = 0
+class WarmupConfig:
+    """config.warmup: the supervised warm-up before RL (demo only; 0 steps = none)."""
+
+    steps: int = 0  # Adam steps on (prompt, gold answer) pairs
+    lr: float = 1e-4
+    batch_size: int = 32  # pairs per step (all of them when the split is smaller)
 
     def __post_init__(self):
-        if self.steps < 0:
-            raise ValueError(f"SFTConfig.steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"SFTConfig.lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"SFTConfig.batch_size must be >= 1, got {self.batch_size}")
+        require(self.steps >= 0, "warmup.steps", ">= 0", self.steps)
+        require(self.lr > 0, "warmup.lr", "> 0", self.lr)
+        require(self.batch_size >= 1, "warmup.batch_size", ">= 1", self.batch_size)
 
 
 def pack_pairs(
@@ -75,7 +74,9 @@ def _loss(graphdef, params, batch):
     return -jnp.sum(logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def run_sft(graphdef, params, prompts, targets, cfg: SFTConfig, pad_id: int, on_step=None):
+def run_sft(
+    graphdef, params, prompts, targets, cfg: WarmupConfig, *, seed: int, pad_id: int, on_step=None
+):
     """Runs cfg.steps Adam steps over shuffled (prompt, target) pairs; returns new params.
 
     `on_step(step, loss)` (1-based step) is called after each step, e.g. for a progress bar.
@@ -93,7 +94,7 @@ def run_sft(graphdef, params, prompts, targets, cfg: SFTConfig, pad_id: int, on_
 
     multi = jax.process_count() > 1
     mesh = jax.tree.leaves(params)[0].sharding.mesh if multi else None
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     losses = []
     n = len(prompts)
     for i in range(cfg.steps):

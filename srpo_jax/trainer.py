@@ -57,7 +57,7 @@ from srpo_jax.model import hf_io
 from srpo_jax.model.qwen3 import Qwen3, create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
 from srpo_jax.schedule import Preemption, ResumeState, TrainingAborted, train_loop
-from srpo_jax.sft import SFTConfig, run_sft
+from srpo_jax.sft import run_sft
 from srpo_jax.sharding import make_mesh
 from srpo_jax.step import generate_whole, prepare_step, stop_ids
 
@@ -128,18 +128,24 @@ def _initial_params(cfg: Config, model_cfg, mesh):
 def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress | None = None):
     """Supervised warm-up on the gold answers (demo only; see sft.py); `view` shows its steps
     (a new one, printing to stdout, when not given)."""
-    if cfg.train.sft_warmup_steps == 0:
+    if cfg.warmup.steps == 0:
         return params
     view = view or progress_lib.Progress()
-    view.start("warm-up", cfg.train.sft_warmup_steps, shown=progress_lib.WARMUP_METRICS)
+    view.start("warm-up", cfg.warmup.steps, shown=progress_lib.WARMUP_METRICS)
     targets = []
     for ex in train_set.examples:
         text = synthetic.answer_text(ex.answer) if ex.kind == "mcq" else ex.answer
         targets.append(tokenizer.encode(text, add_special_tokens=False) + [stop_ids(tokenizer)[0]])
-    sft_cfg = SFTConfig(steps=cfg.train.sft_warmup_steps, lr=cfg.train.sft_lr, seed=cfg.train.seed)
     on_step = lambda step, loss: view.update(step, {"loss": loss})
     params, _ = run_sft(
-        graphdef, params, train_set.prompt_ids, targets, sft_cfg, tokenizer.pad_token_id, on_step
+        graphdef,
+        params,
+        train_set.prompt_ids,
+        targets,
+        cfg.warmup,
+        seed=cfg.train.seed,
+        pad_id=tokenizer.pad_token_id,
+        on_step=on_step,
     )
     return params
 

@@ -25,7 +25,7 @@ def _tiny_overrides() -> tuple[tuple[str, object], ...]:
         ("algo.group_size", 2),
         ("train.prompts_per_step", 4),
         ("train.mini_batch_prompts", 4),
-        ("train.sft_warmup_steps", 2),
+        ("warmup.steps", 2),
         ("eval.num_samples", 2),
         ("eval.max_examples", 4),
     )

@@ -162,7 +162,7 @@ def test_demo_model_is_tiny_and_fits_the_tiny_tokenizer():
     assert (
         m.vocab_size == tiny_vocab and cfg.data.task == "synthetic" and cfg.rollout.engine == "jax"
     )
-    assert cfg.train.sft_warmup_steps > 0 and cfg.tokenizer.path == ""
+    assert cfg.warmup.steps > 0 and cfg.tokenizer.path == ""
     assert cfg.algo.topk < m.vocab_size
 
 

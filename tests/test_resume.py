@@ -46,8 +46,8 @@ TINY = [
 # Enough warm-up that some rollouts are correct, so routing and the teacher path run too.
 RESUME = TINY + [
     "--config.train.num_steps=5",
-    "--config.train.sft_warmup_steps=40",
-    "--config.train.sft_lr=3e-3",
+    "--config.warmup.steps=40",
+    "--config.warmup.lr=3e-3",
     "--config.eval.every_steps=2",
     "--config.checkpoint.every_steps=2",
 ]
@@ -171,7 +171,7 @@ def test_restart_continues_exactly_as_the_uninterrupted_run(resume_runs, name, r
 @pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     args = TINY + ["--config.train.num_steps=100", "--config.eval.every_steps=0"]
-    args += ["--config.checkpoint.every_steps=0", "--config.train.sft_warmup_steps=0"]
+    args += ["--config.checkpoint.every_steps=0", "--config.warmup.steps=0"]
     proc = start(tmp_path, args)
     deadline = time.monotonic() + 600
     while not any("loss" in r for r in read_metrics(tmp_path / "metrics.jsonl")):
@@ -193,7 +193,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
 @pytest.mark.slow
 def test_consecutive_non_finite_steps_stop_the_run_with_one_line(tmp_path):
     args = TINY + ["--config.train.num_steps=10", "--config.eval.every_steps=0"]
-    args += ["--config.train.sft_warmup_steps=0", "--config.optim.max_consecutive_skips=2"]
+    args += ["--config.warmup.steps=0", "--config.optim.max_consecutive_skips=2"]
     # Step 1 alone is skipped and the run goes on; steps 3 and 4 in a row stop it.
     rc, out, err = finish(start(tmp_path, args, SRPO_DEBUG_NAN_STEPS="1,3,4"))
     assert rc == 1, err[-3000:]

@@ -51,7 +51,7 @@ def cfg_for(method, **over):
         # grpo: 2 updates per step (pi_old pre-pass); the others one mini-batch.
         cd.train.mini_batch_prompts = 2 if method == "grpo" else 4
         cd.train.num_steps = 2
-        cd.train.sft_warmup_steps = 0
+        cd.warmup.steps = 0
         # Evaluation (a compile of its own) in the srpo run only.
         cd.eval.every_steps = 2 if method == "srpo" else 0
         cd.eval.num_samples, cd.eval.max_examples = 2, 4
@@ -67,7 +67,7 @@ def cfg_for(method, **over):
 # One warm-up for all methods (format + a little copying), saved like compare.py does.
 warm = out / "warm"
 warm.mkdir(parents=True)
-cfg = cfg_for("srpo", train__sft_warmup_steps=60, train__sft_lr=3e-3)
+cfg = cfg_for("srpo", warmup__steps=60, warmup__lr=3e-3)
 tok = trainer._tokenizer(cfg, warm)
 train_set = datasets.PromptSet(trainer._examples(cfg, "train"), tok, cfg.data.max_prompt_len)
 model_cfg = cfg.model.architecture()

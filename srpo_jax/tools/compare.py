@@ -11,7 +11,7 @@ prompt order are identical across methods and seeds. Every run gets the same ste
 steps; --budget_minutes adds an equal wall-clock budget per run (training time, evaluation
 excluded), which makes the table timing-dependent.
 
-The supervised warm-up (config.train.sft_warmup_steps) depends on the seed, not the method,
+The supervised warm-up (config.warmup.steps) depends on the seed, not the method,
 so it runs once per seed: its params are saved as an fp32 HF checkpoint (bit-exact round
 trip) under out/warmup/s<seed> and every method of that seed starts from it through
 config.model.hf_path with the warm-up switched off.
@@ -125,7 +125,7 @@ def _warm_started(cd, warm_dir: pathlib.Path):
             cd.tokenizer.path = str(warm_dir / "tokenizer")
         cd.model.hf_path = str(warm_dir)
         cd.model.preset = ""  # architecture from the saved config.json (overrides baked in)
-        cd.train.sft_warmup_steps = 0
+        cd.warmup.steps = 0
     return cd
 
 
@@ -186,9 +186,9 @@ def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
     for seed in plan.seeds:
         warm_dir = out / "warmup" / f"s{seed}"
         first = config_lib.from_config_dict(run_config_dict(plan, plan.methods[0], seed))
-        share = plan.share_warmup and first.train.sft_warmup_steps > 0
+        share = plan.share_warmup and first.warmup.steps > 0
         if share:
-            log(f"[compare] seed {seed}: warm-up ({first.train.sft_warmup_steps} SFT steps)")
+            log(f"[compare] seed {seed}: warm-up ({first.warmup.steps} SFT steps)")
             timed(f"warmup_s{seed}", build_warmup, first, warm_dir)
         for method in plan.methods:
             cd = run_config_dict(plan, method, seed)
