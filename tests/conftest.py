@@ -6,6 +6,8 @@ tests simply use the first device; multi-device tests build meshes over all eigh
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -14,6 +16,15 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent XLA compilation cache for the session: set here in the pytest process
+# before the xdist workers start, so both workers and every subprocess (main, plan, the
+# multi-host runs) inherit it. Compiles dominate the suite on CPU and many tests compile the
+# same programs (the demo's warm-up and sampler, one train step under two method names, a
+# resumed run's step). Fresh per session, so a run never reuses a previous run's binaries.
+_OWN_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="srpo_jax_test_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
 
 import pytest  # noqa: E402
 
@@ -27,3 +38,9 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_unconfigure(config):
+    # Only the process that made the cache removes it (xdist workers inherit the variable).
+    if _OWN_XLA_CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
