@@ -37,6 +37,10 @@ import subprocess
 import sys
 import tempfile
 
+from srpo_jax import jax_startup
+
+jax_startup.import_jax()  # the [aot] extra's CUDA plugin probes for drivers on import
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TUNIX_VENV = REPO / ".venv-tunix"
 TUNIX_PINS = (
