@@ -9,7 +9,8 @@ drivers write, from C++ before absl logging is set up:
 
 No environment variable silences it (TF_CPP_MIN_LOG_LEVEL, GLOG_minloglevel and
 ABSL_MIN_LOG_LEVEL were tried with jax 0.10.2). The entry points (`main.py`, `tools/plan.py`,
-`tools/compare.py`) start JAX inside `driver_probe_filtered()`, which sends file descriptor 2
+`tools/compare.py`) import JAX and start its backend through `import_jax()` and
+`device_count()`, both inside `driver_probe_filtered()`, which sends file descriptor 2
 to a temporary file for the duration and then writes back every line except those two, so a
 bad flag's single `error:` line stands alone and nothing else on stderr is lost.
 """
@@ -58,3 +59,12 @@ def import_jax() -> None:
     """`import jax` with the probe noise filtered (the module is then cached for everyone)."""
     with driver_probe_filtered():
         import jax  # noqa: F401
+
+
+def device_count() -> int:
+    """`jax.device_count()`, the first backend start, with the probe noise filtered. Call
+    `jax.distributed.initialize` before it, outside the filter (it may wait on peers)."""
+    import jax
+
+    with driver_probe_filtered():
+        return jax.device_count()

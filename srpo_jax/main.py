@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from srpo_jax import jax_startup
 
-jax_startup.import_jax()  # before the config modules import it (they define jax types)
+jax_startup.import_jax()  # first: the config modules below import jax
 
 from srpo_jax import config as config_lib  # noqa: E402
 from srpo_jax import log_levels  # noqa: E402
@@ -98,13 +98,9 @@ def main(argv: list[str]) -> None:
     if _WORKDIR.value is None:
         _fail("--workdir is required (checkpoints and metrics go there)")
 
-    import jax
-
-    with jax_startup.driver_probe_filtered():  # the first backend start probes for drivers
-        _init_distributed()
-        n_devices = jax.device_count()
+    _init_distributed()
     try:
-        config_lib.check_mesh(cfg, n_devices)
+        config_lib.check_mesh(cfg, jax_startup.device_count())
     except config_lib.ConfigError as e:
         _fail(str(e))
 

@@ -41,7 +41,7 @@ import time
 
 from srpo_jax import jax_startup
 
-jax_startup.import_jax()  # before the config modules import it (they define jax types)
+jax_startup.import_jax()  # first: the config modules below import jax
 
 from srpo_jax import config as config_lib  # noqa: E402
 from srpo_jax import log_levels  # noqa: E402

@@ -377,10 +377,9 @@ def main(argv: list[str]) -> None:
     if f.config is None:
         raise SystemExit("--config is required, e.g. --config=configs/qwen3_8b_chem.py:method=srpo")
     topo = topologies.get(f.topology)
-    with jax_startup.driver_probe_filtered():  # the first backend start probes for drivers
-        if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-            jax.distributed.initialize()
-        n_dev = jax.device_count()
+    if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+    n_dev = jax_startup.device_count()
     expected = f.num_devices or topo.num_devices
     if n_dev != expected:
         raise SystemExit(
