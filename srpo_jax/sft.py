@@ -60,18 +60,35 @@ def pack_pairs(
     return {"input_ids": ids, "attention_mask": mask, "targets": tgt, "target_mask": tmask}
 
 
-def _loss(graphdef, params, batch):
+def target_logprobs(graphdef, params, batch) -> jax.Array:
+    """log p(target token | prefix) [B, R] (fp32) for a `pack_pairs` batch; 0 past a target."""
     model = nnx.merge(graphdef, params)
     p_len = batch["input_ids"].shape[1] - batch["targets"].shape[1]
     r_len = batch["targets"].shape[1]
     h_BSD = model.hidden_states(batch["input_ids"], attention_mask_BT=batch["attention_mask"])
     h_BRD = h_BSD[:, p_len - 1 : p_len - 1 + r_len]
     b, r, d = h_BRD.shape
-    logp = chunked_vocab.token_logprobs(
+    logp_BR = chunked_vocab.token_logprobs(
         h_BRD.reshape(b * r, d), model.unembedding(), batch["targets"].reshape(-1)
     ).reshape(b, r)
+    return logp_BR * batch["target_mask"]
+
+
+def _loss(graphdef, params, batch):
     mask = batch["target_mask"]
-    return -jnp.sum(logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return -jnp.sum(target_logprobs(graphdef, params, batch)) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _schedule(cfg: WarmupConfig) -> optax.Schedule:
+    """Constant lr, then a linear decay to 0 over the last quarter of the steps: the decay
+    averages out the last mini-batches' noise (at a constant lr the tiny demo model's letter
+    marginals chased the letters of its latest batches: a first-letter share of 0.37
+    against the data's 0.25 was measured)."""
+    hold = cfg.steps - cfg.steps // 4
+    return optax.join_schedules(
+        [optax.constant_schedule(cfg.lr), optax.linear_schedule(cfg.lr, 0.0, cfg.steps - hold)],
+        [hold],
+    )
 
 
 def run_sft(
@@ -83,7 +100,7 @@ def run_sft(
     """
     if cfg.steps == 0:
         return params, []
-    opt = optax.adam(cfg.lr)
+    opt = optax.adam(_schedule(cfg))
     opt_state = opt.init(params)
 
     @jax.jit

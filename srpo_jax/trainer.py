@@ -46,9 +46,10 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from srpo_jax import checkpoint, evaluation, learner, multihost, report
+from srpo_jax import checkpoint, evaluation, learner, multihost, probe, report
 from srpo_jax import metrics as metrics_lib
 from srpo_jax import progress as progress_lib
+from srpo_jax.algo import routing
 from srpo_jax.config import Config, check_mesh, to_dict
 from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
@@ -56,7 +57,7 @@ from srpo_jax.faults import FaultInjection
 from srpo_jax.model import hf_io
 from srpo_jax.model.qwen3 import Qwen3, create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
-from srpo_jax.schedule import Preemption, ResumeState, TrainingAborted, train_loop
+from srpo_jax.schedule import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
 from srpo_jax.sft import run_sft
 from srpo_jax.sharding import make_mesh
 from srpo_jax.step import generate_whole, prepare_step, stop_ids
@@ -97,11 +98,20 @@ def _tokenizer(cfg: Config, workdir: pathlib.Path):
 def _examples(cfg: Config, split: str) -> list[datasets.Example]:
     d = cfg.data
     if d.task == "synthetic":
+        if split == "warmup":  # SFT pairs that teach format and copying, never a code
+            return synthetic.make_warmup_split(d.synthetic_warmup_size, d.shuffle_seed)
         train, test = synthetic.make_synthetic_splits(
             d.synthetic_train_size, d.synthetic_test_size, seed=d.shuffle_seed
         )
         return train if split == "train" else test
-    return datasets.load_split(d.data_dir, d.task, split)
+    examples = datasets.load_split(d.data_dir, d.task, split)
+    if split == "train" and any(routing.has_reprompt_layout(ex.prompt) for ex in examples):
+        # Its reprompt would append a second demonstration, a layout no teacher has seen.
+        raise datasets.DataError(
+            f"data.task={d.task}: a training question already ends in the teacher-prompt "
+            "layout (a hint); its reprompt would carry two demonstrations"
+        )
+    return examples
 
 
 def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
@@ -126,11 +136,16 @@ def _initial_params(cfg: Config, model_cfg, mesh):
 
 
 def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress | None = None):
-    """Supervised warm-up on the gold answers (demo only; see sft.py); `view` shows its steps
-    (a new one, printing to stdout, when not given)."""
+    """Supervised warm-up (demo only; see sft.py); `view` shows its steps (a new one, printing
+    to stdout, when not given). The synthetic task trains on its own warm-up split (format and
+    copying, never a code: synthetic.py) and then prints the copy probe; other tasks train on
+    the gold training answers. Returns (params, the probe's result or None)."""
     if cfg.warmup.steps == 0:
-        return params
+        return params, None
     view = view or progress_lib.Progress()
+    if cfg.data.task == "synthetic":
+        examples = _examples(cfg, "warmup")
+        train_set = datasets.PromptSet(examples, tokenizer, cfg.algo.max_reprompt_len)
     view.start("warm-up", cfg.warmup.steps, shown=progress_lib.WARMUP_METRICS)
     targets = []
     for ex in train_set.examples:
@@ -147,7 +162,24 @@ def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Prog
         pad_id=tokenizer.pad_token_id,
         on_step=on_step,
     )
-    return params
+    result = None
+    # The step-0 copy probe (issue 17); its scorer feeds host arrays, so one process only.
+    if cfg.data.task == "synthetic" and jax.process_count() == 1:
+        result = copy_probe(cfg, graphdef, params, tokenizer)
+        view.write(result.line())
+    return params, result
+
+
+def copy_probe(cfg: Config, graphdef, params, tokenizer) -> probe.ProbeResult:
+    """The copy probe on the synthetic test split with teacher = student (phi_0 = theta_0)."""
+    return probe.copy_probe(
+        probe.model_score_fn(graphdef, params, tokenizer.pad_token_id),
+        tokenizer,
+        _examples(cfg, "test"),
+        stop_ids(tokenizer)[0],
+        max_reprompt_len=cfg.algo.max_reprompt_len,
+        with_format=True,
+    )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -204,7 +236,9 @@ def _restore_or_start(
         # The restore target carries the shardings the fresh state would be born with.
         restored = ckpt.restore(checkpoint.abstract_like(learner.init_state(params, lcfg, mesh)))
     if restored is None:
-        params = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
+        if multihost.is_leader():  # a fresh run starts fresh per-question evaluation scores
+            (wd / EVAL_SCORES).unlink(missing_ok=True)
+        params, _ = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
         state, resume, resume_step = learner.init_state(params, lcfg, mesh), ResumeState(), -1
     else:
         state, host = restored.state, restored.host_state

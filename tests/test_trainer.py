@@ -72,7 +72,7 @@ tok = trainer._tokenizer(cfg, warm)
 train_set = datasets.PromptSet(trainer._examples(cfg, "train"), tok, cfg.data.max_prompt_len)
 model_cfg = cfg.model.architecture()
 graphdef, params = trainer._initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
-params = trainer._warmup(cfg, graphdef, params, train_set, tok)
+params, _ = trainer._warmup(cfg, graphdef, params, train_set, tok)
 hf_io.save_hf_params(params, model_cfg, warm, dtype=None)
 started = dict(model__hf_path=str(warm), model__preset="", tokenizer__path=str(warm / "tokenizer"))
 

@@ -131,6 +131,14 @@ def reprompt(question: str, demonstration: str) -> str:
     )
 
 
+def has_reprompt_layout(question: str) -> bool:
+    """True when `question` already ends like a reprompt (a demonstration and the closing
+    instruction): reprompting it would put a second demonstration after the first."""
+    return "\nCorrect solution:\n\n" in question and question.endswith(
+        "\n\nCorrectly solve the original question."
+    )
+
+
 def build_teacher_messages(
     messages: Sequence[dict], demonstration: str, *, remove_thinking: bool = True
 ) -> list[dict]:

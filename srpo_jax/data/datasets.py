@@ -63,6 +63,7 @@ class DataConfig:
     shuffle_seed: int = 0
     synthetic_train_size: int = 512
     synthetic_test_size: int = 64
+    synthetic_warmup_size: int = 2048  # SFT pairs of the synthetic warm-up (synthetic.py)
 
     def __post_init__(self):
         one_of("data.task", self.task, TASKS)
@@ -71,6 +72,7 @@ class DataConfig:
             "max_response_len",
             "synthetic_train_size",
             "synthetic_test_size",
+            "synthetic_warmup_size",
         ):
             require(getattr(self, k) >= 1, f"data.{k}", ">= 1", getattr(self, k))
 
