@@ -71,6 +71,7 @@ class Evaluator:
         self.max_new_tokens = max_new_tokens
         self.batch_prompts = batch_prompts
         self.stop_ids = _stop_ids(tokenizer)
+        self.last_scores: list[float] = []  # per-question avg@k of the last run
 
     def run(self, engine, *, step: int, seed: int = 0) -> dict[str, float]:
         k = self.cfg.num_samples
@@ -97,6 +98,7 @@ class Evaluator:
                 per = [rewards.reward(ex.kind, t, ex.answer) for t in texts]
                 scores.append(float(np.mean(per)))
                 majority.append(_majority_score(ex, texts, per))
+        self.last_scores = scores  # for confidence intervals over questions (tools/compare_ci)
         return {
             "eval/avg_at_k": float(np.mean(scores)),
             "eval/maj_at_k": float(np.mean(majority)),

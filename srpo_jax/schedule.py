@@ -17,6 +17,7 @@ TrainingAborted naming the step (main prints one line and exits 1).
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import time
 
@@ -28,6 +29,8 @@ from srpo_jax import progress as progress_lib
 from srpo_jax.config import to_dict
 from srpo_jax.faults import poison
 from srpo_jax.step import learn_and_sync, prepare_step
+
+EVAL_SCORES = "eval_scores.jsonl"  # one line per evaluation: the per-question avg@k
 
 
 class TrainingAborted(RuntimeError):
@@ -85,6 +88,9 @@ def _evaluate(run, step_done: int) -> None:
     res = run.evaluator.run(run.engine, step=step_done, seed=cfg.train.seed)
     res["time/train_elapsed_s"] = resume.train_elapsed_s
     run.writer.write(step_done, res)
+    if multihost.is_leader():  # per-question scores, for intervals over questions (compare_ci)
+        with open(run.workdir / EVAL_SCORES, "a") as f:
+            f.write(json.dumps({"step": step_done, "avg_at_k": run.evaluator.last_scores}) + "\n")
     resume.evals.append([resume.train_elapsed_s, res["eval/avg_at_k"]])
     run.log(
         f"step {step_done}: eval avg@{cfg.eval.num_samples} = {res['eval/avg_at_k']:.3f}, "

@@ -3,6 +3,7 @@ deterministic (same seeds -> the same table.md text); the report maths on hand-m
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -45,11 +46,20 @@ def test_short_comparison_writes_reports_and_is_deterministic(tmp_path):
     table = first["table"].read_text()
     assert first["curves"].stat().st_size > 0
     assert "wall-clock" in first["timing"].read_text()
-    # Paper Table 1 layout: one row per method, a column per budget fraction.
+    # table.md: avg@k per evaluation step with bootstrap intervals, the copy probe of the
+    # seed's warm-up, and the claims.
     header = next(line for line in table.splitlines() if line.startswith("| method | step 0"))
+    assert header == "| method | step 0 | step 1 | step 2 |"
+    assert "| 0 |" in table and "Copy probe at step 0" in table
+    assert (tmp_path / "a" / "warmup" / "s0" / "probe.json").is_file()
+    # Paper Table 1 layout in table_minmax.md: one row per method, a column per budget part.
+    minmax = (tmp_path / "a" / "table_minmax.md").read_text()
+    header = next(line for line in minmax.splitlines() if line.startswith("| method | step 0"))
     for col in ("best <= 1 steps (1/10)", "best <= 1 steps (5/10)", "best <= 2 steps (10/10)"):
         assert col in header
     assert "final" in header
+    costs = json.loads((tmp_path / "a" / "costs.json").read_text())
+    assert {"grpo_s0", "srpo_s0", "warmup_s0", "total"} <= set(costs)
     for method in ("grpo", "srpo"):
         assert any(line.startswith(f"| {method} |") for line in table.splitlines())
         assert (tmp_path / "a" / "runs" / f"{method}_s0" / "metrics.jsonl").is_file()

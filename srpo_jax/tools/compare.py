@@ -14,18 +14,29 @@ excluded), which makes the table timing-dependent.
 The supervised warm-up (config.warmup.steps) depends on the seed, not the method,
 so it runs once per seed: its params are saved as an fp32 HF checkpoint (bit-exact round
 trip) under out/warmup/s<seed> and every method of that seed starts from it through
-config.model.hf_path with the warm-up switched off.
+config.model.hf_path with the warm-up switched off. On the synthetic task the copy probe
+(srpo_jax/probe.py) runs on each seed's warm-up and is printed and saved
+(out/warmup/s<seed>/probe.json): it shows whether the self-teacher knows more than the
+student before any method is compared.
+
+Learning rates: --sweep_lrs=1e-3,3e-3 picks each method's rate on the training split only
+(`sweep`: --sweep_steps steps per rate from the warm-up of a seed that is not compared,
+highest mean training accuracy over the second half wins; out/sweep.json).
 
 Compilation is most of a short CPU run's cost, and every seed of a method compiles the same
 programs (the seed changes values, not shapes): run_all turns on JAX's persistent
 compilation cache in out/jax_cache (unless the caller already chose a cache directory), so
-only the first seed of each method pays for XLA compiles.
+only the first seed of each method pays for XLA compiles. Finished runs are kept (each has a
+cost.json), so a comparison resumes where it stopped, and after the sweep, processes given
+disjoint seeds (--first_seed, --seeds) can share one out/.
 
-Outputs: out/table.md (a pure function of the config, methods, seeds and step budget when no
-wall-clock budget is given: best avg@k within 1/10, 5/10 and 10/10 of the budget, paper
-Table 1 style; the Table 2 ablation block; learning-dynamics statistics; the paper's claims
-checked one by one; compare_report.py), out/timing.md (wall-clock: seconds per step, cost
-trend, best avg@k per wall-clock budget) and out/curves.png (compare_plot.py).
+Outputs: out/table.md and out/curves.png (compare_ci.py: the copy probe per seed, the swept
+rates, test avg@k at each evaluation with 95% bootstrap intervals over seeds and questions,
+the learning dynamics, and the paper's claims checked with those intervals),
+out/table_minmax.md (compare_report.py: best avg@k within 1/10, 5/10 and 10/10 of the
+budget, paper Table 1 style, with seed ranges; the Table 2 ablation block), out/timing.md
+(wall-clock: seconds per step, cost trend, best avg@k per wall-clock budget),
+out/curves_minmax.png and out/costs.json (wall and CPU seconds of every run).
 """
 
 from __future__ import annotations
@@ -45,12 +56,14 @@ jax_startup.import_jax()  # first: the config modules below import jax
 
 from srpo_jax import config as config_lib  # noqa: E402
 from srpo_jax import log_levels  # noqa: E402
+from srpo_jax import metrics as metrics_lib  # noqa: E402
 from srpo_jax.algo import methods  # noqa: E402
-from srpo_jax.tools import compare_plot, compare_report  # noqa: E402
+from srpo_jax.tools import compare_ci, compare_plot, compare_report  # noqa: E402
 
 DEFAULT_METHODS = methods.names()  # every entry of the method table
 DEFAULT_BUDGET_STEPS = 40  # 5 methods x 3 seeds in under 30 min of an idle 2-core CPU
 DEFAULT_SEEDS = 3
+COST, PROBE, SWEEP = "cost.json", "probe.json", "sweep.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +78,9 @@ class Plan:
     eval_every: int = 0  # 0 = budget_steps // 10 (so each tenth of the budget has an eval)
     overrides: tuple[tuple[str, object], ...] = ()  # (dotted key, value) applied to every run
     share_warmup: bool = True
+    sweep_lrs: tuple[float, ...] = ()  # () = the config's rate; else chosen by `sweep`
+    sweep_steps: int = 30
+    sweep_seed: int = 100  # the sweep's warm-up and RL seed: not a comparison seed
 
     def __post_init__(self):
         for m in self.methods:
@@ -82,6 +98,13 @@ class Plan:
             raise ValueError(f"--budget_minutes must be >= 0, got {self.budget_minutes}")
         if self.eval_every < 0:
             raise ValueError(f"--eval_every must be >= 0, got {self.eval_every}")
+        if any(lr <= 0 for lr in self.sweep_lrs) or self.sweep_steps < 2:
+            raise ValueError(
+                f"--sweep_lrs must be > 0 and --sweep_steps >= 2, got {self.sweep_lrs} "
+                f"and {self.sweep_steps}"
+            )
+        if self.sweep_seed in self.seeds:
+            raise ValueError(f"the sweep seed {self.sweep_seed} must not be a comparison seed")
 
     @property
     def eval_steps(self) -> int:
@@ -133,7 +156,8 @@ def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path) -> None:
     """Runs the trainer's own warm-up once and saves the result as an fp32 HF checkpoint.
 
     Uses the trainer's setup helpers so the params are exactly those `trainer.run` would
-    train from (same initialisation, data, tokenizer and SFT schedule for this seed).
+    train from (same initialisation, data, tokenizer and SFT schedule for this seed). On the
+    synthetic task it also runs the copy probe on the test split (warm_dir/probe.json).
     """
     from srpo_jax import trainer
     from srpo_jax.data import datasets
@@ -150,7 +174,9 @@ def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path) -> None:
         trainer._examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len
     )
     graphdef, params = trainer._initial_params(cfg, model_cfg, mesh)
-    params = trainer._warmup(cfg, graphdef, params, train_set, tokenizer)
+    params, probed = trainer._warmup(cfg, graphdef, params, train_set, tokenizer)
+    if probed is not None:  # the copy probe (synthetic task), printed by the warm-up
+        (warm_dir / PROBE).write_text(json.dumps(probed.to_dict(), indent=1))
     # dtype None keeps fp32: load_hf of this directory gives back the same bits.
     hf_io.save_hf_params(params, model_cfg, warm_dir, dtype=None)
 
@@ -167,71 +193,148 @@ def _use_compile_cache(cache_dir: pathlib.Path, log=print) -> None:
     log(f"[compare] compilation cache: {cache_dir}")
 
 
-def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
-    """Trains every (method, seed) of the plan under out/ and writes the reports."""
+def _timed(wd: pathlib.Path, fn, *args) -> None:
+    """fn(*args), then its wall and CPU seconds to wd/cost.json (runs in parallel processes
+    under one out/ each write their own; write_reports adds them up)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn(*args)
+    cost = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    (wd / COST).write_text(json.dumps(cost))
+
+
+def _complete(wd: pathlib.Path, steps: int) -> bool:
+    if not (wd / COST).is_file():
+        return False
+    records = metrics_lib.read_metrics(wd / metrics_lib.FILENAME)
+    return max(compare_report.series(records, "time/step_s"), default=0) >= steps
+
+
+def _train(plan: Plan, method: str, seed: int, wd: pathlib.Path, warm_dir, lr, log) -> None:
+    """One trainer.run of `method` (from the seed's shared warm-up when there is one)."""
     from srpo_jax import trainer
 
+    cd = run_config_dict(plan, method, seed)
+    if warm_dir is not None:
+        cd = _warm_started(cd, warm_dir)
+    if lr is not None:
+        with cd.unlocked():
+            cd.optim.lr = lr
+    if wd.exists():
+        shutil.rmtree(wd)  # never resume a stale run
+    wd.mkdir(parents=True)
+    log(f"[compare] {method} seed {seed} lr {cd.optim.lr:g}: {plan.budget_steps} steps -> {wd}")
+    _timed(wd, trainer.run, config_lib.from_config_dict(cd), wd)
+    if not _complete(wd, plan.budget_steps) and not plan.budget_minutes:
+        # The trainer exits cleanly on SIGTERM: do not report a truncated run.
+        raise RuntimeError(f"{wd}: stopped before step {plan.budget_steps} (preempted?)")
+
+
+def _warm_dir(plan: Plan, out: pathlib.Path, seed: int, log) -> pathlib.Path | None:
+    """The seed's shared warm-up checkpoint (built unless already there), or None."""
+    first = config_lib.from_config_dict(run_config_dict(plan, plan.methods[0], seed))
+    if not (plan.share_warmup and first.warmup.steps > 0):
+        return None
+    warm_dir = out / "warmup" / f"s{seed}"
+    if not (warm_dir / COST).is_file():
+        log(f"[compare] seed {seed}: warm-up ({first.warmup.steps} SFT steps)")
+        staging = out / "warmup" / f"s{seed}.cost"
+        staging.mkdir(parents=True, exist_ok=True)
+        _timed(staging, build_warmup, first, warm_dir)
+        shutil.move(staging / COST, warm_dir / COST)
+        staging.rmdir()
+    return warm_dir
+
+
+def sweep(plan: Plan, out: pathlib.Path, log=print) -> dict[str, float]:
+    """Per-method learning rate chosen on the training split only (out/sweep.json).
+
+    Each method trains plan.sweep_steps steps at each rate of plan.sweep_lrs from the warm-up
+    of seed plan.sweep_seed (not a comparison seed) without evaluation; the rate with the
+    highest mean training accuracy over the sweep's second half wins (ties: the smaller).
+    """
+    no_eval = (("eval.every_steps", 0),)  # the sweep never sees the test split
+    swept = dataclasses.replace(
+        plan, budget_steps=plan.sweep_steps, overrides=plan.overrides + no_eval
+    )
+    warm_dir = _warm_dir(swept, out, plan.sweep_seed, log)
+    table, chosen = {}, {}
+    for method in plan.methods:
+        table[method] = {}
+        for lr in plan.sweep_lrs:
+            wd = out / "sweep" / f"{method}_lr{lr:g}"
+            if not _complete(wd, plan.sweep_steps):
+                _train(swept, method, plan.sweep_seed, wd, warm_dir, lr, log)
+            records = metrics_lib.read_metrics(wd / metrics_lib.FILENAME)
+            acc = compare_report.series(records, "reward/accuracy")
+            late = [v for step, v in acc.items() if step > plan.sweep_steps // 2]
+            table[method][f"{lr:g}"] = sum(late) / len(late)
+        best = max(table[method].values())
+        chosen[method] = min(lr for lr in plan.sweep_lrs if table[method][f"{lr:g}"] == best)
+        log(f"[compare] sweep {method}: {table[method]} -> lr {chosen[method]:g}")
+    info = {"train_accuracy": table, "chosen": chosen, "steps": plan.sweep_steps}
+    (out / SWEEP).write_text(json.dumps(info, indent=1))
+    return chosen
+
+
+def run_all(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
+    """Trains every (method, seed) of the plan under out/ and writes the reports.
+
+    With plan.sweep_lrs the learning rates come from `sweep` (out/sweep.json, reused when it
+    exists). Finished runs (a cost.json and every step) are kept, so a comparison can be
+    resumed, or split over processes by seed after the sweep has run.
+    """
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _use_compile_cache(out / "jax_cache", log)
-    runs_dir = out / "runs"
-    t_start, cpu_start = time.perf_counter(), time.process_time()
-    costs: dict[str, tuple[float, float]] = {}  # "<method>_s<seed>" | "warmup_s<seed>"
-
-    def timed(name, fn, *args):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(*args)
-        costs[name] = (time.perf_counter() - t0, time.process_time() - c0)
-
+    lrs: dict[str, float] = {}
+    if plan.sweep_lrs:
+        saved = out / SWEEP
+        lrs = json.loads(saved.read_text())["chosen"] if saved.is_file() else sweep(plan, out, log)
     for seed in plan.seeds:
-        warm_dir = out / "warmup" / f"s{seed}"
-        first = config_lib.from_config_dict(run_config_dict(plan, plan.methods[0], seed))
-        share = plan.share_warmup and first.warmup.steps > 0
-        if share:
-            log(f"[compare] seed {seed}: warm-up ({first.warmup.steps} SFT steps)")
-            timed(f"warmup_s{seed}", build_warmup, first, warm_dir)
+        warm_dir = _warm_dir(plan, out, seed, log)
         for method in plan.methods:
-            cd = run_config_dict(plan, method, seed)
-            if share:
-                cd = _warm_started(cd, warm_dir)
-            cfg = config_lib.from_config_dict(cd)
-            wd = runs_dir / f"{method}_s{seed}"
-            if wd.exists():
-                shutil.rmtree(wd)  # a fresh comparison: never resume a stale run
-            log(f"[compare] {method} seed {seed}: {plan.budget_steps} steps -> {wd}")
-            timed(f"{method}_s{seed}", trainer.run, cfg, wd)
-            rec = compare_report.load_run(wd)
-            last = max(compare_report.series(rec, "time/step_s"), default=0)
-            if last < plan.budget_steps and not plan.budget_minutes:
-                # The trainer exits cleanly on SIGTERM: do not report a truncated run.
-                raise RuntimeError(
-                    f"{wd}: stopped at step {last} of {plan.budget_steps} (preempted?); "
-                    "the comparison is incomplete"
-                )
-    total_s = time.perf_counter() - t_start
-    totals = {"total": (total_s, time.process_time() - cpu_start)}
-    (out / "costs.json").write_text(json.dumps({**costs, **totals}, indent=1, sort_keys=True))
+            wd = out / "runs" / f"{method}_s{seed}"
+            if not _complete(wd, plan.budget_steps):
+                _train(plan, method, seed, wd, warm_dir, lrs.get(method), log)
     return write_reports(plan, out, log)
 
 
+def _costs(out: pathlib.Path) -> dict[str, tuple[float, float]]:
+    """name -> (wall s, cpu s) of every warm-up, sweep run and run under out/."""
+    costs = {}
+    for f in sorted(out.glob(f"*/*/{COST}")):
+        c = json.loads(f.read_text())
+        name = (
+            f.parent.name
+            if f.parent.parent.name == "runs"
+            else f"{f.parent.parent.name}_{f.parent.name}"
+        )
+        costs[name] = (c["wall_s"], c["cpu_s"])
+    return costs
+
+
 def write_reports(plan: Plan, out: str | pathlib.Path, log=print) -> dict:
-    """table.md, timing.md and curves.png from the runs (and costs.json) under out/."""
+    """From the runs under out/: table.md and curves.png (95% bootstrap intervals, the
+    paper's claims; compare_ci.py), table_minmax.md, timing.md and curves_minmax.png
+    (compare_report.py, compare_plot.py) and costs.json (every run's wall and CPU seconds)."""
     out = pathlib.Path(out)
     records = {
         m: {s: compare_report.load_run(out / "runs" / f"{m}_s{s}") for s in plan.seeds}
         for m in plan.methods
     }
-    cost_file = out / "costs.json"
-    saved = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
-    costs = {k: tuple(v) for k, v in saved.items()}
-    total_s, cpu_s = costs.pop("total", (0.0, 0.0))
+    costs = _costs(out)
+    total_s, cpu_s = (sum(c[i] for c in costs.values()) for i in (0, 1))
+    (out / "costs.json").write_text(
+        json.dumps({**costs, "total": (total_s, cpu_s)}, indent=1, sort_keys=True)
+    )
     report = compare_report.Report(
         plan=plan, records=records, costs=costs, total_s=total_s, cpu_s=cpu_s
     )
-    (out / "table.md").write_text(compare_report.table_md(report))
+    (out / "table_minmax.md").write_text(compare_report.table_md(report))
     (out / "timing.md").write_text(compare_report.timing_md(report))
-    compare_plot.plot(report, out / "curves.png")
-    log(f"[compare] done in {total_s / 60:.1f} min: {out / 'table.md'}, {out / 'curves.png'}")
+    compare_plot.plot(report, out / "curves_minmax.png")
+    compare_ci.write(plan, out, records)
+    log(f"[compare] {cpu_s / 60:.1f} CPU-min in all: {out / 'table.md'}, {out / 'curves.png'}")
     return {"table": out / "table.md", "timing": out / "timing.md", "curves": out / "curves.png"}
 
 
@@ -260,6 +363,10 @@ def parse_args(argv: list[str]) -> tuple[Plan, str, bool, int]:
     p.add_argument("--budget_minutes", type=float, default=0.0, help="per run; 0 = none")
     p.add_argument("--eval_every", type=int, default=0, help="0 = budget_steps // 10")
     p.add_argument("--no_share_warmup", action="store_true", help="warm up inside every run")
+    p.add_argument(
+        "--sweep_lrs", default="", help="e.g. 1e-3,3e-3: each method's rate from a sweep"
+    )
+    p.add_argument("--sweep_steps", type=int, default=30, help="steps per sweep run")
     p.add_argument("--out", default="compare")
     p.add_argument(
         "--report_only", action="store_true", help="rewrite the reports from out/runs, no training"
@@ -290,6 +397,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, str, bool, int]:
             eval_every=a.eval_every,
             overrides=tuple(overrides),
             share_warmup=not a.no_share_warmup,
+            sweep_lrs=tuple(float(x) for x in a.sweep_lrs.split(",") if x.strip()),
+            sweep_steps=a.sweep_steps,
         )
     except ValueError as e:
         p.error(str(e))
