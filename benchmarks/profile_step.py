@@ -14,7 +14,11 @@ Prints two tables:
    (by jitted function; eager jnp ops count as their own), host->device puts,
    device->host fetches, blocking waits, recompiles; and what the learner's compiled
    step holds beyond the objective's arithmetic (old log-prob pass, EMA teacher update,
-   teacher forward rows) with its XLA cost estimate.
+   teacher forward rows) with its XLA cost estimate;
+3. the learner's compiled ops by the model part they belong to (forward / backward of the
+   MLP, attention, projections, the chunked loss head, the rest), summed from the trace's
+   per-op events (XLA:CPU records one per executed thunk) and mapped to the jax op that
+   made them through the compiled HLO's op_name metadata.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import gzip
 import importlib.util
 import json
 import pathlib
+import re
 import statistics
 import sys
 import tempfile
@@ -140,12 +145,44 @@ def census(trace_dir: pathlib.Path, steps: int) -> dict:
     }
 
 
+# (group, test on the jax op_name) in order: the first that matches names the op.
+_OP_GROUPS = (
+    ("loss head (chunked vocab)", lambda op: "while/body" in op),
+    ("attention", lambda op: any(s in op for s in ("bkgts", "btkgh", "softmax", "_where"))),
+    ("MLP", lambda op: any(s in op for s in ("btf", "df->", "silu"))),
+    ("q/k/v/o projections", lambda op: any(s in op for s in ("dnh", "dkh", "nhd"))),
+)
+
+
+def op_groups(trace_dir: pathlib.Path, hlo_text: str, steps: int) -> dict:
+    """Seconds per step of the compiled learner's ops, by forward/backward and model part."""
+    op_of = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]*)"', line)
+        if m:
+            op_of[m.group(1)] = m.group(2)
+    path = next(trace_dir.rglob("perfetto_trace.json.gz"))
+    events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    out = collections.Counter()
+    for e in events:
+        module = e.get("args", {}).get("hlo_module", "jit_train_step_fn")
+        mine = e.get("ph") == "X" and module == "jit_train_step_fn"  # not the engine's ops
+        op = op_of.get(e.get("name")) if mine else None
+        if op is None or e["name"].startswith("while"):
+            continue  # not a learner op, or a loop whose body ops are counted themselves
+        group = next((g for g, test in _OP_GROUPS if test(op)), "the rest (norms, RoPE, optimizer)")
+        out[("backward " if "transpose(" in op else "forward ") + group] += e["dur"] / 1e6 / steps
+    return dict(out.most_common())
+
+
 def learner_extras(loop: Loop, batch) -> list[str]:
     n_mini = batch.input_ids_BS.shape[0]
     rows = batch.teacher_input_ids_MT.shape[2]
     key = next(iter(loop.lrn._compiled))
     with jax.set_mesh(loop.mesh):
-        cost = loop.lrn._compiled[key].lower(loop.state, batch).compile().cost_analysis()
+        compiled = loop.lrn._compiled[key].lower(loop.state, batch).compile()
+    cost = compiled.cost_analysis()
+    loop.hlo_text = compiled.as_text()
     return [
         f"old log-prob forward pass: {'yes' if n_mini > 1 else 'no'} ({n_mini} mini-batch(es))",
         "EMA teacher update: yes (every method, every step)",
@@ -176,9 +213,10 @@ def main():
         jax.profiler.stop_trace()
         counts = census(pathlib.Path(tmp) / "trace", args.trace)
         batch = step.prepare_step(
-            loop.cfg, loop.step, loop.engine, loop.train_set, loop.sampler, loop.tok
+            loop.cfg, loop.n, loop.engine, loop.train_set, loop.sampler, loop.tok
         ).batch
         extras = learner_extras(loop, batch)
+        groups = op_groups(pathlib.Path(tmp) / "trace", loop.hlo_text, args.trace)
     print(f"## {args.size}, {args.method}: median of {args.steps} steps after {args.warmup}\n")
     print("| phase | wall s | CPU s |\n|---|---|---|")
     for name in rows[0]:
@@ -195,6 +233,10 @@ def main():
     print("\n## the learner's compiled step\n")
     for line in extras:
         print(f"- {line}")
+    print("\n## the learner's ops by model part (seconds per step, from the trace)\n")
+    print("| part | s |\n|---|---|")
+    for name, secs in groups.items():
+        print(f"| {name} | {secs:.3f} |")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ of per-step timings:
   rollout, rewards and advantages, the policy update; the sampler shares the actor's
   model on one mesh, so there is no weight copy);
 - rollout_s: RLCluster.generate (the vanilla sampler; it returns host token lists);
-- update_s: RLCluster.update_actor, block_until_ready on the params, less that step's
-  rollout: update_actor pulls its batch from tunix's data thread, so its wall time
-  includes waiting for the rollout (and rewards and advantages) of the same step.
+- update_s: RLCluster.update_actor, block_until_ready on the params. With actor and
+  sampler on one mesh tunix prepares each step's batch in its data thread before the
+  main loop takes it off the queue (RLLearner: `next(train_data_gen)`, then
+  `update_actor`), so this wall time holds no rollout. (An earlier version subtracted the
+  step's rollout from it, which under-reported tunix's update by the rollout's time.)
 
 The learner is tunix's own loop (GRPOLearner.train); the timers wrap RLCluster methods
 from the outside and change nothing it does. The model is tunix's Qwen3 with random
@@ -151,7 +153,7 @@ def main(problem_path: str, out_path: str) -> None:
         {
             "step_s": steps,
             "rollout_s": log["rollout_s"],
-            "update_s": [u - r for u, r in zip(log["update_s"], log["rollout_s"], strict=True)],
+            "update_s": log["update_s"],
             "jax": jax.__version__,
             "devices": str(jnp.zeros(()).devices()),
         }
