@@ -128,6 +128,12 @@ def _write_split(data_dir: pathlib.Path, lines: list[str]) -> pathlib.Path:
 
 
 GOOD = json.dumps(ROW)
+# A chem split whose prompts straddle max_prompt_len=70 (the filter case): short questions
+# and ones of some 200 words.
+MIXED_ROWS = {
+    "train": [dict(ROW, idx=i, prompt="Q?" if i % 2 else "word " * 200) for i in range(5)],
+    "test": [dict(ROW, idx=i, prompt="Q?") for i in range(2)],
+}
 DATA_CASES = {
     "malformed_line": ([GOOD, '{"idx": 2, "kind":'], r"train\.json:2: malformed JSON"),
     "missing_field": (
@@ -265,10 +271,17 @@ def heavy_runs(tmp_path_factory, tiny_tok_dir, hf_dir):
     manager.save(1, state, {"weight_version": 1})
     manager.close()
 
+    # Every synthetic prompt has one length, so the filter case reads a chem split of mixed
+    # lengths: max_prompt_len 70 keeps the short rows (all test rows) and drops the long ones.
+    mixed_dir = root / "mixed"
+    for split, rows in MIXED_ROWS.items():
+        path = datasets.split_path(mixed_dir, "chem", split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     cases = {
         "data": [DEMO, "--config.data.task=chem", f"--config.data.data_dir={data_dir}"],
-        # max_prompt_len 70 keeps every synthetic test prompt and drops the longest train ones.
         "hf": [DEMO, "--config.model.preset=", f"--config.model.hf_path={missing}"]
+        + ["--config.data.task=chem", f"--config.data.data_dir={mixed_dir}"]
         + ["--config.data.max_prompt_len=70"],
         "ckpt": [DEMO],
     }
@@ -285,9 +298,7 @@ def test_main_data_file_with_malformed_line(heavy_runs):
 @pytest.mark.slow
 def test_main_prompt_longer_than_limit_is_filtered_and_counted(heavy_runs, tiny_tok_dir):
     tok = tok_lib.load_tokenizer(tiny_tok_dir)
-    from srpo_jax.data import synthetic
-
-    train, test = synthetic.make_synthetic_splits(512, 64, seed=0)
+    train = [datasets.Example(**r) for r in MIXED_ROWS["train"]]
     too_long = sum(len(datasets.encode_prompt(tok, datasets.messages(ex))) > 70 for ex in train)
     assert 0 < too_long < len(train)  # the case needs some, not all, prompts over the limit
     out = heavy_runs["hf"].stdout

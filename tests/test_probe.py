@@ -77,9 +77,9 @@ def test_wrong_answer_differs_at_every_letter():
         assert wrong[1] != x and wrong[3] != y
 
 
-def _tiny_model(seed=0):
+def _tiny_model(seed=0, **overrides):
     mesh = make_mesh(MeshConfig(), devices=jax.devices()[:1])
-    model = create_sharded_model(tiny(vocab_size=512), mesh, seed=seed)
+    model = create_sharded_model(tiny(vocab_size=512, **overrides), mesh, seed=seed)
     return nnx.split(model, nnx.Param)
 
 
@@ -116,9 +116,9 @@ def _letter_prior_model(tok):
 
 
 def test_short_warmup_has_no_answer_prior(tok):
-    """After 60 steps of the task's own warm-up the loss has fallen, yet the student's letters
-    carry no answer (chance given the question) and no letter is preferred; the same check
-    rejects a model with a prior."""
+    """After 200 steps of the task's own warm-up the student answers in the format, yet its
+    letters carry no answer (chance given the question) and no letter is preferred; the same
+    check rejects a model with a prior."""
     warm = synthetic.make_warmup_split(512, seed=0)
     _, test = synthetic.make_synthetic_splits(64, 64, seed=0)
     stop = _stop(tok)
@@ -127,9 +127,11 @@ def test_short_warmup_has_no_answer_prior(tok):
         list(tok.encode(synthetic.answer_text(ex.answer), add_special_tokens=False)) + [stop]
         for ex in warm
     ]
-    graphdef, params = _tiny_model(seed=1)
+    # The demo's model: with tiny()'s rope_theta 1e6 this 2-layer model has not learned to
+    # repeat the asked words after 200 steps (well-formed 0.01); at 1e4 it has (0.89).
+    graphdef, params = _tiny_model(seed=1, rope_theta=1e4)
     params, losses = sft.run_sft(
-        graphdef, params, prompts, targets, sft.WarmupConfig(steps=60, lr=3e-3), seed=0,
+        graphdef, params, prompts, targets, sft.WarmupConfig(steps=200, lr=3e-3), seed=0,
         pad_id=tok.pad_token_id,
     )  # fmt: skip
     assert losses[-1] < losses[0] / 4
