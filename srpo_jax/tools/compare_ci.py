@@ -367,12 +367,14 @@ def plot(scores, steps, rec, seeds, path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     draws = _draws(len(seeds), next(iter(scores.values())).shape[2], rng)
     s_idx = draws[0]
+    # One colour per method in every panel (panels without a method's series skip it).
+    color = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([*scores, *rec]))}
     ax = axes[0, 0]
     for m, x in scores.items():
         reps = boot_acc(x, draws)
         lo, hi = np.percentile(reps, [2.5, 97.5], axis=0)
-        ax.plot(steps, x.mean(axis=(0, 2)), label=m)
-        ax.fill_between(steps, lo, hi, alpha=0.2)
+        ax.plot(steps, x.mean(axis=(0, 2)), label=m, color=color[m])
+        ax.fill_between(steps, lo, hi, alpha=0.2, color=color[m])
     ax.set(title="test avg@4 (95% CI: seeds x questions)", xlabel="step")
     ax.legend(fontsize=8)
     for ax, key, title in zip(
@@ -389,8 +391,8 @@ def plot(scores, steps, rec, seeds, path) -> None:
             v = np.array([[p[k] for k in common] for p in per])
             reps = v[s_idx].mean(axis=1)
             lo, hi = np.percentile(reps, [2.5, 97.5], axis=0)
-            ax.plot(common, v.mean(axis=0), label=m)
-            ax.fill_between(common, lo, hi, alpha=0.2)
+            ax.plot(common, v.mean(axis=0), label=m, color=color[m])
+            ax.fill_between(common, lo, hi, alpha=0.2, color=color[m])
         ax.set(title=f"{title} (95% CI over seeds)", xlabel="step")
     ax = axes[1, 2]
     for m in ("srpo", "sdpo", "srpo_no_dw"):
@@ -406,7 +408,7 @@ def plot(scores, steps, rec, seeds, path) -> None:
         if ys:
             ys_a = np.array(ys)
             keep = ys_a <= 3 * np.median(ys_a)
-            ax.scatter(np.array(xs)[keep], ys_a[keep], s=6, label=m)
+            ax.scatter(np.array(xs)[keep], ys_a[keep], s=6, label=m, color=color[m])
     ax.set(title="learner s/step vs teacher-row fraction", xlabel="fraction of rows with a teacher")
     ax.legend(fontsize=8)
     fig.tight_layout()
