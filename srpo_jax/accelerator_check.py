@@ -10,9 +10,12 @@ weights and inputs). On the accelerator, in this order, within a few minutes:
 2. fused distillation: the Pallas kernel's numerator and z against the float32 reference
    implementation, then its fwd+bwd time at N=4096, V=151936, D=2560 (bf16) against the
    HBM floor (reading the student and teacher logits once, at the chip's bandwidth).
-3. model step: value, gradient and SGD update of a Qwen3-1.7B-shaped model (random weights,
-   remat, bf16 compute) on 8 rows of 2048 tokens; step time, and the runtime's peak memory
-   against what the compiler predicted for the same program (memory_analysis).
+3. SRPO step: one learner.train_step_fn (the program the memory plan compiles: student
+   forward/backward, routed teacher forward, fused SDPO loss, AdamW, EMA) of a
+   Qwen3-1.7B-shaped model (random weights, remat, bf16, the benchmark config's learner
+   settings) on one micro-batch of 8 rows (512 + 1536 tokens), every row routed to a teacher
+   row of 1024 + 1536 tokens; step time, and the runtime's peak memory against what the
+   compiler predicted for the same program (memory_analysis).
 
 --tiny runs the same code at CPU-test size (the fused checks say "skipped" off-accelerator).
 """
@@ -20,6 +23,8 @@ weights and inputs). On the accelerator, in this order, within a few minutes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import time
 
@@ -28,10 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from srpo_jax import batching, learner, trainer
+from srpo_jax import config as config_lib
 from srpo_jax.kernels.fused_distill import api
 from srpo_jax.model import attention as attn
-from srpo_jax.model.config import Qwen3Config
-from srpo_jax.model.qwen3 import Qwen3
+from srpo_jax.model.qwen3 import create_sharded_model
+from srpo_jax.sharding import MeshConfig, make_mesh
 
 
 def _timed(fn, *args, repeats=3):
@@ -93,26 +100,72 @@ def check_fused_distill(platform: str, tiny: bool, hbm_bytes_per_s: float | None
     return out
 
 
-def check_model_step(tiny: bool) -> dict:
+def _srpo_step_config(tiny: bool):
+    """The config of the checked step: the demo's at --tiny, else Qwen3-1.7B shapes (random
+    weights, remat, bf16) through the benchmark config's learner settings, on one device."""
     if tiny:
-        cfg, rows, t = Qwen3Config.tiny(), 2, 64
-    else:
-        cfg, rows, t = Qwen3Config.qwen3_1p7b(remat=True), 8, 2048
-    model = Qwen3(cfg, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    ids = jax.random.randint(jax.random.key(2), (rows, t), 0, cfg.vocab_size)
+        return config_lib.from_config_dict(config_lib.load_config_file("configs/demo.py"))
+    cd = config_lib.load_config_file("configs/qwen3_4b_chem.py:method=srpo")
+    with cd.unlocked():
+        cd.model.preset, cd.model.hf_path, cd.model.random_init = "qwen3_1p7b", "", True
+        cd.mesh.tensor = 1
+        cd.data.max_prompt_len, cd.data.max_response_len = 512, 1536
+        cd.algo.max_reprompt_len, cd.algo.group_size = 1024, 4
+        cd.train.prompts_per_step = cd.train.mini_batch_prompts = 2
+        cd.train.micro_batch_rows = 8  # one micro-batch of 8 rows, every row routed
+    return config_lib.from_config_dict(cd)
 
-    @jax.jit
-    def step(state, ids):
-        def loss(state):
-            logits = nnx.merge(graphdef, state)(ids[:, :-1])
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1))
 
-        value, grads = jax.value_and_grad(loss)(state)
-        return value, jax.tree.map(lambda p, g: p - 1e-4 * g, state, grads)
+def _random_batch(shape, vocab: int) -> dict:
+    """Host arrays for TrainBatch.abstract's fields: random tokens, full masks, every row
+    routed (teacher row m scores student row m), the plan's worst case."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, x in dataclasses.asdict(shape).items():
+        if name.endswith(("ids_BS", "ids_BR", "ids_MT")):
+            out[name] = rng.integers(0, vocab, x.shape, dtype=np.int32)
+        elif name == "teacher_src_M":
+            out[name] = np.broadcast_to(np.arange(x.shape[-1], dtype=np.int32), x.shape)
+        elif name == "advantages_B":
+            out[name] = rng.standard_normal(x.shape).astype(np.float32)
+        elif name == "rollout_logprobs_BR":
+            out[name] = np.full(x.shape, -1.0, np.float32)
+        else:  # masks and validity flags
+            out[name] = np.ones(x.shape, x.dtype)
+    return out
 
-    compiled = step.lower(state, ids).compile()
+
+def check_srpo_step(tiny: bool) -> dict:
+    """One SRPO train step: the program the memory plan compiles (learner.train_step_fn with
+    the trainer's step settings), on random weights and a random all-routed batch."""
+    cfg = _srpo_step_config(tiny)
+    mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+    lcfg, model_cfg = trainer.step_settings(cfg), cfg.model.architecture()
+    graphdef, params = nnx.split(create_sharded_model(model_cfg, mesh, seed=0), nnx.Param)
+    state = learner.init_state(params, lcfg, mesh)
+    rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * cfg.algo.group_size
+    shape = batching.TrainBatch.abstract(
+        n_mini=cfg.train.prompts_per_step // cfg.train.mini_batch_prompts,
+        n_micro=cfg.train.mini_batch_prompts * cfg.algo.group_size // rows,
+        rows=rows,
+        prompt_len=batching.bucket_length(cfg.data.max_prompt_len),
+        response_len=batching.bucket_length(cfg.data.max_response_len),
+        teacher_rows=rows,
+        teacher_prompt_len=batching.bucket_length(cfg.algo.max_reprompt_len),
+    )
+    b_shard = learner.batch_shardings(mesh, shape)
+    batch = jax.device_put(
+        batching.TrainBatch(**_random_batch(shape, model_cfg.vocab_size)), b_shard
+    )
+    s_shard = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(
+        functools.partial(learner.train_step_fn, lcfg, graphdef),
+        in_shardings=(s_shard, b_shard),
+        out_shardings=(s_shard, None),
+        donate_argnums=0,
+    )
+    with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
+        compiled = step.lower(state, batch).compile()
     mem = compiled.memory_analysis()
     predicted = None
     if mem is not None:
@@ -122,11 +175,19 @@ def check_model_step(tiny: bool) -> dict:
             - mem.alias_size_in_bytes
             + mem.temp_size_in_bytes
         )
-    seconds = _timed(compiled, state, ids, repeats=2)
+    seconds = []
+    for _ in range(2):  # the state is donated: each call takes the previous call's output
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        seconds.append(time.perf_counter() - t0)
     stats = jax.devices()[0].memory_stats() or {}
-    out = {"check": "model_step", "rows": rows, "tokens": t, "layers": cfg.num_layers}
-    out.update(step_s=seconds, predicted_peak_bytes=predicted)
-    out.update(peak_bytes=stats.get("peak_bytes_in_use"), status="ok")
+    out = {"check": "srpo_step", "preset": cfg.model.preset, "layers": model_cfg.num_layers}
+    out.update(rows=rows, student_tokens=shape.input_ids_BS.shape[-1])
+    out.update(teacher_tokens=shape.teacher_input_ids_MT.shape[-1], step_s=min(seconds))
+    out.update(predicted_peak_bytes=predicted, peak_bytes=stats.get("peak_bytes_in_use"))
+    out.update(finite=bool(all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(metrics))))
+    out.update(status=_ok(out["finite"]))
     return out
 
 
@@ -148,7 +209,7 @@ def run(tiny: bool) -> list[dict]:
         header,
         check_attention(platform, tiny),
         check_fused_distill(platform, tiny, hbm),
-        check_model_step(tiny),
+        check_srpo_step(tiny),
     ]
 
 
