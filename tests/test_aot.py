@@ -87,10 +87,14 @@ def test_cli_lists_devices_and_refuses_an_unknown_topology(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["h20x8", "tpu-v5p-8"])
-def test_learner_train_step_compiles_on_the_target_mesh(name):
+@pytest.mark.parametrize(
+    ("name", "layout"), [("h20x8", "fsdp"), ("tpu-v5p-8", "fsdp"), ("tpu-v5p-8", "tensor")]
+)
+def test_learner_train_step_compiles_on_the_target_mesh(name, layout):
     """The plan's compile of the real train step (tiny model, SRPO, every row routed) runs
-    on the target's compile-only mesh: the wiring phase 2 puts into the plan."""
+    on the target's compile-only mesh: the wiring phase 2 puts into the plan. With the
+    benchmark configs' tensor layout the vocabulary is split, so the fused loss's `auto`
+    must leave the Mosaic kernel (which cannot be partitioned) for the XLA path."""
     import importlib.util
 
     from srpo_jax import config as config_lib
@@ -105,7 +109,8 @@ def test_learner_train_step_compiles_on_the_target_mesh(name):
     c.model.overrides = {"num_layers": 2, "head_dim": 128}
     cfg = config_lib.from_config_dict(c)
     devices = topologies.get(name).num_devices
-    mesh = aot.target_mesh(name, MeshConfig(1, devices, 1))
+    mesh_cfg = MeshConfig(1, devices, 1) if layout == "fsdp" else MeshConfig(1, 1, devices)
+    mesh = aot.target_mesh(name, mesh_cfg)
     shape = plan.StepShape(
         prompts=8,
         group_size=4,

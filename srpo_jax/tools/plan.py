@@ -325,7 +325,8 @@ def search(
     cfg, model_cfg, mesh, base: StepShape, usable: int, *, tried, max_compiles, layers, compiler
 ):
     """Compiles micro_batch_rows candidates around the config's value; returns
-    {micro_rows: Figures}. Goes up while the step fits, down while it does not."""
+    ({micro_rows: Figures}, {micro_rows: the compiler's refusal}). Goes up while the step
+    fits, down while it does not."""
     mini_rows = base.mini_batch_prompts * base.group_size
     cands = micro_candidates(mini_rows, mesh.shape["data"] * mesh.shape["fsdp"])
     if not cands:
@@ -334,13 +335,23 @@ def search(
             f"of data*fsdp = {mesh.shape['data'] * mesh.shape['fsdp']}: choose another --mesh"
         )
     results: dict[int, Figures] = {}
+    refused: dict[int, str] = {}
 
     def run(m):
         shape = dataclasses.replace(base, micro_batch_rows=m)
-        if layers:
-            fig, _ = extrapolated(cfg, model_cfg, mesh, shape, layers, compiler)
-        else:
-            fig = compile_step(cfg, model_cfg, mesh, shape, compiler)
+        try:
+            if layers:
+                fig, _ = extrapolated(cfg, model_cfg, mesh, shape, layers, compiler)
+            else:
+                fig = compile_step(cfg, model_cfg, mesh, shape, compiler)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            # XLA:TPU refuses to compile a program whose temporaries exceed the chip's HBM:
+            # no buffer assignment to read, but the verdict is known.
+            refused[m] = str(e).strip().splitlines()[0]
+            print(f"{m:>10} {shape.n_micro:>7}  DOES NOT FIT, compiler: {refused[m]}", flush=True)
+            return False
         results[m] = fig
         print(row(m, shape.n_micro, fig, usable), flush=True)
         return fig.peak <= usable
@@ -348,7 +359,7 @@ def search(
     if tried:
         for m in tried:
             run(m)
-        return results
+        return results, refused
     start = base.micro_batch_rows if base.micro_batch_rows in cands else cands[0]
     i = cands.index(start)
     step = 1 if run(start) else -1
@@ -358,7 +369,7 @@ def search(
         if (step == 1 and not fits) or (step == -1 and fits):
             break
         i += step
-    return results
+    return results, refused
 
 
 def main(argv: list[str]) -> None:
@@ -427,11 +438,11 @@ def main(argv: list[str]) -> None:
         )
     print("per-device GiB:\n" + HEADER, flush=True)
     tried = [int(x) for x in f.micro_batch_rows.split(",")] if f.micro_batch_rows else []
-    results = search(
+    results, refused = search(
         cfg, model_cfg, mesh, base, usable, tried=tried, max_compiles=f.max_compiles,
         layers=layers, compiler=compiler,
     )  # fmt: skip
-    _report(f, topo, mesh_cfg, usable, layers, results)
+    _report(f, topo, mesh_cfg, usable, layers, results, refused, compiler)
 
 
 def _target(f, topo, mesh_cfg: MeshConfig, n_dev: int):
@@ -458,7 +469,7 @@ def _target(f, topo, mesh_cfg: MeshConfig, n_dev: int):
     return make_mesh(mesh_cfg), "XLA:CPU", label
 
 
-def _report(f, topo, mesh_cfg, usable: int, layers, results: dict) -> None:
+def _report(f, topo, mesh_cfg, usable: int, layers, results: dict, refused, compiler) -> None:
     """The verdict line (largest micro-batch that fits) and, with --json, the figures."""
     chip = chips.CHIPS.get(topo.chip)
     for m, fig in sorted(results.items()):
@@ -484,7 +495,8 @@ def _report(f, topo, mesh_cfg, usable: int, layers, results: dict) -> None:
         )
     else:
         print(
-            f"VERDICT: does NOT fit with any micro_batch_rows tried ({sorted(results)}); try "
+            f"VERDICT: does NOT fit with any micro_batch_rows tried "
+            f"({sorted({*results, *refused})}); try "
             "another mesh (--mesh=data,fsdp,tensor; tensor splits the attention heads), more "
             "devices, or a shorter teacher bucket (--teacher_prompt_len)"
         )
@@ -496,11 +508,12 @@ def _report(f, topo, mesh_cfg, usable: int, layers, results: dict) -> None:
             "mesh": dataclasses.asdict(mesh_cfg),
             "usable_bytes": usable,
             "native": bool(f.native),
-            "compiler": next(iter(results.values())).compiler if results else "",
+            "compiler": compiler,
             "extrapolated_from_layers": list(layers),
             "results": {
                 str(m): dict(dataclasses.asdict(fig), peak=fig.peak) for m, fig in results.items()
             },
+            "refused": {str(m): msg for m, msg in refused.items()},
         }
         with open(f.json, "w") as fh:
             json.dump(out, fh, indent=2)

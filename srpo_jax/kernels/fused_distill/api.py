@@ -1,7 +1,8 @@
 """The one entry point the learner calls: fused_distill (SPEC sections 5-6, DESIGN section 3).
 
 Picks an implementation ("auto": the Triton kernel on GPU, the Mosaic kernel on TPU, the
-chunked XLA path elsewhere), validates arguments with errors that name the bad value, and
+chunked XLA path elsewhere and wherever the mesh splits the vocabulary over `tensor`),
+validates arguments with errors that name the bad value, and
 returns FusedDistillOutput(numerator, z, divergence_N, entropy_N).
 
 Gradients: only `numerator` is differentiable, and only wrt the student hidden states and
@@ -128,6 +129,18 @@ def fused_distill(
     )
     grad_mode = _resolve_grad_mode(grad_mode, chunk_size, student_unembed_DV)
     impl = resolve_implementation(implementation)
+    if impl in ("pallas_gpu", "pallas_tpu") and not _pallas_fits_mesh(student_hidden_ND.shape[0]):
+        if implementation != "auto":
+            raise ValueError(
+                f"implementation={implementation!r} cannot run under the current mesh "
+                f"{dict(jax.sharding.get_abstract_mesh().shape)}: a Pallas call needs the whole "
+                "vocabulary on each device (mesh axes other than data and fsdp of size 1) and "
+                "the tokens splitting evenly over data x fsdp; use implementation='xla'"
+            )
+        # The vocabulary is split over `tensor` (or the tokens do not split): the SPMD
+        # partitioner runs the chunked XLA path on the shards; a Pallas call cannot be
+        # partitioned (Mosaic refuses, Triton would gather every operand).
+        impl = "xla"
     mesh, axes = _auto_token_axes(impl, student_hidden_ND.shape[0])
     if axes:
         # Pallas calls have no SPMD partitioning rule (Mosaic refuses; Triton would gather
@@ -161,6 +174,20 @@ def fused_distill(
     }[impl]
     cfg = xla.ChunkedConfig(chunk_size=chunk_size, stats=stats, grad_mode=grad_mode, **loss_kwargs)
     return xla.chunked_fused_distill(cfg, *args)
+
+
+def _pallas_fits_mesh(n_tokens: int) -> bool:
+    """Whether a Pallas call can run under the mesh being traced: no mesh, inside shard_map,
+    or every axis but data and fsdp of size 1 with the tokens splitting over data x fsdp."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or jax.sharding.AxisType.Manual in mesh.axis_types:
+        return True
+    if any(mesh.shape[a] > 1 for a in mesh.axis_names if a not in ("data", "fsdp")):
+        return False
+    shards = 1
+    for a in ("data", "fsdp"):
+        shards *= mesh.shape.get(a, 1)
+    return n_tokens % shards == 0
 
 
 def _auto_token_axes(impl: str, n_tokens: int):
