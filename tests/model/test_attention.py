@@ -65,6 +65,37 @@ def test_cudnn_layout_rotation_equals_float64_reference():
     np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=2e-5, atol=2e-6)
 
 
+def test_splash_kernel_in_the_interpreter_equals_float64_reference_and_xla_gradients():
+    """The splash path as it runs on a TPU (padding T up to the kernel's block, k scaled by
+    H^-0.5, kv-head grouping, segment ids for pads) with the Pallas kernel interpreted on
+    the CPU: forward against the float64 oracle, q/k/v gradients against the XLA path."""
+    from srpo_jax.model import splash
+
+    rng = np.random.default_rng(2)
+    b, t, n, k, h = 2, 200, 4, 2, 128  # t pads to 256 = two 128-token blocks
+    q, kk, v = (rng.standard_normal((b, t, m, h)).astype(np.float32) for m in (n, k, k))
+    valid = _padded_valid(b, t, rng)
+    mask = jnp.asarray(valid)
+    weights = rng.standard_normal((b, t, n, h)).astype(np.float32) * valid[:, :, None, None]
+
+    def run_splash(q, k, v):
+        return splash._local(q, k, v, mask, jnp.float32, interpret=True)
+
+    def run_xla(q, k, v):
+        return attn.attention(q, k, v, attn.CausalPadding(mask), jnp.float32, impl="xla")
+
+    args = tuple(jnp.asarray(x) for x in (q, kk, v))
+    got = run_splash(*args)
+    want = reference_attention_np(q, kk, v, valid)
+    np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=2e-5, atol=2e-6)
+
+    def grads(f):
+        return jax.grad(lambda *a: (f(*a) * weights).sum(), argnums=(0, 1, 2))(*args)
+
+    for name, g_splash, g_xla in zip("qkv", grads(run_splash), grads(run_xla), strict=True):
+        np.testing.assert_allclose(g_splash, g_xla, rtol=1e-4, atol=2e-5, err_msg=f"d{name}")
+
+
 def test_auto_is_xla_on_cpu_and_fused_kernels_refuse_cpu():
     assert attn.resolve("auto", "cpu") == "xla"
     assert attn.resolve("auto", "gpu") == "cudnn"
@@ -142,9 +173,9 @@ def _teacher_forward_temp(aot, impl, t):
     return compiled.memory_analysis().temp_size_in_bytes, compiled.as_text()
 
 
-def _attention_temp(aot, impl, t):
+def _attention_temp(aot, impl, t, topology="h20x8"):
     """Compiled temporaries of one Qwen3-8B-shaped attention (32 q / 8 kv heads of 128)."""
-    mesh = _mesh(aot, "h20x8")
+    mesh = _mesh(aot, topology)
     rows = NamedSharding(mesh, P("data"))
     q = jax.ShapeDtypeStruct((mesh.size, t, 32, 128), jnp.bfloat16, sharding=rows)
     kv = jax.ShapeDtypeStruct((mesh.size, t, 8, 128), jnp.bfloat16, sharding=rows)
@@ -154,7 +185,7 @@ def _attention_temp(aot, impl, t):
         mask = attn.CausalPadding(valid)
         return attn.attention(q, k, v, mask, jnp.bfloat16, impl=impl, query_chunk=1024)
 
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), jax.default_matmul_precision("default"):  # as main (see above)
         return (
             jax.jit(forward).lower(q, kv, kv, valid).compile().memory_analysis().temp_size_in_bytes
         )
@@ -178,3 +209,13 @@ def test_cudnn_at_24k_tokens_needs_a_tenth_of_the_xla_temporaries():
     assert att_cudnn * 10 <= att_xla, (att_xla, att_cudnn)
     block_scores = 1024 * t * 32 * 4  # one query block's fp32 scores, one row
     assert temp_xla - temp_cudnn >= block_scores, (temp_xla, temp_cudnn)
+
+
+def test_splash_at_24k_tokens_needs_a_tenth_of_the_xla_temporaries():
+    """The same attention on a v5p-8 (one row of 24576 tokens per chip) under XLA:TPU."""
+    aot = _aot()
+    t = 24576
+    att_xla, att_splash = (_attention_temp(aot, impl, t, "tpu-v5p-8") for impl in ("xla", "splash"))
+    print(f"24k tokens, per v5p chip: attention temps xla {att_xla / 2**30:.2f} GiB, splash "
+          f"{att_splash / 2**30:.3f} GiB")  # fmt: skip
+    assert att_splash * 10 <= att_xla, (att_xla, att_splash)
