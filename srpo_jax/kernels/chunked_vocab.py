@@ -9,13 +9,21 @@ scheme gives the full-vocabulary entropy (the teacher-entropy pre-pass of the le
 `compute_dtype` (e.g. bf16 with fp32 master weights) casts W inside the chunk body: the
 GEMMs run in that dtype with fp32 accumulation, while W's gradient is summed over chunks
 in W's own dtype (a bf16 W passed in would sum the per-chunk gradients in bf16).
+
+Under a mesh with the vocabulary whole on each device the loop runs on each device's own
+tokens (kernels/token_shards.py); otherwise the SPMD partitioner places it.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
+
+from srpo_jax.kernels.token_shards import token_shard_axes
 
 
 def _pad_rows(x: jax.Array, n_pad: int) -> jax.Array:
@@ -28,14 +36,26 @@ def _in_dtype(w_DV: jax.Array, compute_dtype) -> jax.Array:
     return w_DV if compute_dtype is None else w_DV.astype(compute_dtype)
 
 
-def _chunked(fn, hidden_ND, extra_N, chunk_size):
+def _chunked(fn, hidden_ND, extra_N, unembed_DV, chunk_size):
+    """fn(h_CD, extra_C, unembed_DV) -> [C] per chunk of tokens, under a mesh on each
+    device's own tokens (kernels/token_shards.py)."""
+    mesh, axes = token_shard_axes(hidden_ND.shape[0])
+    if axes:
+        tok = P(axes)
+        local = functools.partial(_chunked_local, fn, chunk_size=chunk_size)
+        sharded = jax.shard_map(local, mesh=mesh, in_specs=(tok, tok, P()), out_specs=tok)
+        return sharded(hidden_ND, extra_N, unembed_DV)
+    return _chunked_local(fn, hidden_ND, extra_N, unembed_DV, chunk_size=chunk_size)
+
+
+def _chunked_local(fn, hidden_ND, extra_N, unembed_DV, *, chunk_size):
     n, d = hidden_ND.shape
     c = min(chunk_size, n)
     n_chunks = -(-n // c)
     n_pad = n_chunks * c - n
     h_KCD = _pad_rows(hidden_ND, n_pad).reshape(n_chunks, c, d)
     e_KC = _pad_rows(extra_N, n_pad).reshape(n_chunks, c)
-    body = jax.checkpoint(fn)
+    body = jax.checkpoint(lambda h_CD, e_C: fn(h_CD, e_C, unembed_DV))
     _, out_KC = jax.lax.scan(lambda carry, xs: (carry, body(*xs)), None, (h_KCD, e_KC))
     return out_KC.reshape(-1)[:n]
 
@@ -60,7 +80,7 @@ def token_logprobs(
     if n == 0:
         return jnp.zeros((0,), jnp.float32)
 
-    def chunk(h_CD, t_C):
+    def chunk(h_CD, t_C, unembed_DV):
         w_DV = _in_dtype(unembed_DV, compute_dtype)
         # fp32 logits and log-sum-exp: bf16 would lose the small log-prob differences.
         logits_CV = jnp.dot(h_CD, w_DV, preferred_element_type=jnp.float32) / temperature
@@ -68,7 +88,7 @@ def token_logprobs(
         picked_C = jnp.take_along_axis(logits_CV, t_C[:, None], axis=-1)[:, 0]
         return picked_C - lse_C
 
-    return _chunked(chunk, hidden_ND, targets_N, chunk_size)
+    return _chunked(chunk, hidden_ND, targets_N, unembed_DV, chunk_size)
 
 
 def token_entropy(
@@ -84,11 +104,11 @@ def token_entropy(
     if n == 0:
         return jnp.zeros((0,), jnp.float32)
 
-    def chunk(h_CD, _):
+    def chunk(h_CD, _, unembed_DV):
         w_DV = _in_dtype(unembed_DV, compute_dtype)
         # fp32: entropy sums V terms; bf16 accumulation would be off by percents.
         logits_CV = jnp.dot(h_CD, w_DV, preferred_element_type=jnp.float32) / temperature
         logp_CV = jax.nn.log_softmax(logits_CV, axis=-1)
         return -jnp.sum(jnp.exp(logp_CV) * logp_CV, axis=-1)
 
-    return _chunked(chunk, hidden_ND, jnp.zeros((n,), jnp.int32), chunk_size)
+    return _chunked(chunk, hidden_ND, jnp.zeros((n,), jnp.int32), unembed_DV, chunk_size)

@@ -11,9 +11,10 @@ cotangents are zero); divergence_N and entropy_N are diagnostics. The learner fo
 sum_t w_t l_t = |S| * numerator / z, accumulating numerator-gradients and z over
 micro-batches (and psum over devices) before dividing once.
 
-Sharding: inside jit with token-sharded inputs the call is correct as is; for the fast path
-under a mesh, use `fused_distill_sharded`, which runs each device's tokens locally via
-shard_map and psums the two scalars (the unembedding gradient is psummed by the transpose).
+Sharding: under a mesh (jax.set_mesh) whose vocabulary is whole on each device, the call
+goes through `fused_distill_sharded` itself (kernels/token_shards.py): each device runs its
+own tokens via shard_map and the two scalars are psummed (the unembedding gradient by the
+transpose). With the vocabulary split over `tensor` the SPMD partitioner runs the XLA path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from srpo_jax.kernels.fused_distill import pallas_gpu, pallas_tpu, xla
 from srpo_jax.kernels.fused_distill.reference import FusedDistillOutput, fused_distill_reference
+from srpo_jax.kernels.token_shards import token_shard_axes
 
 IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas_gpu", "pallas_tpu")
 GRAD_MODES = ("auto", *xla.GRAD_MODES)
@@ -141,10 +143,11 @@ def fused_distill(
         # partitioner runs the chunked XLA path on the shards; a Pallas call cannot be
         # partitioned (Mosaic refuses, Triton would gather every operand).
         impl = "xla"
-    mesh, axes = _auto_token_axes(impl, student_hidden_ND.shape[0])
+    mesh, axes = token_shard_axes(student_hidden_ND.shape[0]) if impl != "reference" else (None, ())
     if axes:
         # Pallas calls have no SPMD partitioning rule (Mosaic refuses; Triton would gather
-        # every operand): under a mesh, run each device's tokens locally and psum.
+        # every operand), and the partitioner runs the XLA path's token loop whole on every
+        # device (kernels/token_shards.py): each device runs its own tokens and psums.
         operands = (student_hidden_ND, teacher_hidden_ND, student_unembed_DV)
         operands += (teacher_unembed_DV, mask_N, token_weight_N)
         kwargs = dict(topk=topk, alpha=alpha, tau=tau, add_tail=add_tail)
@@ -188,25 +191,6 @@ def _pallas_fits_mesh(n_tokens: int) -> bool:
     for a in ("data", "fsdp"):
         shards *= mesh.shape.get(a, 1)
     return n_tokens % shards == 0
-
-
-def _auto_token_axes(impl: str, n_tokens: int):
-    """(mesh, token axes) to shard_map a Pallas call over, or (None, ()) when it runs as is:
-    not a Pallas implementation, no mesh, already inside shard_map, or N does not split."""
-    if impl not in ("pallas_gpu", "pallas_tpu"):
-        return None, ()
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return None, ()
-    manual = jax.sharding.AxisType.Manual
-    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
-    axes = tuple(a for a in ("data", "fsdp") if a in types and mesh.shape[a] > 1)
-    if any(t == manual for t in types.values()) or not axes:
-        return None, ()
-    shards = 1
-    for a in axes:
-        shards *= mesh.shape[a]
-    return (mesh, axes) if n_tokens % shards == 0 else (None, ())
 
 
 def fused_distill_sharded(
