@@ -12,11 +12,12 @@ The plugins register their platforms only when they are installed (pip extra `[a
 still runs on the CPU (JAX_PLATFORMS=cpu) because the compile-only clients need no device.
 A missing extra is an `AotUnavailable` whose message names the pip extra to install.
 
-FLOPs: XLA:TPU's cost_analysis() counts them. XLA:GPU's compile-only client gives no cost
-analysis, so `dot_flops` counts 2 x (output elements) x (contracted elements) over the
-compiled HLO's dot instructions and cuBLAS / cuDNN custom calls are counted from their
-operand shapes where they are GEMMs (srpo_jax.hlo_flops). Fused attention custom calls are
-not counted there: the caller adds them from the model shape.
+FLOPs: counted from the compiled HLO's matmuls (srpo_jax.hlo_flops: dots, cuBLAS GEMM custom
+calls, TPU convolutions), loop bodies times their trip counts. The compilers' cost_analysis()
+is used only for a program without a single matmul: XLA:GPU's compile-only client has none,
+and XLA:CPU's and XLA:TPU's count a while loop's body once (a scanned 36-layer stack as one
+layer). Fused attention custom calls (cuDNN, splash) are not in the count; the memory plan
+adds them from the model shape (`fused_attention_flops`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Analysis:
     temp: int
     code: int
     flops: float  # per device, one call
-    flops_source: str  # "cost_analysis" | "hlo dots"
+    flops_source: str  # "hlo dots" | "cost_analysis" (a program without matmuls)
 
     @property
     def peak(self) -> int:
@@ -121,11 +122,13 @@ def analyse(compiled, compiler: str = "") -> Analysis:
     mem = compiled.memory_analysis()
     if mem is None:
         raise AotUnavailable(f"{compiler or 'this compiler'} gives no memory analysis")
-    flops, source = _cost_flops(compiled)
-    if flops is None:
-        from srpo_jax.hlo_flops import dot_flops
+    from srpo_jax.hlo_flops import dot_flops
 
-        flops, source = float(dot_flops(compiled.as_text())), "hlo dots"
+    flops, source = float(dot_flops(compiled.as_text())), "hlo dots"
+    if flops == 0:
+        cost, cost_source = _cost_flops(compiled)
+        if cost:
+            flops, source = cost, cost_source
     return Analysis(
         compiler=compiler,
         arguments=int(mem.argument_size_in_bytes),

@@ -250,3 +250,50 @@ def test_backend_target_without_the_extra_is_one_error_line(monkeypatch, capsys)
     auto = types.SimpleNamespace(native=False, backend="auto")
     _, compiler, label = plan._target(auto, topo, mesh_cfg, 8)
     assert compiler == "XLA:CPU" and "ESTIMATE" in label
+
+
+@pytest.mark.slow
+def test_step_flops_agree_across_compilers_and_cover_every_pass():
+    """The same train step (XLA attention and XLA fused loss, so no kernel hides a matmul)
+    compiled by XLA:CPU, XLA:GPU and XLA:TPU: the HLO matmul counts agree, and they cover
+    the passes the step must make. Reference from the model shape alone: the projections,
+    MLP and lm head cost 2 x (their weights) FLOPs per token and pass; the student makes
+    three passes (forward, backward for activations and for weights) plus the remat
+    forward, the teacher one forward. cost_analysis, which counts the layer scan and the
+    micro-batch loop once, gave a third of this reference."""
+    aot = pytest.importorskip("srpo_jax.aot")
+    pytest.importorskip("jax_plugins.xla_cuda12")
+    pytest.importorskip("libtpu")
+    cfg = _tiny_cfg()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fused_implementation="xla"))
+    d, f, n, k, h, v, layers = 256, 512, 4, 2, 128, 512, 3
+    model_cfg = tiny(
+        vocab_size=v, hidden_size=d, intermediate_size=f, num_heads=n, num_kv_heads=k,
+        head_dim=h, num_layers=layers, dtype="bfloat16", remat=True, attention_impl="xla",
+    )  # fmt: skip
+    shape = plan.StepShape(
+        prompts=4, group_size=4, mini_batch_prompts=4, micro_batch_rows=8,
+        prompt_len=128, response_len=256, teacher_prompt_len=128,
+    )  # fmt: skip
+    totals = {}
+    for target in ("cpu", "h20x8", "tpu-v5p-16"):  # 8 devices each
+        if target == "cpu":
+            mesh, compiler = make_mesh(MeshConfig(data=8)), "XLA:CPU"
+        else:
+            devices = topologies.get(target).num_devices
+            mesh = aot.target_mesh(target, MeshConfig(data=devices))
+            compiler = aot.compiler_name(target)
+        fig = plan.compile_step(cfg, model_cfg, mesh, shape, compiler)
+        assert fig.flops_source == "hlo dots"
+        totals[target] = fig.flops * mesh.size
+    per_token = 2 * (layers * (2 * d * n * h + 2 * d * k * h + 3 * d * f) + d * v)
+    rows = shape.prompts * shape.group_size
+    student = per_token * rows * (shape.prompt_len + shape.response_len)
+    teacher = per_token * rows * (shape.teacher_prompt_len + shape.response_len)
+    reference = 4 * student + teacher
+    assert totals["h20x8"] == pytest.approx(totals["cpu"], rel=0.01), totals
+    assert totals["tpu-v5p-16"] == pytest.approx(totals["cpu"], rel=0.01), totals
+    # Above the reference by what it leaves out (the XLA path's attention scores, the
+    # teacher's entropy pre-pass, the loss's recomputed logits), but under twice it: with
+    # every device running every token's loss (kernels/token_shards.py) it was 2.2x.
+    assert reference < totals["cpu"] < 2 * reference, (totals, reference)

@@ -215,7 +215,12 @@ def compile_step(
     )
     with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
         compiled = step.lower(state, batch).compile()
+        kernel = fused_attention_kernel(model_cfg)
     a = aot.analyse(compiled, compiler)
+    flops, source = a.flops, a.flops_source
+    if kernel:
+        flops += kernel_attention_flops(model_cfg, shape) / mesh.size
+        source += f" + {kernel} attention from the model shape"
     return Figures(
         params=per_device_bytes(state.params),
         teacher=per_device_bytes(state.teacher),
@@ -227,9 +232,34 @@ def compile_step(
         temp=a.temp,
         code=a.code,
         compiler=a.compiler,
-        flops=a.flops,
-        flops_source=a.flops_source,
+        flops=flops,
+        flops_source=source,
     )
+
+
+def fused_attention_kernel(model_cfg) -> str:
+    """The fused kernel ("cudnn" | "splash") the model's attention compiles to under the
+    current mesh's platform, or "" for the XLA path (whose matmuls the HLO count sees)."""
+    from srpo_jax.model import attention
+
+    impl = attention.resolve(model_cfg.attention_impl, attention.current_platform())
+    if impl == "cudnn" and jax.numpy.dtype(model_cfg.dtype).itemsize != 2:
+        return ""  # cuDNN takes bf16/fp16 only; fp32 compute runs the XLA path
+    return impl if impl in ("cudnn", "splash") else ""
+
+
+def kernel_attention_flops(model_cfg, shape: StepShape) -> float:
+    """Attention FLOPs of one step inside fused kernels, all devices together: per
+    micro-batch the student's forward and backward over prompt+response (plus the forward
+    again under remat) and the teacher's forward over reprompt+response."""
+    student_t = shape.prompt_len + shape.response_len
+    teacher_t = shape.teacher_prompt_len + shape.response_len
+    rows = shape.micro_batch_rows
+    student = aot.fused_attention_flops(model_cfg, rows, student_t, backward=True)
+    if model_cfg.remat:
+        student += aot.fused_attention_flops(model_cfg, rows, student_t, backward=False)
+    teacher = aot.fused_attention_flops(model_cfg, shape.m_rows, teacher_t, backward=False)
+    return (student + teacher) * shape.n_micro * shape.n_mini
 
 
 def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compiler="XLA:CPU"):
