@@ -13,6 +13,14 @@ ABSL_MIN_LOG_LEVEL were tried with jax 0.10.2). The entry points (`main.py`, `to
 `device_count()`, both inside `driver_probe_filtered()`, which sends file descriptor 2
 to a temporary file for the duration and then writes back every line except those two, so a
 bad flag's single `error:` line stands alone and nothing else on stderr is lost.
+
+`add_libtpu_workarounds()` (run when srpo_jax is imported, before any backend starts) adds
+to LIBTPU_INIT_ARGS the libtpu flags this program needs: libtpu 0.0.42 aborts the process
+(`rotated_pincer_fusion_emitter.cc Check failed: s_count.has_value()`) compiling the train
+step of Qwen3-4B/8B on a v5p-8 slice (tensor=4) for some sequence lengths (2 rows of 10240
+tokens crash, 9216 and 16384 compile), inside its fused all-reduce + reduce-scatter emitter;
+`--xla_tpu_enable_all_reduce_scatter_fusion=false` makes it emit the two collectives
+separately. A value the user already put in LIBTPU_INIT_ARGS for that flag is kept.
 """
 
 from __future__ import annotations
@@ -28,6 +36,18 @@ _NOISE = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
     re.compile(r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine"),
 )
+
+
+LIBTPU_WORKAROUNDS = ("--xla_tpu_enable_all_reduce_scatter_fusion=false",)
+
+
+def add_libtpu_workarounds() -> None:
+    """Appends LIBTPU_WORKAROUNDS to LIBTPU_INIT_ARGS, except flags already set there."""
+    current = os.environ.get("LIBTPU_INIT_ARGS", "")
+    set_flags = {arg.split("=", 1)[0] for arg in current.split()}
+    extra = [f for f in LIBTPU_WORKAROUNDS if f.split("=", 1)[0] not in set_flags]
+    if extra:
+        os.environ["LIBTPU_INIT_ARGS"] = " ".join([current, *extra]).strip()
 
 
 def is_driver_probe_noise(line: str) -> bool:

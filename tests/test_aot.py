@@ -7,6 +7,7 @@ result bytes, its 2 M N K FLOPs), not against the code's own output.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -151,3 +152,48 @@ def test_learner_train_step_compiles_on_the_target_mesh(name, layout):
     assert figures.temp > 0 and figures.params > 0
     assert figures.peak > figures.params + figures.teacher + figures.opt
 
+
+_V5P8_TENSOR_STEP = """
+import jax
+from srpo_jax import aot, config as config_lib
+from srpo_jax.config import load_config_module
+from srpo_jax.sharding import MeshConfig
+from srpo_jax.tools import plan
+
+c = load_config_module("configs/qwen3_4b_chem.py", "qwen3_4b_chem.py").get_config("method=srpo")
+c.model.random_init = True
+c.model.overrides = dict(num_layers=1, hidden_size=512, intermediate_size=1024,
+                         vocab_size=4096, num_heads=4, num_kv_heads=4)
+cfg = config_lib.from_config_dict(c)
+mesh = aot.target_mesh("tpu-v5p-8", MeshConfig(1, 1, 4))
+shape = plan.StepShape(prompts=2, group_size=1, mini_batch_prompts=2, micro_batch_rows=2,
+                       prompt_len=2048, response_len=8192, teacher_prompt_len=2048)
+with jax.default_matmul_precision("default"):
+    plan.compile_step(cfg, cfg.model.architecture(), mesh, shape, "XLA:TPU")
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_libtpu_workaround_lets_the_v5p8_tensor_step_compile():
+    """jax_startup.LIBTPU_WORKAROUNDS: without it libtpu aborts the process compiling this
+    step (tensor=4, 2 rows of 10240 tokens; rotated_pincer_fusion_emitter Check failed);
+    with it the step compiles. Each compile is a process of its own: the abort kills it."""
+    from tests.conftest import REPO_ROOT
+
+    def compile_with(libtpu_args):
+        env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
+        if libtpu_args:
+            env["LIBTPU_INIT_ARGS"] = libtpu_args
+        return subprocess.run(
+            [sys.executable, "-c", _V5P8_TENSOR_STEP], cwd=REPO_ROOT, env=env,
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+
+    fixed = compile_with("")
+    assert fixed.returncode == 0 and "compiled" in fixed.stdout, fixed.stderr[-3000:]
+    broken = compile_with("--xla_tpu_enable_all_reduce_scatter_fusion=true")
+    # If this starts passing, libtpu fixed the emitter and the workaround can go.
+    assert broken.returncode != 0 and "s_count.has_value()" in broken.stderr, (
+        "libtpu no longer crashes without the workaround: drop it from LIBTPU_WORKAROUNDS"
+    )

@@ -57,3 +57,36 @@ def test_main_bad_flag_prints_one_line_even_with_the_cuda_plugin():
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:"), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "--xla_tpu_enable_all_reduce_scatter_fusion=false"),
+        (
+            "--xla_tpu_enable_latency_hiding_scheduler=true",
+            "--xla_tpu_enable_latency_hiding_scheduler=true "
+            "--xla_tpu_enable_all_reduce_scatter_fusion=false",
+        ),
+        (  # the user's own value of the flag wins
+            "--xla_tpu_enable_all_reduce_scatter_fusion=true",
+            "--xla_tpu_enable_all_reduce_scatter_fusion=true",
+        ),
+    ],
+)
+def test_libtpu_workarounds_are_appended_unless_the_user_set_them(monkeypatch, before, after):
+    if before is None:
+        monkeypatch.delenv("LIBTPU_INIT_ARGS", raising=False)
+    else:
+        monkeypatch.setenv("LIBTPU_INIT_ARGS", before)
+    jax_startup.add_libtpu_workarounds()
+    assert os.environ["LIBTPU_INIT_ARGS"] == after
+
+
+def test_importing_srpo_jax_sets_the_workarounds_before_any_backend():
+    env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
+    script = "import os, srpo_jax; print(os.environ['LIBTPU_INIT_ARGS'])"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "--xla_tpu_enable_all_reduce_scatter_fusion=false"
