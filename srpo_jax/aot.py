@@ -17,7 +17,7 @@ calls, TPU convolutions), loop bodies times their trip counts. The compilers' co
 is used only for a program without a single matmul: XLA:GPU's compile-only client has none,
 and XLA:CPU's and XLA:TPU's count a while loop's body once (a scanned 36-layer stack as one
 layer). Fused attention custom calls (cuDNN, splash) are not in the count; the memory plan
-adds them from the model shape (`fused_attention_flops`).
+adds them from the model shape (`step_attention_flops`).
 """
 
 from __future__ import annotations
@@ -176,6 +176,31 @@ def fused_attention_flops(model_cfg, rows: int, tokens: int, *, backward: bool) 
     per_head = 2 * 2 * tokens * tokens * model_cfg.head_dim / 2
     forward = rows * model_cfg.num_heads * model_cfg.num_layers * per_head
     return forward * (3.5 if backward else 1.0)
+
+
+def fused_attention_kernel(model_cfg) -> str:
+    """The fused kernel ("cudnn" | "splash") the model's attention compiles to under the
+    current mesh's platform, or "" for the XLA path (whose matmuls the HLO count sees)."""
+    from srpo_jax.model import attention
+
+    impl = attention.resolve(model_cfg.attention_impl, attention.current_platform())
+    if impl == "cudnn" and jax.numpy.dtype(model_cfg.dtype).itemsize != 2:
+        return ""  # cuDNN takes bf16/fp16 only; fp32 compute runs the XLA path
+    return impl if impl in ("cudnn", "splash") else ""
+
+
+def step_attention_flops(model_cfg, shape) -> float:
+    """Attention FLOPs of one step inside fused kernels, all devices together: per
+    micro-batch the student's forward and backward over prompt+response (plus the forward
+    again under remat) and the teacher's forward over reprompt+response."""
+    student_t = shape.prompt_len + shape.response_len
+    teacher_t = shape.teacher_prompt_len + shape.response_len
+    rows = shape.micro_batch_rows
+    student = fused_attention_flops(model_cfg, rows, student_t, backward=True)
+    if model_cfg.remat:
+        student += fused_attention_flops(model_cfg, rows, student_t, backward=False)
+    teacher = fused_attention_flops(model_cfg, shape.m_rows, teacher_t, backward=False)
+    return (student + teacher) * shape.n_micro * shape.n_mini
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,14 +199,37 @@ def test_cli_bad_config_key_is_one_line_and_exit_2():
     )
 
 
-def test_cli_list():
+@pytest.mark.parametrize("module", ["srpo_jax.tools.plan", "srpo_jax.plan"])
+def test_cli_list(module):
     proc = subprocess.run(
-        [sys.executable, "-m", "srpo_jax.tools.plan", "--list"],
+        [sys.executable, "-m", module, "--list"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("h20x8", "h100x8", "h20x16", "tpu-v5p-8", "tpu-v5e-16"):
         assert name in proc.stdout
+
+
+def test_cli_unknown_topology_is_one_line_and_exit_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo_jax.plan", "--topology=h20x9"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith("error: unknown topology 'h20x9'; known: h20x8")
+    assert "Traceback" not in proc.stderr
+
+
+def test_default_config_is_qwen3_8b_srpo(capsys):
+    """No --config: the issue's `python -m srpo_jax.plan --topology=h20x8` plans Qwen3-8B
+    SRPO, the same config file and argument as the documented command."""
+    from srpo_jax import config as config_lib
+
+    c = plan._default_config()
+    c.model.random_init = True  # as main() does: shapes only
+    cfg = config_lib.from_config_dict(c)
+    assert cfg.algo.method == "srpo" and cfg.model.preset == "qwen3_8b"
+    assert "qwen3_8b_chem.py:method=srpo (the default" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -45,7 +45,11 @@ def _force_host_devices(argv: list[str]) -> None:
         if a.startswith("--num_devices="):
             n = int(a.split("=", 1)[1])
         elif a.startswith("--topology=") and n is None:
-            n = topologies.get(a.split("=", 1)[1]).num_devices
+            try:
+                n = topologies.get(a.split("=", 1)[1]).num_devices
+            except ValueError as e:  # before jax and absl: the one error line by hand
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
     if n is None:
         n = topologies.get("h20x8").num_devices
     flags = os.environ.get("XLA_FLAGS", "")
@@ -215,11 +219,11 @@ def compile_step(
     )
     with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
         compiled = step.lower(state, batch).compile()
-        kernel = fused_attention_kernel(model_cfg)
+        kernel = aot.fused_attention_kernel(model_cfg)
     a = aot.analyse(compiled, compiler)
     flops, source = a.flops, a.flops_source
     if kernel:
-        flops += kernel_attention_flops(model_cfg, shape) / mesh.size
+        flops += aot.step_attention_flops(model_cfg, shape) / mesh.size
         source += f" + {kernel} attention from the model shape"
     return Figures(
         params=per_device_bytes(state.params),
@@ -235,31 +239,6 @@ def compile_step(
         flops=flops,
         flops_source=source,
     )
-
-
-def fused_attention_kernel(model_cfg) -> str:
-    """The fused kernel ("cudnn" | "splash") the model's attention compiles to under the
-    current mesh's platform, or "" for the XLA path (whose matmuls the HLO count sees)."""
-    from srpo_jax.model import attention
-
-    impl = attention.resolve(model_cfg.attention_impl, attention.current_platform())
-    if impl == "cudnn" and jax.numpy.dtype(model_cfg.dtype).itemsize != 2:
-        return ""  # cuDNN takes bf16/fp16 only; fp32 compute runs the XLA path
-    return impl if impl in ("cudnn", "splash") else ""
-
-
-def kernel_attention_flops(model_cfg, shape: StepShape) -> float:
-    """Attention FLOPs of one step inside fused kernels, all devices together: per
-    micro-batch the student's forward and backward over prompt+response (plus the forward
-    again under remat) and the teacher's forward over reprompt+response."""
-    student_t = shape.prompt_len + shape.response_len
-    teacher_t = shape.teacher_prompt_len + shape.response_len
-    rows = shape.micro_batch_rows
-    student = aot.fused_attention_flops(model_cfg, rows, student_t, backward=True)
-    if model_cfg.remat:
-        student += aot.fused_attention_flops(model_cfg, rows, student_t, backward=False)
-    teacher = aot.fused_attention_flops(model_cfg, shape.m_rows, teacher_t, backward=False)
-    return (student + teacher) * shape.n_micro * shape.n_mini
 
 
 def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compiler="XLA:CPU"):
@@ -415,8 +394,7 @@ def main(argv: list[str]) -> None:
     if f.list:
         print(topologies.table())
         return
-    if f.config is None:
-        raise SystemExit("--config is required, e.g. --config=configs/qwen3_8b_chem.py:method=srpo")
+    c = f.config if f.config is not None else _default_config()
     topo = topologies.get(f.topology)
     if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
@@ -428,7 +406,6 @@ def main(argv: list[str]) -> None:
             "`python -m srpo_jax.tools.plan` (which forces the CPU device count) or pass --native "
             "on the real machine"
         )
-    c = f.config
     c.model.random_init = True  # shapes only: the weights are never loaded or initialised
     cfg = config_lib.from_config_dict(c)
     model_cfg, _ = step_program_settings(cfg)
@@ -473,6 +450,25 @@ def main(argv: list[str]) -> None:
         layers=layers, compiler=compiler,
     )  # fmt: skip
     _report(f, topo, mesh_cfg, usable, layers, results, refused, compiler)
+
+
+DEFAULT_CONFIG = ("qwen3_8b_chem.py", "method=srpo")
+
+
+def _default_config():
+    """Without --config: Qwen3-8B SRPO (configs/qwen3_8b_chem.py:method=srpo of this checkout)."""
+    import pathlib
+
+    from srpo_jax.config import load_config_module
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / DEFAULT_CONFIG[0]
+    if not path.is_file():
+        raise SystemExit(
+            f"no --config given and the default {path} is not there (an installed, not a "
+            "source, copy): pass --config=configs/qwen3_8b_chem.py:method=srpo"
+        )
+    print(f"config: {path.name}:{DEFAULT_CONFIG[1]} (the default; --config picks another)")
+    return load_config_module(str(path), path.name).get_config(DEFAULT_CONFIG[1])
 
 
 def _target(f, topo, mesh_cfg: MeshConfig, n_dev: int):
@@ -553,7 +549,9 @@ def define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file (path[:arg]); default configs/qwen3_8b_chem.py:method=srpo."
+    )
     flags.DEFINE_string("topology", "h20x8", "Target; --list shows the table.")
     flags.DEFINE_bool("list", False, "Print the topology table and exit.")
     flags.DEFINE_integer("num_devices", 0, "Override the topology's device count.")
