@@ -129,9 +129,10 @@ def _instruction_flops(line: str, shapes: dict[str, list[int]]) -> int:
 
 def _parse(hlo_text: str):
     """-> (entry name, {computation: (own flops, [(callee, multiplier or condition name)])},
-    {computation: its integer constants})."""
+    {`i < N` computation: its integer constants})."""
     comps: dict[str, tuple[int, list[tuple[str, int | str]]]] = {}
     constants: dict[str, list[int]] = {}
+    less_than: set[str] = set()  # computations that compare with direction=LT
     entry, current, own, calls = "", None, 0, []
     shapes: dict[str, list[int]] = {}
     for raw in hlo_text.splitlines():
@@ -155,7 +156,7 @@ def _parse(hlo_text: str):
             shapes[d.group(1)] = _dims(d.group(2))
         constants[current] += [int(c) for c in _INT_CONSTANT_RE.findall(line)]
         if "direction=LT" in line:
-            constants[current].append(-1)  # marks an `i < N` condition
+            less_than.add(current)
         own += _instruction_flops(line, shapes)
         trip = _TRIP_RE.search(line)
         found = dict((kind, callee) for kind, callee in _CALLS_RE.findall(line))
@@ -168,16 +169,15 @@ def _parse(hlo_text: str):
                 calls.append((callee, found.get("condition", "")))
         for group in _BRANCHES_RE.findall(line):
             calls.extend((c.strip().lstrip("%"), 1) for c in group.split(",") if c.strip())
-    return entry, comps, constants
+    return entry, comps, {c: v for c, v in constants.items() if c in less_than}
 
 
 def _loop_bound(condition: str, comps, constants) -> int:
-    """N of a condition `i < N` with one integer constant (and nothing called); else 1."""
+    """N of a condition `i < N` with one integer constant (and nothing called); else 1.
+    `constants` holds only the computations that compare with direction=LT."""
     _, calls = comps.get(condition, (0, []))
     values = constants.get(condition, [])
-    if calls or -1 not in values or len(values) != 2:
-        return 1
-    return max(values)
+    return values[0] if len(values) == 1 and not calls and values[0] > 0 else 1
 
 
 def dot_flops(hlo_text: str) -> int:

@@ -130,19 +130,7 @@ def fused_distill(
         temperature,
     )
     grad_mode = _resolve_grad_mode(grad_mode, chunk_size, student_unembed_DV)
-    impl = resolve_implementation(implementation)
-    if impl in ("pallas_gpu", "pallas_tpu") and not _pallas_fits_mesh(student_hidden_ND.shape[0]):
-        if implementation != "auto":
-            raise ValueError(
-                f"implementation={implementation!r} cannot run under the current mesh "
-                f"{dict(jax.sharding.get_abstract_mesh().shape)}: a Pallas call needs the whole "
-                "vocabulary on each device (mesh axes other than data and fsdp of size 1) and "
-                "the tokens splitting evenly over data x fsdp; use implementation='xla'"
-            )
-        # The vocabulary is split over `tensor` (or the tokens do not split): the SPMD
-        # partitioner runs the chunked XLA path on the shards; a Pallas call cannot be
-        # partitioned (Mosaic refuses, Triton would gather every operand).
-        impl = "xla"
+    impl = _implementation_for_mesh(implementation, student_hidden_ND.shape[0])
     mesh, axes = token_shard_axes(student_hidden_ND.shape[0]) if impl != "reference" else (None, ())
     if axes:
         # Pallas calls have no SPMD partitioning rule (Mosaic refuses; Triton would gather
@@ -179,18 +167,32 @@ def fused_distill(
     return xla.chunked_fused_distill(cfg, *args)
 
 
+def _implementation_for_mesh(implementation: str, n_tokens: int) -> str:
+    """resolve_implementation, then the XLA path where a Pallas call cannot run under the
+    current mesh (an explicit Pallas choice there is an error)."""
+    impl = resolve_implementation(implementation)
+    if impl in ("pallas_gpu", "pallas_tpu") and not _pallas_fits_mesh(n_tokens):
+        if implementation != "auto":
+            raise ValueError(
+                f"implementation={implementation!r} cannot run under the current mesh "
+                f"{dict(jax.sharding.get_abstract_mesh().shape)}: a Pallas call needs the whole "
+                "vocabulary on each device (mesh axes other than data and fsdp of size 1) and "
+                "the tokens splitting evenly over data x fsdp; use implementation='xla'"
+            )
+        # The vocabulary is split over `tensor` (or the tokens do not split): the SPMD
+        # partitioner runs the chunked XLA path on the shards; a Pallas call cannot be
+        # partitioned (Mosaic refuses, Triton would gather every operand).
+        impl = "xla"
+    return impl
+
+
 def _pallas_fits_mesh(n_tokens: int) -> bool:
     """Whether a Pallas call can run under the mesh being traced: no mesh, inside shard_map,
-    or every axis but data and fsdp of size 1 with the tokens splitting over data x fsdp."""
+    every axis of size 1, or the tokens splitting over data x fsdp (token_shard_axes)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or jax.sharding.AxisType.Manual in mesh.axis_types:
         return True
-    if any(mesh.shape[a] > 1 for a in mesh.axis_names if a not in ("data", "fsdp")):
-        return False
-    shards = 1
-    for a in ("data", "fsdp"):
-        shards *= mesh.shape.get(a, 1)
-    return n_tokens % shards == 0
+    return bool(token_shard_axes(n_tokens)[1]) or all(mesh.shape[a] == 1 for a in mesh.axis_names)
 
 
 def fused_distill_sharded(
