@@ -164,6 +164,7 @@ def test_wandb_offline_gets_the_finite_metrics_and_resumes_the_same_run(tmp_path
         w.write(3, {"reward/mean": 1.0})
         w.write(4, {"reward/mean": 2.0})
     assert (tmp_path / metrics.WANDB_ID_FILENAME).read_text().strip() == run_id
-    runs = set(tmp_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")) - {first}
+    # A session that starts in the same second as the last one gets a "-1" suffix on its folder.
+    runs = set(tmp_path.glob(f"wandb/offline-run-*-{run_id}*/run-{run_id}.wandb")) - {first}
     assert len(runs) == 1  # the second session's offline file, to sync into the same run
     assert _wandb_history(runs.pop()) == {4: {"reward/mean": 2.0}}
