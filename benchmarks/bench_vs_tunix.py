@@ -20,7 +20,16 @@ srpo does regardless). tunix runs benchmarks/tunix_side.py in its own virtual en
 .venv-tunix, created on first use with google-tunix and the jax/flax/optax versions pinned
 below (the versions srpo_jax's environment uses, so neither side has a different XLA).
 
-The sides run one after another in rounds (srpo grpo, srpo srpo, tunix; then again), so
+tunix pads every prompt to its RolloutConfig.max_prompt_length, while srpo_jax pads a
+step's prompts to a bucket of the longest one: with --length_buckets_per_octave=4 (the
+default here; config.data.length_buckets_per_octave) 48 for these 48-token prompts, with 1
+(the library's default) the power of two, 64. So tunix runs twice: "tunix" with
+max_prompt_length = data.max_prompt_len (128, the limit both are given), and "tunix_tight"
+with max_prompt_length = the longest prompt (48), which takes the padding out of the
+comparison.
+
+The sides run one after another in rounds (srpo grpo, srpo srpo, tunix, tunix_tight; then
+again), so
 a machine whose load drifts penalises both alike; each figure is the median over the
 steps after the first --skip of every run (compiles excluded), pooled over rounds.
 Prints one markdown table; the ratio is srpo_jax / tunix (< 1: srpo_jax is faster).
@@ -103,12 +112,13 @@ def write_problem(size: str, steps: int, work: pathlib.Path) -> dict:
         prompt_texts=[tokenizer.decode(ids) for ids in prompts.prompt_ids[:256]],
         answers=[synthetic.answer_text(ex.answer) for ex in prompts.examples[:256]],
         mean_prompt_tokens=statistics.mean(map(len, prompts.prompt_ids)),
+        longest_prompt_tokens=max(map(len, prompts.prompt_ids[:256])),
     )
     problem["model"]["vocab"] = shape["vocab"]
     return problem
 
 
-def srpo_args(p: dict, method: str, workdir: pathlib.Path) -> list[str]:
+def srpo_args(p: dict, method: str, workdir: pathlib.Path, per_octave: int) -> list[str]:
     m = p["model"]
     over = {
         "model.overrides.num_layers": m["layers"],
@@ -121,6 +131,7 @@ def srpo_args(p: dict, method: str, workdir: pathlib.Path) -> list[str]:
         "tokenizer.path": p["tokenizer_dir"],
         "data.max_prompt_len": p["prompt_bucket"],
         "data.max_response_len": p["new_tokens"],
+        "data.length_buckets_per_octave": per_octave,
         "algo.group_size": p["group"],
         "train.prompts_per_step": p["prompts"],
         "train.mini_batch_prompts": p["prompts"],
@@ -139,11 +150,14 @@ def srpo_args(p: dict, method: str, workdir: pathlib.Path) -> list[str]:
     ]
 
 
-def run_srpo(p: dict, method: str, work: pathlib.Path, skip: int) -> dict:
+def run_srpo(p: dict, method: str, work: pathlib.Path, skip: int, per_octave: int) -> dict:
     wd = pathlib.Path(tempfile.mkdtemp(prefix=f"srpo_{method}_", dir=work))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     subprocess.run(
-        [sys.executable, *srpo_args(p, method, wd)], check=True, env=env, capture_output=True
+        [sys.executable, *srpo_args(p, method, wd, per_octave)],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/step_s" in r][skip:]
@@ -155,7 +169,10 @@ def run_srpo(p: dict, method: str, work: pathlib.Path, skip: int) -> dict:
     }
 
 
-def run_tunix(p: dict, python: pathlib.Path, work: pathlib.Path, skip: int) -> dict:
+def run_tunix(p: dict, python: pathlib.Path, work: pathlib.Path, skip: int, tight: bool) -> dict:
+    """tunix's timings; tight: its prompt length is the longest prompt, not the 128 limit."""
+    if tight:
+        p = dict(p, prompt_bucket=p["longest_prompt_tokens"])
     prob = work / "problem.json"
     out = work / "tunix_out.json"
     prob.write_text(json.dumps(p))
@@ -172,21 +189,30 @@ def run_tunix(p: dict, python: pathlib.Path, work: pathlib.Path, skip: int) -> d
     return {k: r[k][skip:] for k in ("step_s", "rollout_s", "update_s")}
 
 
+TUNIX_SIDES = ("tunix", "tunix_tight")
+
+
 def table(results: dict, methods: list[str]) -> str:
+    """One row per side; the srpo_jax rows carry their step ratio to each tunix side."""
     med = statistics.median
     lines = [
-        "| size | srpo_jax method | srpo_jax step / rollout / update s | "
-        "tunix GRPO step / rollout / update s | step ratio |",
+        "| size | side | step / rollout / update s (median) | step ratio to tunix "
+        "(prompt 128) | to tunix_tight (prompt = longest) |",
         "|---|---|---|---|---|",
     ]
     for size, res in results.items():
-        t = {k: med(v) for k, v in res["tunix"].items()}
-        for method in methods:
-            s = {k: med(v) for k, v in res[method].items() if k != "len"}
+        step = {side: med(res[side]["step_s"]) for side in [*methods, *TUNIX_SIDES]}
+        for side in [*methods, *TUNIX_SIDES]:
+            s = {k: med(res[side][k]) for k in ("step_s", "rollout_s", "update_s")}
+            name = side if side in TUNIX_SIDES else f"srpo_jax {side}"
+            ratios = (
+                ["", ""]
+                if side in TUNIX_SIDES
+                else [f"{step[side] / step[t]:.2f}x" for t in TUNIX_SIDES]
+            )
             lines.append(
-                f"| {size} | {method} | {s['step_s']:.3f} / {s['rollout_s']:.3f} / "
-                f"{s['update_s']:.3f} | {t['step_s']:.3f} / {t['rollout_s']:.3f} / "
-                f"{t['update_s']:.3f} | {s['step_s'] / t['step_s']:.2f}x |"
+                f"| {size} | {name} | {s['step_s']:.3f} / {s['rollout_s']:.3f} / "
+                f"{s['update_s']:.3f} | {ratios[0]} | {ratios[1]} |"
             )
     return "\n".join(lines)
 
@@ -198,6 +224,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="steps per run (0: the size's own)")
     ap.add_argument("--skip", type=int, default=2, help="leading steps dropped (compiles)")
+    ap.add_argument(
+        "--length_buckets_per_octave", type=int, default=4, help="srpo_jax's padding buckets"
+    )
     args = ap.parse_args()
     sizes, methods = args.sizes.split(","), args.methods.split(",")
     for name in sizes:
@@ -210,20 +239,21 @@ def main():
             work = pathlib.Path(tmp) / size
             work.mkdir()
             p = write_problem(size, args.steps, work)
-            res = results[size] = {k: {} for k in [*methods, "tunix"]}
+            res = results[size] = {k: {} for k in [*methods, *TUNIX_SIDES]}
             for r in range(args.rounds):
-                for side in [*methods, "tunix"]:
-                    if side == "tunix":
-                        got = run_tunix(p, python, work, args.skip)
+                for side in [*methods, *TUNIX_SIDES]:
+                    if side in TUNIX_SIDES:
+                        got = run_tunix(p, python, work, args.skip, tight=side == "tunix_tight")
                     else:
-                        got = run_srpo(p, side, work, args.skip)
+                        got = run_srpo(p, side, work, args.skip, args.length_buckets_per_octave)
                     for k, v in got.items():
                         res[side].setdefault(k, []).extend(v)
                     print(f"{size} round {r + 1} {side}: median step "
                           f"{statistics.median(got['step_s']):.3f} s", flush=True)  # fmt: skip
             lens = res[methods[0]]["len"]
-            print(f"{size}: prompts {p['mean_prompt_tokens']:.0f} tokens on average, srpo_jax "
-                  f"responses {statistics.mean(lens):.1f} tokens on average")  # fmt: skip
+            print(f"{size}: prompts {p['mean_prompt_tokens']:.0f} tokens on average (longest "
+                  f"{p['longest_prompt_tokens']}), srpo_jax responses "
+                  f"{statistics.mean(lens):.1f} tokens on average")  # fmt: skip
     print(table(results, methods))
 
 

@@ -148,10 +148,16 @@ def check_srpo_step(tiny: bool) -> dict:
         n_mini=cfg.train.prompts_per_step // cfg.train.mini_batch_prompts,
         n_micro=cfg.train.mini_batch_prompts * cfg.algo.group_size // rows,
         rows=rows,
-        prompt_len=batching.bucket_length(cfg.data.max_prompt_len),
-        response_len=batching.bucket_length(cfg.data.max_response_len),
+        prompt_len=batching.bucket_length(
+            cfg.data.max_prompt_len, per_octave=cfg.data.length_buckets_per_octave
+        ),
+        response_len=batching.bucket_length(
+            cfg.data.max_response_len, per_octave=cfg.data.length_buckets_per_octave
+        ),
         teacher_rows=rows,
-        teacher_prompt_len=batching.bucket_length(cfg.algo.max_reprompt_len),
+        teacher_prompt_len=batching.bucket_length(
+            cfg.algo.max_reprompt_len, per_octave=cfg.data.length_buckets_per_octave
+        ),
     )
     b_shard = learner.batch_shardings(mesh, shape)
     batch = jax.device_put(

@@ -103,12 +103,21 @@ class TrainBatch:
         return self.input_ids_BS.shape[1]
 
 
-def bucket_length(n: int, *, minimum: int = 16) -> int:
-    """Smallest power of two >= max(n, minimum): few distinct shapes, at most 2x padding."""
+def bucket_length(n: int, *, minimum: int = 16, per_octave: int = 1) -> int:
+    """Smallest bucket >= max(n, minimum). Buckets split each doubling [s, 2s) of `minimum`'s
+    powers of two into `per_octave` equal steps: 1 gives powers of two (fewest shapes, up to
+    2x padding), 4 gives 16, 20, 24, 28, 32, 40, ... (padding under 25%, up to 4x the shapes).
+    Below per_octave tokens a doubling has fewer steps (1, 2, 4, 8 for per_octave=8)."""
+    if per_octave < 1:
+        raise ValueError(f"bucket_length: per_octave must be >= 1, got {per_octave}")
     size = minimum
-    while size < n:
+    while 2 * size <= n:
         size *= 2
-    return size
+    if n <= size:
+        return size
+    step = max(size // per_octave, 1)
+    steps_up = -(-(n - size) // step)
+    return size + steps_up * step if steps_up < min(per_octave, size) else 2 * size
 
 
 def bucket_rows(n: int, *, minimum: int = 1) -> int:
@@ -180,8 +189,9 @@ def _right_pad(seqs: Sequence[Sequence[float]], length: int, pad, dtype) -> np.n
     return out
 
 
-def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, min_bucket, min_teacher_rows):
-    """The teacher rows, packed densely per micro-batch: (fields, M, Pt)."""
+def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_rows):
+    """The teacher rows, packed densely per micro-batch: (fields, M, Pt); buckets is
+    bucket_length's keyword arguments (minimum, per_octave)."""
     num_minibatches, n_micro, b = lead
     r_len = resp_ids.shape[-1]
     teacher = np.asarray(rows.teacher_rows, bool).reshape(num_minibatches, n_micro, b)
@@ -189,10 +199,10 @@ def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, min_bucket, min_teach
     if m_rows:
         tp_len = bucket_length(
             max(len(rows.teacher_prompt_ids[int(r)]) for r in np.flatnonzero(rows.teacher_rows)),
-            minimum=min_bucket,
+            **buckets,
         )
     else:
-        tp_len = min_bucket
+        tp_len = buckets["minimum"]
     t_ids = np.full((num_minibatches, n_micro, m_rows, tp_len + r_len), pad_id, np.int32)
     t_mask = np.zeros_like(t_ids)
     t_src = np.zeros((num_minibatches, n_micro, m_rows), np.int32)
@@ -225,11 +235,13 @@ def build_train_batch(
     micro_batch_rows: int,
     pad_id: int,
     min_bucket: int = 16,
+    buckets_per_octave: int = 1,
     min_teacher_rows: int = 1,
 ) -> TrainBatch:
     """Packs `rows` into the learner's TrainBatch of numpy arrays, [n_mini, n_micro, ...].
 
-    P, R, Pt and M are bucketed; teacher_src_M indexes the micro-batch's rows. The result
+    P, R and Pt are bucketed by bucket_length(minimum=min_bucket, per_octave=
+    buckets_per_octave), M by bucket_rows; teacher_src_M indexes the micro-batch's rows. The result
     has exactly the structure of `TrainBatch.abstract` for those sizes (checked).
     """
     n = rows.num_rows
@@ -243,8 +255,9 @@ def build_train_batch(
     n_micro = mini // micro_batch_rows
     b = micro_batch_rows
 
-    p_len = bucket_length(max(len(p) for p in rows.prompt_ids), minimum=min_bucket)
-    r_len = bucket_length(max(1, max(len(r) for r in rows.response_ids)), minimum=min_bucket)
+    buckets = dict(minimum=min_bucket, per_octave=buckets_per_octave)
+    p_len = bucket_length(max(len(p) for p in rows.prompt_ids), **buckets)
+    r_len = bucket_length(max(1, max(len(r) for r in rows.response_ids)), **buckets)
     prompt_ids, prompt_mask = _left_pad(rows.prompt_ids, p_len, pad_id)
     resp_ids = _right_pad(rows.response_ids, r_len, pad_id, np.int32)
     resp_mask = _right_pad([[1] * len(r) for r in rows.response_ids], r_len, 0, np.float32)
@@ -267,7 +280,7 @@ def build_train_batch(
     )
 
     teacher, m_rows, tp_len = _pack_teacher(
-        rows, resp_ids, resp_mask, (num_minibatches, n_micro, b), pad_id, min_bucket,
+        rows, resp_ids, resp_mask, (num_minibatches, n_micro, b), pad_id, buckets,
         min_teacher_rows,
     )  # fmt: skip
     batch = TrainBatch(**student, **teacher)

@@ -151,6 +151,7 @@ def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id
         num_minibatches=cfg.num_updates_per_step,
         micro_batch_rows=micro_rows,
         pad_id=pad_id,
+        buckets_per_octave=cfg.data.length_buckets_per_octave,
         # Teacher rows per micro-batch come in at most 3 sizes besides 0 (b/4, b/2, b), so the
         # train step compiles a bounded number of variants whatever the routed fraction.
         min_teacher_rows=max(1, micro_rows // 4),

@@ -118,7 +118,13 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
     if cfg.rollout.engine == "jax":
         from srpo_jax.rollout.jax_engine import JaxEngine
 
-        return JaxEngine(model_cfg, params, mesh=mesh, pad_id=pad_id)
+        return JaxEngine(
+            model_cfg,
+            params,
+            mesh=mesh,
+            pad_id=pad_id,
+            length_buckets_per_octave=cfg.data.length_buckets_per_octave,
+        )
     from srpo_jax.rollout import sglang
 
     return sglang.engine_from_config(cfg.rollout.sglang, model_cfg, params, workdir=workdir)

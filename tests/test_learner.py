@@ -63,10 +63,14 @@ def fresh_state(cfg, mesh=None, seed=0, mcfg=None):
     return graphdef, learner.init_state(params, cfg, mesh)
 
 
-def run_step(cfg, rows, *, mesh=None, n_mini=1, micro=None):
+def run_step(cfg, rows, *, mesh=None, n_mini=1, micro=None, **buckets):
     graphdef, state = fresh_state(cfg, mesh)
     batch = batching.build_train_batch(
-        rows, num_minibatches=n_mini, micro_batch_rows=micro or rows.num_rows // n_mini, pad_id=0
+        rows,
+        num_minibatches=n_mini,
+        micro_batch_rows=micro or rows.num_rows // n_mini,
+        pad_id=0,
+        **buckets,
     )
     lrn = learner.Learner(cfg, graphdef, mesh)
     new_state, metrics = lrn.train_step(state, batch)
@@ -113,6 +117,24 @@ def test_micro_batches_equal_one_batch(method):
     assert batch.input_ids_BS.shape[:3] == (1, 4, 4)
     np.testing.assert_allclose(mf["loss"], mm["loss"], rtol=1e-5)
     assert_trees_close(full.params, micro.params)
+
+
+def test_finer_length_buckets_take_the_same_step():
+    # Tighter padding (data.length_buckets_per_octave) changes shapes, not the step: the
+    # padding is masked, and positions count from each row's first real token.
+    rows = make_rows(3, "srpo")
+    coarse, mc, b_coarse = run_step(lcfg(), rows, min_bucket=4)
+    fine, mf, b_fine = run_step(lcfg(), rows, min_bucket=4, buckets_per_octave=4)
+    assert mf["sdpo/tokens"] > 0  # the teacher rows are in the step
+    s_coarse, s_fine = b_coarse.input_ids_BS.shape[-1], b_fine.input_ids_BS.shape[-1]
+    t_coarse, t_fine = (
+        b_coarse.teacher_input_ids_MT.shape[-1],
+        b_fine.teacher_input_ids_MT.shape[-1],
+    )
+    assert s_fine < s_coarse and t_fine < t_coarse, (s_fine, s_coarse, t_fine, t_coarse)
+    np.testing.assert_allclose(mf["loss"], mc["loss"], rtol=1e-5)
+    assert_trees_close(fine.params, coarse.params)
+    assert_trees_close(fine.teacher, coarse.teacher)
 
 
 def test_fused_gradient_modes_take_the_same_step():

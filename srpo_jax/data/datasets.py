@@ -54,7 +54,15 @@ class TokenizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The run config's `data` section: which task, where its files are, length filters."""
+    """The run config's `data` section: which task, where its files are, length filters, and
+    how lengths are padded into shape buckets.
+
+    length_buckets_per_octave: prompt, response and teacher-prompt lengths (learner and
+    embedded engine) pad up to buckets with this many per doubling (batching.bucket_length):
+    1 is powers of two, the fewest compiled shapes but up to 2x padding; 4 pads under 25%
+    (e.g. 48-token prompts stay 48 instead of 64) at up to 4x the shapes of a length that
+    varies from step to step (the teacher prompt, mostly).
+    """
 
     task: str = "synthetic"
     data_dir: str = "../shared/data"
@@ -64,6 +72,7 @@ class DataConfig:
     synthetic_train_size: int = 512
     synthetic_test_size: int = 64
     synthetic_warmup_size: int = 2048  # SFT pairs of the synthetic warm-up (synthetic.py)
+    length_buckets_per_octave: int = 1
 
     def __post_init__(self):
         one_of("data.task", self.task, TASKS)
@@ -73,6 +82,7 @@ class DataConfig:
             "synthetic_train_size",
             "synthetic_test_size",
             "synthetic_warmup_size",
+            "length_buckets_per_octave",
         ):
             require(getattr(self, k) >= 1, f"data.{k}", ">= 1", getattr(self, k))
 

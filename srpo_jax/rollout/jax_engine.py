@@ -14,7 +14,8 @@ compiles a handful of programs and never recompiles per step:
 - stop ids padded to a fixed count with -1.
 Temperature, top-p, seed, step and the real max_new_tokens are traced values; greedy or not,
 top-k and whether top-p is on are static (one compile per sampling setting, e.g. train and
-eval). Default buckets are powers of two (batching.bucket_length).
+eval). Default buckets are batching.bucket_length's: powers of two, or finer with
+length_buckets_per_octave for the prompt length and max_new_tokens.
 
 Noise: the key of token t of row r is fold(fold(fold(key(seed), step), r), t) with r the
 row's index in the returned Rollouts, so it does not depend on the batch bucket or padding.
@@ -45,10 +46,12 @@ from srpo_jax.rollout import sampling
 from srpo_jax.rollout.engine import FINISH_LENGTH, FINISH_STOP, Rollouts, SamplingParams
 
 
-def pick_bucket(n: int, buckets: Sequence[int] | None, what: str, *, minimum: int = 1) -> int:
-    """Smallest bucket >= n; buckets None means powers of two from `minimum`."""
+def pick_bucket(
+    n: int, buckets: Sequence[int] | None, what: str, *, minimum: int = 1, per_octave: int = 1
+) -> int:
+    """Smallest bucket >= n; buckets None means bucket_length(minimum, per_octave)."""
     if buckets is None:
-        return bucket_length(n, minimum=minimum)
+        return bucket_length(n, minimum=minimum, per_octave=per_octave)
     fits = [b for b in sorted(buckets) if b >= n]
     if not fits:
         raise ValueError(f"{what} {n} exceeds the largest {what} bucket {max(buckets)}")
@@ -153,6 +156,8 @@ class JaxEngine:
       prompt_buckets / batch_buckets / max_new_tokens_buckets: allowed padded prompt length,
         number of distinct prompts, and max_new_tokens; None means powers of two (prompt
         length from 16, prompts from 1 or data-parallel size / n, new tokens from 16).
+      length_buckets_per_octave: with prompt_buckets / max_new_tokens_buckets None, that
+        many buckets per doubling of the length (batching.bucket_length; 1: powers of two).
       max_stop_tokens: fixed length of the stop-id array (more stop ids raise).
       logprobs_mode: "scaled" (default, log_softmax(logits / T)) or "processed"; see
         sampling.py for how this matches SGLang.
@@ -170,6 +175,7 @@ class JaxEngine:
         prompt_buckets: Sequence[int] | None = None,
         batch_buckets: Sequence[int] | None = None,
         max_new_tokens_buckets: Sequence[int] | None = None,
+        length_buckets_per_octave: int = 1,
         max_stop_tokens: int = 8,
         logprobs_mode: str = "scaled",
         weights_dtype: str | None = None,
@@ -191,6 +197,7 @@ class JaxEngine:
         self.max_new_tokens_buckets = (
             None if max_new_tokens_buckets is None else tuple(max_new_tokens_buckets)
         )
+        self.length_buckets_per_octave = int(length_buckets_per_octave)
         self.max_stop_tokens = int(max_stop_tokens)
         self.logprobs_mode = logprobs_mode
         self.weights_dtype = None if weights_dtype is None else jnp.dtype(weights_dtype)
@@ -281,7 +288,11 @@ class JaxEngine:
             len(prompt_token_ids), self.batch_buckets, "prompts", minimum=max(1, dp // n)
         )
         p = pick_bucket(
-            max(map(len, prompt_token_ids)), self.prompt_buckets, "prompt length", minimum=16
+            max(map(len, prompt_token_ids)),
+            self.prompt_buckets,
+            "prompt length",
+            minimum=16,
+            per_octave=self.length_buckets_per_octave,
         )
         prompt_GP = np.full((g, p), self.pad_id, np.int32)
         mask_GP = np.zeros((g, p), np.int32)
@@ -328,7 +339,11 @@ class JaxEngine:
         prompt_GP, mask_GP = self._pack(prompt_token_ids, n)
         rows = len(prompt_token_ids) * n
         r_bucket = pick_bucket(
-            sp.max_new_tokens, self.max_new_tokens_buckets, "max_new_tokens", minimum=16
+            sp.max_new_tokens,
+            self.max_new_tokens_buckets,
+            "max_new_tokens",
+            minimum=16,
+            per_octave=self.length_buckets_per_octave,
         )
         stop_S = np.full((self.max_stop_tokens,), -1, np.int32)
         stop_S[: len(sp.stop_token_ids)] = sp.stop_token_ids

@@ -169,14 +169,14 @@ def test_no_recompile_within_a_bucket(engine):
             compiles.append(event)
 
     sp = SamplingParams(max_new_tokens=9, temperature=0.8, seed=0)
-    engine.generate([[1, 2, 3], [4, 5]], 2, sp, step=0)
+    engine.generate([[1, 2, 3], [4, 5], [6]], 2, sp, step=0)  # 3 prompts: the 8-bucket
     traces = engine.num_traces
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         # Other prompt lengths (same 16-bucket), prompt count (same 8-bucket), step, seed,
         # temperature and max_new_tokens (same 16-bucket): nothing is traced or compiled.
         sp2 = SamplingParams(max_new_tokens=13, temperature=1.1, seed=5)
-        engine.generate([[7] * 11, [1, 2, 3, 4, 5, 6, 7], [9]], 2, sp2, step=3)
+        engine.generate([[7] * 11, [1, 2, 3, 4, 5, 6, 7], [9], [4] * 16, [2]], 2, sp2, step=3)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert engine.num_traces == traces
@@ -227,6 +227,20 @@ def test_sharded_engine_matches_unsharded(model, engine):
     b = engine.generate(PROMPTS, 2, sp)
     np.testing.assert_array_equal(a.token_ids_BR, b.token_ids_BR)
     np.testing.assert_allclose(a.logprobs_BR, b.logprobs_BR, atol=1e-5)
+
+
+def test_finer_length_buckets_sample_the_same_rollouts(model):
+    # 20-token prompts and 18 new tokens: buckets 32 and 32 in powers of two, 20 and 20 at
+    # four per doubling. The noise keys and the masked padding make the samples identical.
+    prompts = [list(range(1, 21)), [7, 8, 9]]
+    sp = SamplingParams(max_new_tokens=18, seed=3)
+    coarse = JaxEngine(CFG, model, pad_id=0)
+    fine = JaxEngine(CFG, model, pad_id=0, length_buckets_per_octave=4)
+    assert coarse._pack(prompts, 2)[0].shape[1] == 32 and fine._pack(prompts, 2)[0].shape[1] == 20
+    a, b = fine.generate(prompts, 2, sp), coarse.generate(prompts, 2, sp)
+    np.testing.assert_array_equal(a.token_ids_BR, b.token_ids_BR)
+    np.testing.assert_allclose(a.logprobs_BR, b.logprobs_BR, atol=1e-5)
+    assert a.finish_reasons == b.finish_reasons == (FINISH_LENGTH,) * 4
 
 
 def test_bucket_and_input_errors(engine):
