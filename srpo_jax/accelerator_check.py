@@ -144,20 +144,15 @@ def check_srpo_step(tiny: bool) -> dict:
     graphdef, params = nnx.split(create_sharded_model(model_cfg, mesh, seed=0), nnx.Param)
     state = learner.init_state(params, lcfg, mesh)
     rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * cfg.algo.group_size
+    prompt_len, response_len, teacher_prompt_len = batching.worst_case_lengths(cfg)
     shape = batching.TrainBatch.abstract(
         n_mini=cfg.train.prompts_per_step // cfg.train.mini_batch_prompts,
         n_micro=cfg.train.mini_batch_prompts * cfg.algo.group_size // rows,
         rows=rows,
-        prompt_len=batching.bucket_length(
-            cfg.data.max_prompt_len, per_octave=cfg.data.length_buckets_per_octave
-        ),
-        response_len=batching.bucket_length(
-            cfg.data.max_response_len, per_octave=cfg.data.length_buckets_per_octave
-        ),
+        prompt_len=prompt_len,
+        response_len=response_len,
         teacher_rows=rows,
-        teacher_prompt_len=batching.bucket_length(
-            cfg.algo.max_reprompt_len, per_octave=cfg.data.length_buckets_per_octave
-        ),
+        teacher_prompt_len=teacher_prompt_len,
     )
     b_shard = learner.batch_shardings(mesh, shape)
     batch = jax.device_put(

@@ -120,6 +120,17 @@ def bucket_length(n: int, *, minimum: int = 16, per_octave: int = 1) -> int:
     return size + steps_up * step if steps_up < min(per_octave, size) else 2 * size
 
 
+def worst_case_lengths(cfg) -> tuple[int, int, int]:
+    """(P, R, Pt): the buckets of a run config's longest prompt, response and teacher prompt
+    (data.max_prompt_len, data.max_response_len, algo.max_reprompt_len), as the trainer
+    pads them (data.length_buckets_per_octave). The plans compile this shape."""
+    per_octave = cfg.data.length_buckets_per_octave
+    return tuple(
+        bucket_length(n, per_octave=per_octave)
+        for n in (cfg.data.max_prompt_len, cfg.data.max_response_len, cfg.algo.max_reprompt_len)
+    )
+
+
 def bucket_rows(n: int, *, minimum: int = 1) -> int:
     """Teacher rows per micro-batch: 0 stays 0 (no teacher forward compiled), else a power of 2
     >= minimum (a larger minimum means fewer distinct shapes, hence fewer compiles)."""

@@ -413,20 +413,15 @@ def main(argv: list[str]) -> None:
     mesh, compiler, backend = _target(f, topo, mesh_cfg, n_dev)
     t = cfg.train
     mini_rows = t.mini_batch_prompts * cfg.algo.group_size
-    tp_len = f.teacher_prompt_len or batching.bucket_length(
-        cfg.algo.max_reprompt_len, per_octave=cfg.data.length_buckets_per_octave
-    )
+    prompt_len, response_len, worst_tp_len = batching.worst_case_lengths(cfg)
+    tp_len = f.teacher_prompt_len or worst_tp_len
     base = StepShape(
         prompts=t.prompts_per_step,
         group_size=cfg.algo.group_size,
         mini_batch_prompts=t.mini_batch_prompts,
         micro_batch_rows=t.micro_batch_rows or mini_rows,
-        prompt_len=batching.bucket_length(
-            cfg.data.max_prompt_len, per_octave=cfg.data.length_buckets_per_octave
-        ),
-        response_len=batching.bucket_length(
-            cfg.data.max_response_len, per_octave=cfg.data.length_buckets_per_octave
-        ),
+        prompt_len=prompt_len,
+        response_len=response_len,
         teacher_prompt_len=tp_len,
     )
     usable = topo.usable_bytes
