@@ -5,7 +5,7 @@
 
 Prints a markdown table: config, rows, tokens, routed rows, compile seconds, median and
 min step seconds over --repeats steps. The README records the CPU figure of the default
-(the configuration of tests/test_learner.py) as the baseline for performance work.
+(the configuration of tests/learner/test_train_step.py) as the baseline for performance work.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from srpo_jax import batching, learner
 from srpo_jax.algo import advantages, routing
+from srpo_jax.learner import batch as batching
+from srpo_jax.learner import train_step as learner
 from srpo_jax.model import tiny
 from srpo_jax.model.qwen3 import create_sharded_model
 from srpo_jax.sharding import MeshConfig, make_mesh

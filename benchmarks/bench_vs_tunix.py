@@ -87,9 +87,9 @@ def ensure_tunix_venv() -> pathlib.Path:
 
 def write_problem(size: str, steps: int, work: pathlib.Path) -> dict:
     """Tokenizer directory, prompts and shapes shared by both sides."""
-    from srpo_jax import step
     from srpo_jax.data import datasets, synthetic
     from srpo_jax.data import tokenizer as tok_lib
+    from srpo_jax.trainer import step
 
     tok_dir = work / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():

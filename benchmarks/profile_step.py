@@ -43,10 +43,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_vs_tunix  # noqa: E402  (SIZES: the same problem as the side-by-side run)
 
-from srpo_jax import learner, multihost, step, trainer  # noqa: E402
+from srpo_jax import multihost  # noqa: E402
 from srpo_jax.config import from_config_dict  # noqa: E402
 from srpo_jax.data import datasets  # noqa: E402
+from srpo_jax.learner import train_step as learner  # noqa: E402
 from srpo_jax.sharding import make_mesh  # noqa: E402
+from srpo_jax.trainer import setup as trainer  # noqa: E402
+from srpo_jax.trainer import step  # noqa: E402
 
 _COMPILES = []
 monitoring.register_event_duration_secs_listener(

@@ -38,7 +38,7 @@ def benchmark_config(preset: str, task: str, arg: str | None) -> ml_collections.
     c.model.preset = preset
     c.model.remat = True  # 8192-token responses: activations, not weights, bound memory
     c.data.task = task
-    # Memory plan (python -m srpo_jax.tools.plan, docs/scale.md), worst case of 24k-token teacher
+    # Memory plan (python -m srpo_jax.aot.plan, docs/scale.md), worst case of 24k-token teacher
     # sequences, query-chunked attention, sequence-parallel residual stream: heads split 8
     # ways (tensor=8) and 16 rows per micro-batch fit 8 x H20 with >= 10% headroom for
     # Qwen3-8B (67 GiB peak; 32 rows do not) and -4B (47 GiB; 32 rows fit too).

@@ -18,7 +18,7 @@ pairs never asked in training, so test accuracy measures the codes learned.
 Warm-up (warmup.steps, trainer._warmup -> sft.py; a stand-in for pre-training): 400 Adam
 steps (lr 3e-3, decayed to 0 over the last 100; batch 32) on the task's warm-up split, which
 teaches the answer format and copying an answer from the teacher-prompt layout but no code
-(its letters are random). Then the copy probe (srpo_jax/probe.py) checks that the EMA
+(its letters are random). Then the copy probe (srpo_jax/trainer/probe.py) checks that the EMA
 teacher reading a correct sibling's answer knows more than the student.
 
 Measured (srpo, this file, seed 0, all 256 test prompts, avg@4), 2026-12-02 on the shared
@@ -80,7 +80,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.prompts_per_step = 16
     c.train.mini_batch_prompts = 16
     c.train.num_steps = 40
-    c.train.loss_impl = "fused"
     c.train.fused_implementation = "xla"
     c.train.chunk_size = 256
     c.train.time_budget_hours = 0.0

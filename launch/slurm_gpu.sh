@@ -19,11 +19,11 @@
 #
 # Environment it sets for the learner:
 #   XLA_PYTHON_CLIENT_MEM_FRACTION=0.95   JAX's GPU pool (default 0.75); the memory plan
-#                                         (python -m srpo_jax.tools.plan) assumes 0.95
+#                                         (python -m srpo_jax.aot.plan) assumes 0.95
 #   XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true
 #                                         overlap FSDP all-gathers / reduce-scatters with compute
 # Mesh: the benchmark configs describe one 8-GPU node (mesh data*fsdp*tensor = 8, the layout
-# python -m srpo_jax.tools.plan checked); across N learner nodes the script sets
+# python -m srpo_jax.aot.plan checked); across N learner nodes the script sets
 # --config.mesh.data=N (one data-parallel replica per node). --mesh D,F,T sets all three.
 # The coordinator is the first learner node at --port; each srun task passes its
 # $SLURM_PROCID as --process_id, so jax.distributed.initialize sees every learner process.

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-accelerator_report.json}"
-timeout 480 python -m srpo_jax.accelerator_check --out="$out"
+timeout 480 python -m srpo_jax.aot.device_check --out="$out"
 echo "report: $out"

@@ -7,11 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch is pinned to the CPU build in the parity extra (a bare `torch` pulls CUDA wheels).
-# aot: the compile-only XLA:GPU / XLA:TPU compilers (srpo_jax.aot) the compile tests use.
+# aot: the compile-only XLA:GPU / XLA:TPU compilers (srpo_jax.aot.targets) the compile tests use.
 bash scripts/setup.sh test,parity,aot
 . .venv/bin/activate
-ruff format --check srpo_jax tests configs kernels benchmarks
-ruff check srpo_jax tests configs kernels benchmarks
+ruff format --check srpo_jax tests configs benchmarks
+ruff check srpo_jax tests configs benchmarks
 
 status=0
 set +e

@@ -7,13 +7,13 @@ Each section's frozen dataclass lives in, and is validated by, the module it con
     mesh        srpo_jax.sharding.MeshConfig
     data        srpo_jax.data.datasets.DataConfig
     algo        srpo_jax.algo.config.AlgoConfig         (method: a name in algo/methods.py)
-    optim       srpo_jax.learner.OptimConfig
-    train       srpo_jax.learner.TrainConfig
-    warmup      srpo_jax.sft.WarmupConfig               (supervised warm-up; demo only)
+    optim       srpo_jax.learner.train_step.OptimConfig
+    train       srpo_jax.learner.train_step.TrainConfig
+    warmup      srpo_jax.trainer.warmup.WarmupConfig               (supervised warm-up; demo only)
     rollout     srpo_jax.rollout.config.RolloutConfig   (rollout.sglang: SGLangConfig)
-    eval        srpo_jax.evaluation.EvalConfig
-    checkpoint  srpo_jax.checkpoint.CheckpointConfig
-    log         srpo_jax.metrics.LogConfig
+    eval        srpo_jax.trainer.evaluation.EvalConfig
+    checkpoint  srpo_jax.trainer.checkpoint.CheckpointConfig
+    log         srpo_jax.trainer.metrics.LogConfig
 
 This module only assembles the tree from a ConfigDict and checks the rules that span
 sections. Every message names the dotted key and the bad value ("config.optim.lr must be
@@ -40,16 +40,13 @@ from typing import Any
 
 from srpo_jax.algo import methods
 from srpo_jax.algo.config import AlgoConfig
-from srpo_jax.checkpoint import CheckpointConfig
 from srpo_jax.config_checks import ConfigError, one_of, require
 from srpo_jax.data.datasets import DataConfig, TokenizerConfig
-from srpo_jax.evaluation import EvalConfig
-from srpo_jax.learner import OptimConfig, TrainConfig
-from srpo_jax.metrics import LogConfig
+from srpo_jax.learner.config import OptimConfig, TrainConfig
 from srpo_jax.model.config import ModelConfig
 from srpo_jax.rollout.config import RolloutConfig, SGLangConfig
-from srpo_jax.sft import WarmupConfig
 from srpo_jax.sharding import MeshConfig
+from srpo_jax.trainer.config import CheckpointConfig, EvalConfig, LogConfig, WarmupConfig
 
 if typing.TYPE_CHECKING:
     import ml_collections

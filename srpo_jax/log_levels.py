@@ -4,7 +4,7 @@ absl's app.run routes Python logging through its handler at the level of `--verb
 (default 0 = INFO), so every library's INFO chatter reaches stderr: orbax writes about
 twenty lines per checkpoint, jax reports each backend it probes and cannot open ("Unable
 to initialize backend 'tpu'"). The trainer's own messages go to stdout through
-srpo_jax/progress.py, so by default nothing below WARNING is needed on the console.
+srpo_jax/trainer/progress.py, so by default nothing below WARNING is needed on the console.
 
     --verbosity=0 (default, or below)  WARNING and up from every library
     --verbosity=1                      INFO back (what absl alone would show)

@@ -56,10 +56,10 @@ def _input_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad user input found at run time (a data file, an HF directory, a
     checkpoint of another model): one line and exit 2, like a config error. Everything else
     keeps its traceback, since it is a bug. Imported here: these modules pull in JAX."""
-    from srpo_jax.checkpoint import CheckpointMismatchError
     from srpo_jax.data.datasets import DataError
-    from srpo_jax.metrics import MetricsError
     from srpo_jax.model.hf_io import HFCheckpointError
+    from srpo_jax.trainer.checkpoint import CheckpointMismatchError
+    from srpo_jax.trainer.metrics import MetricsError
 
     errors = (config_lib.ConfigError, DataError, HFCheckpointError, CheckpointMismatchError)
     return (*errors, MetricsError)
@@ -105,12 +105,12 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
 
     try:  # imported lazily: the CLI stays usable (config checks) while the trainer is absent
-        import srpo_jax.trainer as trainer
+        import srpo_jax.trainer.setup as trainer
     except ModuleNotFoundError as e:
-        if e.name != "srpo_jax.trainer":
+        if e.name != "srpo_jax.trainer.setup":
             raise
         print(
-            "error: srpo_jax.trainer is missing: the config is valid, nothing to run",
+            "error: srpo_jax.trainer.setup is missing: the config is valid, nothing to run",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -32,8 +32,8 @@ TIMEOUT_S = 600
 
 
 def _rows(seed: int):
-    from srpo_jax import batching
     from srpo_jax.algo import advantages, routing
+    from srpo_jax.learner import batch as batching
 
     g, prompts, vocab = 4, 4, 97
     rng = np.random.default_rng(seed)
@@ -62,7 +62,7 @@ def _global_batch(mesh, batch_np):
     materialises the shards its own devices hold."""
     import jax
 
-    from srpo_jax import learner
+    from srpo_jax.learner import train_step as learner
 
     shardings = learner.batch_shardings(mesh, batch_np)
     return jax.tree.map(
@@ -121,9 +121,11 @@ def _worker(num_processes: int, process_id: int, port: int, out_dir: str, ckpt_d
         )
     from jax.experimental import multihost_utils
 
-    from srpo_jax import batching, checkpoint, learner
+    from srpo_jax.learner import batch as batching
+    from srpo_jax.learner import train_step as learner
     from srpo_jax.model import tiny
     from srpo_jax.sharding import MeshConfig, make_mesh
+    from srpo_jax.trainer import checkpoint
 
     t0 = time.time()
     n_dev = jax.device_count()

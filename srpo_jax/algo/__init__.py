@@ -2,28 +2,34 @@
 
 advantages and routing run host-side between rollouts and the learner; losses, objective and
 ema are pure jnp functions the jitted learner calls on per-token arrays.
+
+Names load on first use (PEP 562), so importing one submodule, such as the
+package's config, does not import the others or jax.
 """
 
-from srpo_jax.algo import advantages, ema, losses, methods, objective, routing
-from srpo_jax.algo.advantages import correctness, group_advantages
-from srpo_jax.algo.ema import ema_update
-from srpo_jax.algo.losses import (
-    entropy_weight_terms,
-    entropy_weights,
-    grpo_token_loss,
-    sdpo_token_divergence,
-    teacher_entropy,
-)
-from srpo_jax.algo.methods import METHODS, Method
-from srpo_jax.algo.objective import ObjectiveParts, combine, objective_parts, srpo_objective
-from srpo_jax.algo.routing import (
-    build_teacher_messages,
-    render_teacher_prompt,
-    route,
-    strip_think,
-    teacher_info,
-)
+import importlib
 
+_HOME = {
+    "METHODS": "methods",
+    "Method": "methods",
+    "ObjectiveParts": "objective",
+    "build_teacher_messages": "routing",
+    "combine": "objective",
+    "correctness": "advantages",
+    "ema_update": "ema",
+    "entropy_weight_terms": "losses",
+    "entropy_weights": "losses",
+    "group_advantages": "advantages",
+    "grpo_token_loss": "losses",
+    "objective_parts": "objective",
+    "render_teacher_prompt": "routing",
+    "route": "routing",
+    "sdpo_token_divergence": "losses",
+    "srpo_objective": "objective",
+    "strip_think": "routing",
+    "teacher_entropy": "losses",
+    "teacher_info": "routing",
+}
 __all__ = [
     "METHODS",
     "Method",
@@ -51,3 +57,14 @@ __all__ = [
     "teacher_entropy",
     "teacher_info",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    try:  # a submodule, e.g. srpo_jax.algo.routing after `import srpo_jax.algo`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -2,22 +2,30 @@
 
 Tokenizers live in `srpo_jax.data.tokenizer` (imported explicitly: it pulls in
 transformers, which the pure-Python reward and dataset code does not need).
+
+Names load on first use (PEP 562), so importing one submodule, such as the
+package's config, does not import the others or jax.
 """
 
-from srpo_jax.data.datasets import (
-    EpochSampler,
-    Example,
-    PromptSet,
-    SamplerCursor,
-    encode_prompt,
-    load_jsonl,
-    load_split,
-    messages,
-    render_prompt,
-)
-from srpo_jax.data.rewards import is_success, mcq_reward, reward_fn, tooluse_reward
-from srpo_jax.data.synthetic import make_synthetic_split, make_synthetic_splits
+import importlib
 
+_HOME = {
+    "EpochSampler": "datasets",
+    "Example": "datasets",
+    "PromptSet": "datasets",
+    "SamplerCursor": "datasets",
+    "encode_prompt": "datasets",
+    "is_success": "rewards",
+    "load_jsonl": "datasets",
+    "load_split": "datasets",
+    "make_synthetic_split": "synthetic",
+    "make_synthetic_splits": "synthetic",
+    "mcq_reward": "rewards",
+    "messages": "datasets",
+    "render_prompt": "datasets",
+    "reward_fn": "rewards",
+    "tooluse_reward": "rewards",
+}
 __all__ = [
     "EpochSampler",
     "Example",
@@ -35,3 +43,14 @@ __all__ = [
     "reward_fn",
     "tooluse_reward",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    try:  # a submodule, e.g. srpo_jax.algo.routing after `import srpo_jax.algo`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -24,17 +24,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from srpo_jax.config_checks import one_of, require
+from srpo_jax.data.config import BENCHMARK_DIRS, TASKS, DataConfig, TokenizerConfig  # noqa: F401
 
 KINDS = ("mcq", "tooluse")
 REQUIRED_FIELDS = ("idx", "kind", "dataset", "prompt", "system", "answer")
-BENCHMARK_DIRS = {
-    "chem": "sciknoweval/chemistry",
-    "phys": "sciknoweval/physics",
-    "bio": "sciknoweval/biology",
-    "materials": "sciknoweval/material",
-    "tooluse": "tooluse",
-}
 SPLITS = ("train", "test")
 TOOLUSE_TRAIN_HELP = (
     "tooluse/train.json is not shipped with the shared data (the snapshot left out files of "
@@ -42,49 +35,6 @@ TOOLUSE_TRAIN_HELP = (
     "at commit 0e6d5106abe69f578c63bf38a9394e22905c8773 and check `git hash-object` gives "
     "b3f1449172a9a98389c03d38f83ab2795426d7f8 (see data/README.md)."
 )
-TASKS = ("synthetic", *BENCHMARK_DIRS)
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerConfig:
-    """The run config's `tokenizer` section (loaded by data/tokenizer.py)."""
-
-    path: str = ""  # "" = model.hf_path, or the demo's tiny tokenizer when that is empty too
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The run config's `data` section: which task, where its files are, length filters, and
-    how lengths are padded into shape buckets.
-
-    length_buckets_per_octave: prompt, response and teacher-prompt lengths (learner and
-    embedded engine) pad up to buckets with this many per doubling (batching.bucket_length):
-    1 is powers of two, the fewest compiled shapes but up to 2x padding; 4 pads under 25%
-    (e.g. 48-token prompts stay 48 instead of 64) at up to 4x the shapes of a length that
-    varies from step to step (the teacher prompt, mostly).
-    """
-
-    task: str = "synthetic"
-    data_dir: str = "../shared/data"
-    max_prompt_len: int = 2048  # longer prompts are filtered out (SPEC 10)
-    max_response_len: int = 8192
-    shuffle_seed: int = 0
-    synthetic_train_size: int = 512
-    synthetic_test_size: int = 64
-    synthetic_warmup_size: int = 2048  # SFT pairs of the synthetic warm-up (synthetic.py)
-    length_buckets_per_octave: int = 1
-
-    def __post_init__(self):
-        one_of("data.task", self.task, TASKS)
-        for k in (
-            "max_prompt_len",
-            "max_response_len",
-            "synthetic_train_size",
-            "synthetic_test_size",
-            "synthetic_warmup_size",
-            "length_buckets_per_octave",
-        ):
-            require(getattr(self, k) >= 1, f"data.{k}", ">= 1", getattr(self, k))
 
 
 class DataError(ValueError):

@@ -32,7 +32,7 @@ SDPO and SRPO to test self-distillation at all):
   uniformly and independently of the word, so the warm-up carries no information about
   `CODES` and leaves no letter prior: after it the student guesses (p(gold) near 1/16)
   while the same weights, reading a correct sibling's answer in the teacher prompt, copy it.
-  `srpo_jax.probe` measures both. (The earlier demo task put each key at a "home letter"
+  `srpo_jax.trainer.probe` measures both. (The earlier demo task put each key at a "home letter"
   that the warm-up learned together with copying, so its teacher knew no more than its
   student: issue 17.)
 - No doubled hint. RL training and test questions never carry a hint, so the teacher prompt

@@ -1,23 +1,31 @@
-"""Qwen3 dense decoder (Flax NNX), its presets, KV cache and HF safetensors I/O."""
+"""Qwen3 dense decoder (Flax NNX), its presets, KV cache and HF safetensors I/O.
 
-from srpo_jax.model.config import (
-    PRESETS,
-    Qwen3Config,
-    qwen3_0p6b,
-    qwen3_1p7b,
-    qwen3_4b,
-    qwen3_8b,
-    qwen3_14b,
-    qwen3_32b,
-    tiny,
-)
-from srpo_jax.model.hf_io import load_hf, save_hf, save_hf_params
-from srpo_jax.model.kv_cache import KVCache, init_cache
-from srpo_jax.model.qwen3 import Qwen3
+Names load on first use (PEP 562), so importing one submodule, such as the
+package's config, does not import the others or jax.
+"""
 
+import importlib
+
+_HOME = {
+    "KVCache": "kv_cache",
+    "PRESETS": "config",
+    "Qwen3": "qwen3",
+    "Qwen3Config": "config",
+    "init_cache": "kv_cache",
+    "load_hf": "hf_io",
+    "qwen3_0p6b": "config",
+    "qwen3_14b": "config",
+    "qwen3_1p7b": "config",
+    "qwen3_32b": "config",
+    "qwen3_4b": "config",
+    "qwen3_8b": "config",
+    "save_hf": "hf_io",
+    "save_hf_params": "hf_io",
+    "tiny": "config",
+}
 __all__ = [
-    "PRESETS",
     "KVCache",
+    "PRESETS",
     "Qwen3",
     "Qwen3Config",
     "init_cache",
@@ -32,3 +40,14 @@ __all__ = [
     "save_hf_params",
     "tiny",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    try:  # a submodule, e.g. srpo_jax.algo.routing after `import srpo_jax.algo`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -17,8 +17,6 @@ import json
 import pathlib
 from typing import Any
 
-import jax.numpy as jnp
-
 from srpo_jax.config_checks import ConfigError, one_of, require
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -97,11 +95,15 @@ class Qwen3Config:
             )
 
     @property
-    def compute_dtype(self) -> jnp.dtype:
+    def compute_dtype(self):
+        import jax.numpy as jnp  # here, not at the top: the config tree imports no jax
+
         return jnp.dtype(self.dtype)
 
     @property
-    def params_dtype(self) -> jnp.dtype:
+    def params_dtype(self):
+        import jax.numpy as jnp
+
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **overrides: Any) -> Qwen3Config:

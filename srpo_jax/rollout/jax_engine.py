@@ -14,7 +14,7 @@ compiles a handful of programs and never recompiles per step:
 - stop ids padded to a fixed count with -1.
 Temperature, top-p, seed, step and the real max_new_tokens are traced values; greedy or not,
 top-k and whether top-p is on are static (one compile per sampling setting, e.g. train and
-eval). Default buckets are batching.bucket_length's: powers of two, or finer with
+eval). Default buckets are data.buckets.bucket_length's: powers of two, or finer with
 length_buckets_per_octave for the prompt length and max_new_tokens.
 
 Noise: the key of token t of row r is fold(fold(fold(key(seed), step), r), t) with r the
@@ -39,7 +39,7 @@ from flax import nnx
 
 from srpo_jax import multihost
 from srpo_jax import sharding as shd
-from srpo_jax.batching import bucket_length
+from srpo_jax.data.buckets import bucket_length
 from srpo_jax.model import kv_cache as kvc
 from srpo_jax.model.qwen3 import Qwen3
 from srpo_jax.rollout import sampling
@@ -157,7 +157,7 @@ class JaxEngine:
         number of distinct prompts, and max_new_tokens; None means powers of two (prompt
         length from 16, prompts from 1 or data-parallel size / n, new tokens from 16).
       length_buckets_per_octave: with prompt_buckets / max_new_tokens_buckets None, that
-        many buckets per doubling of the length (batching.bucket_length; 1: powers of two).
+        many buckets per doubling of the length (data.buckets.bucket_length; 1: powers of two).
       max_stop_tokens: fixed length of the stop-id array (more stop ids raise).
       logprobs_mode: "scaled" (default, log_softmax(logits / T)) or "processed"; see
         sampling.py for how this matches SGLang.

@@ -112,7 +112,7 @@ class SGLangEngine:
         self._serving_path: pathlib.Path | None = None  # weights the servers last loaded
         self.num_restarts = 0  # dead launched servers relaunched so far
         # Called as on_request_done(url, step) after each /generate request that came back
-        # whole (srpo_jax.faults uses it to kill a server mid-batch); None = nothing.
+        # whole (srpo_jax.trainer.faults uses it to kill a server mid-batch); None = nothing.
         self.on_request_done: Callable[[str, int], None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_concurrency)
         if config.launch_command:

@@ -1,5 +1,5 @@
 """The Pallas fused-distillation kernels compile (not only lower) with the real XLA:GPU
-(Triton -> PTX) and XLA:TPU (Mosaic) compilers on compile-only devices (srpo_jax.aot), and
+(Triton -> PTX) and XLA:TPU (Mosaic) compilers on compile-only devices (srpo_jax.aot.targets), and
 the compiled module calls the kernel. Needs the [aot] extra; skips only without it.
 """
 
@@ -16,7 +16,7 @@ from srpo_jax.kernels.fused_distill import api
 
 pytest.importorskip("jax_plugins.xla_cuda12", reason="needs the [aot] extra")
 pytest.importorskip("libtpu", reason="needs the [aot] extra")
-from srpo_jax import aot  # noqa: E402
+from srpo_jax.aot import targets as aot  # noqa: E402
 
 TARGETS = {
     "pallas_gpu": ("h20x8", "__gpu$xla.gpu.triton"),

@@ -3,7 +3,7 @@
 The partitioner, given a token loop over sharded tokens, runs the whole loop on every
 device (measured: the tiny SRPO step on 8 data-parallel devices did 28% more matmul work
 in total than on one). The references: the same call without a mesh (values and
-gradients), and the matmul FLOPs of the compiled program (srpo_jax.hlo_flops), which must
+gradients), and the matmul FLOPs of the compiled program (srpo_jax.aot.hlo_flops), which must
 be the one-device program's divided by the device count.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from srpo_jax.hlo_flops import dot_flops
+from srpo_jax.aot.hlo_flops import dot_flops
 from srpo_jax.kernels import chunked_vocab
 from srpo_jax.kernels.fused_distill import api
 from srpo_jax.kernels.token_shards import token_shard_axes

@@ -1,5 +1,5 @@
 """srpo_jax.model.attention: the XLA path against a float64 oracle, the fused kernels
-compiled by the real XLA:GPU / XLA:TPU compilers (compile-only devices, srpo_jax.aot).
+compiled by the real XLA:GPU / XLA:TPU compilers (compile-only devices, srpo_jax.aot.targets).
 
 The compile tests need the `[aot]` extra (jax-cuda12-plugin + cuDNN wheel, libtpu); they
 skip only when it is absent.
@@ -113,7 +113,7 @@ def test_auto_is_xla_on_cpu_and_fused_kernels_refuse_cpu():
 def _aot():
     pytest.importorskip("jax_plugins.xla_cuda12", reason="needs the [aot] extra")
     pytest.importorskip("libtpu", reason="needs the [aot] extra")
-    from srpo_jax import aot
+    from srpo_jax.aot import targets as aot
 
     return aot
 

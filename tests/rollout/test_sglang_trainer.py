@@ -24,7 +24,7 @@ import pytest
 from sglang_env import launch_template, write_tiny_checkpoint
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
-from srpo_jax.metrics import read_metrics
+from srpo_jax.trainer.metrics import read_metrics
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

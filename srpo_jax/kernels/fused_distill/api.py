@@ -25,12 +25,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from srpo_jax.kernels import options
 from srpo_jax.kernels.fused_distill import pallas_gpu, pallas_tpu, xla
 from srpo_jax.kernels.fused_distill.reference import FusedDistillOutput, fused_distill_reference
 from srpo_jax.kernels.token_shards import token_shard_axes
 
-IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas_gpu", "pallas_tpu")
-GRAD_MODES = ("auto", *xla.GRAD_MODES)
+IMPLEMENTATIONS = options.IMPLEMENTATIONS
+GRAD_MODES = options.GRAD_MODES
 
 
 def resolve_implementation(implementation: str) -> str:
@@ -40,7 +41,8 @@ def resolve_implementation(implementation: str) -> str:
     if implementation != "auto":
         return implementation
     # The platform of the mesh being traced under (jax.set_mesh), so a compile-only GPU/TPU
-    # mesh picks its Pallas kernel from a CPU host (srpo_jax.aot); else the default back-end.
+    # mesh picks its Pallas kernel from a CPU host (srpo_jax.aot.targets); else the default
+    # back-end.
     device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
     platform = device.platform if device is not None else jax.default_backend()
     return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform, "xla")

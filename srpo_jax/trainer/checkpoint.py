@@ -1,0 +1,256 @@
+"""Checkpoints: the whole train-state pytree (orbax) plus a JSON record of host state.
+
+One checkpoint = one orbax step directory holding two items, finalised together:
+  "state": every array leaf of the train state (params, EMA teacher, optimizer state, step,
+           rng; sharded or not), stored as a nested dict keyed by the leaf's tree path, so any
+           pytree (nnx.State, optax states, dataclasses) round-trips through its own treedef;
+  "host":  JSON: the caller's host state (data cursor, seeds, step, rollout weight version,
+           resolved config, metrics history) plus the saved tree's leaf paths/shapes/dtypes.
+
+Atomicity: orbax writes into a temporary directory and renames it on finalisation, and the
+manager lists only finalised steps, so a run killed mid-write leaves nothing that `restore`
+would pick up (tests/trainer/test_checkpoint.py kills a writer to check). A finalised
+checkpoint that cannot be read (disk damage, files removed) is skipped with a warning
+naming it, and the previous one is used. A checkpoint of a different model shape is never
+silently loaded: `CheckpointMismatchError` names the first differing leaf paths and their shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from srpo_jax.trainer.config import CheckpointConfig  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+_STATE, _HOST, _TREE = "state", "host", "_tree"
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tree does not match the target (different model shape or layout)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    step: int
+    state: Any  # the train-state pytree, leaves placed with the target's shardings
+    host_state: dict  # what the caller passed to save(), without the tree record
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing `state`: the restore target."""
+
+    def one(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(one, state)
+
+
+def _is_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _path_parts(path) -> list[str]:
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:  # pragma: no cover - every jax key-path entry has one of the three
+            parts.append(str(entry))
+    return parts
+
+
+def _flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    names = ["/".join(_path_parts(p)) for p, _ in leaves_with_path]
+    if len(set(names)) != len(names):
+        raise ValueError("train state has two leaves with the same path; cannot checkpoint it")
+    return names, [leaf for _, leaf in leaves_with_path], treedef
+
+
+def _nest(names: list[str], leaves: list[Any]) -> dict:
+    """'a/b/0' -> {'a': {'b': {'0': leaf}}}: orbax stores nested dicts of arrays natively."""
+    out: dict = {}
+    for name, leaf in zip(names, leaves, strict=True):
+        node = out
+        *parents, last = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = leaf
+    return out
+
+
+def _unnest(tree: dict, names: list[str]) -> list[Any]:
+    out = []
+    for name in names:
+        node = tree
+        for p in name.split("/"):
+            node = node[p]
+        out.append(node)
+    return out
+
+
+def _describe(x: Any) -> list:
+    return [list(np.shape(x)), str(x.dtype)]  # typed keys print as e.g. "key<fry>"
+
+
+def _key_impl(x: Any):
+    # Works for key arrays and for ShapeDtypeStructs of keys (jax.random.key_impl does not
+    # accept the latter); the key dtype carries its implementation.
+    return x.dtype._impl
+
+
+class CheckpointManager:
+    """Saves and restores (train state, host state) under `directory`, keeping the last `keep`.
+
+    Call `save` from every process (orbax coordinates multi-host writes; JSON is written by
+    the primary process). `wait()` blocks until an asynchronous save has been finalised.
+    """
+
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            # Leftovers of a killed write are never listed as steps; remove them at start-up.
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=(_STATE, _HOST)
+        )
+
+    def save(self, step: int, state: Any, host_state: dict | None = None) -> None:
+        """Writes checkpoint `step`; returns once the arrays are copied off device (async)."""
+        names, leaves, _ = _flatten(state)
+        # Typed PRNG keys are stored as their raw uint32 data; the target says how to rewrap.
+        stored = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
+        record = dict(host_state or {})
+        record[_TREE] = {"paths": names, "leaves": [_describe(x) for x in leaves]}
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    _STATE: ocp.args.StandardSave(_nest(names, stored)),
+                    _HOST: ocp.args.JsonSave(record),
+                }
+            ),
+        )
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def all_steps(self) -> list[int]:
+        """Finalised checkpoint steps, oldest first (half-written ones never appear)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def read_host_state(self, step: int) -> dict:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_HOST: ocp.args.JsonRestore()})
+        )
+        return dict(restored[_HOST])
+
+    def restore(self, target: Any, *, step: int | None = None) -> Restored | None:
+        """Restores into `target` (arrays or ShapeDtypeStructs with shardings; see abstract_like).
+
+        step=None: the latest finalised checkpoint, falling back to older ones (with a
+        warning) when the latest cannot be read. Returns None when there is no checkpoint.
+        Raises CheckpointMismatchError when the checkpoint's tree differs from the target.
+        """
+        self.wait()
+        available = self.all_steps()
+        if step is not None and step not in available:
+            raise FileNotFoundError(f"no finalised checkpoint for step {step} in {self.directory}")
+        steps = [step] if step is not None else available[::-1]
+        names, targets, treedef = _flatten(target)
+        abstract = _nest(names, [_stored_struct(x) for x in targets])
+        for i, s in enumerate(steps):
+            try:
+                host = self.read_host_state(s)
+                tree = host.pop(_TREE)
+            except Exception as e:  # unreadable: truncated or missing JSON
+                self._skip(s, e, steps[i + 1 :], explicit=step is not None)
+                continue
+            self._check_match(s, tree, names, targets)
+            try:
+                restored = self._manager.restore(
+                    s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+                )
+            except Exception as e:  # unreadable: damaged or missing array files
+                self._skip(s, e, steps[i + 1 :], explicit=step is not None)
+                continue
+            leaves = [
+                jax.random.wrap_key_data(v, impl=_key_impl(t)) if _is_key(t) else v
+                for v, t in zip(_unnest(restored[_STATE], names), targets, strict=True)
+            ]
+            state = jax.tree_util.tree_unflatten(treedef, leaves)
+            return Restored(step=s, state=state, host_state=host)
+        return None
+
+    def _skip(self, step: int, error: Exception, older: list[int], *, explicit: bool) -> None:
+        if explicit:
+            raise error
+        then = (
+            f"falling back to step {older[0]}" if older else "no older checkpoint to fall back to"
+        )
+        log.warning(
+            "checkpoint step %d in %s is unreadable (%s: %s); %s",
+            step, self.directory, type(error).__name__, error, then,
+        )  # fmt: skip
+
+    def _check_match(self, step: int, tree: dict, names: list[str], targets: list[Any]) -> None:
+        saved = dict(zip(tree["paths"], tree["leaves"], strict=True))
+        wanted = {n: _describe(x) for n, x in zip(names, targets, strict=True)}
+        problems = []
+        for name, (shape, dtype) in wanted.items():
+            if name not in saved:
+                problems.append(
+                    f"leaf {name} {tuple(shape)} {dtype} is missing from the checkpoint"
+                )
+            elif saved[name] != [shape, dtype]:
+                have_shape, have_dtype = saved[name]
+                problems.append(
+                    f"leaf {name} has shape {tuple(have_shape)} {have_dtype} in the checkpoint, "
+                    f"expected {tuple(shape)} {dtype}"
+                )
+        problems += [f"checkpoint leaf {n} is not in the target" for n in saved if n not in wanted]
+        if problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not match the train state "
+                f"(different model shape?): " + "; ".join(problems[:5]) + more
+            )
+
+
+def _stored_struct(x: Any) -> jax.ShapeDtypeStruct:
+    """What a target leaf is stored as: itself, or a typed key's raw uint32 data."""
+    sharding = getattr(x, "sharding", None)
+    if not _is_key(x):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+    data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        # The key's spec plus a replicated trailing dimension for the key words.
+        spec = tuple(sharding.spec) + (None,) * (data.ndim - len(sharding.spec))
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    elif sharding is not None and not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        sharding = None  # unknown layout: let orbax choose
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)

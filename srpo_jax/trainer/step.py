@@ -1,0 +1,275 @@
+"""One training step, host side and device side (DESIGN.md section 1):
+
+    rollout -> rewards -> routing and teacher prompts -> pack -> learner -> weight sync
+
+`prepare_step` runs the host half and returns the packed `TrainBatch` with its host
+metrics; `learn_and_sync` runs the jitted learner on it, pushes the new weights to the
+rollout engine and assembles the step's metrics line. Neither knows about checkpoints,
+evaluation or the time budget (srpo_jax/trainer/loop.py) or how the parts are built
+(srpo_jax/trainer/setup.py).
+
+Retries. `generate_whole` retries a generation only on the rollout's own failures
+(`RETRYABLE`: RolloutError, OS-level/HTTP errors, a device runtime error) or a partial
+batch; any other exception is a bug in our code and propagates the first time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from srpo_jax import multihost
+from srpo_jax.algo import advantages as adv_lib
+from srpo_jax.algo import routing
+from srpo_jax.data import datasets, rewards
+from srpo_jax.learner import batch as batching
+from srpo_jax.rollout.engine import FINISH_ABORT, RolloutError, SamplingParams
+from srpo_jax.trainer.faults import FaultInjection
+
+# A rollout's own failures: the engine's error, a socket/HTTP error (requests' exceptions
+# are OSErrors), a device runtime error. Anything else is a bug and is not retried.
+RETRYABLE = (RolloutError, OSError, jax.errors.JaxRuntimeError)
+
+
+def stop_ids(tokenizer) -> tuple[int, ...]:
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(i for i in ids if i is not None and i >= 0))
+
+
+def generate_whole(
+    engine,
+    prompts,
+    n: int,
+    sp: SamplingParams,
+    *,
+    step: int,
+    max_retries: int,
+    faults: FaultInjection | None = None,
+):
+    """engine.generate, retried up to `max_retries` times; returns only a complete batch.
+
+    A result that lacks rows (a partial batch) counts as a failure, so a training step never
+    consumes one. Sampling noise is a function of (seed, step, row), so a retry draws exactly
+    what the failed attempt would have (resume stays exact).
+    """
+    last: Exception | None = None
+    for attempt in range(max_retries + 1):
+        try:
+            if faults is not None:
+                faults.before_generate(step, attempt, engine)
+            ro = engine.generate(prompts, n, sp, step=step)
+            want = np.repeat(np.arange(len(prompts), dtype=np.int32), n)
+            if ro.num_rows != len(want) or not np.array_equal(ro.prompt_index_B, want):
+                raise RolloutError(
+                    f"engine returned {ro.num_rows} rows for {len(prompts)} prompts x {n}"
+                )
+            return ro
+        except RETRYABLE as e:
+            last = e
+            logging.warning(
+                "step %d: rollout attempt %d/%d failed: %s: %s",
+                step + 1, attempt + 1, max_retries + 1, type(e).__name__, e,
+            )  # fmt: skip
+    raise RolloutError(
+        f"step {step + 1}: rollout failed {max_retries + 1} times "
+        f"(config.rollout.max_retries={max_retries}); last error: {type(last).__name__}: {last}"
+    ) from last
+
+
+@dataclasses.dataclass
+class HostStep:
+    """The host-side products of one step, kept for metrics."""
+
+    batch: batching.TrainBatch
+    metrics: dict
+
+
+def _scores(cfg, ro, examples, tokenizer) -> tuple[list[str], np.ndarray]:
+    """Decoded completions and their verifier rewards (aborted rows score 0)."""
+    g = cfg.algo.group_size
+    texts = [
+        tokenizer.decode(ro.completion(r), skip_special_tokens=True) for r in range(ro.num_rows)
+    ]
+    rew = np.array(
+        [
+            rewards.reward(examples[r // g].kind, texts[r], examples[r // g].answer)
+            if ro.finish_reasons[r] != FINISH_ABORT
+            else 0.0
+            for r in range(ro.num_rows)
+        ],
+        np.float64,
+    )
+    return texts, rew
+
+
+def _route(cfg, rew, examples, texts, tokenizer):
+    """Teacher info (once), the method's routing and the teacher prompts of routed rows.
+
+    Returns (info, sdpo_mask, teacher_idx, teacher_prompts, keep); rows whose reprompt does
+    not fit lose their teacher (routing.drop_teachers)."""
+    a, g = cfg.algo, cfg.algo.group_size
+    seed = a.demo_seed if a.demo_seed else None
+    info = routing.teacher_info(rew, g, a.success_threshold, seed=seed)
+    sdpo_mask, teacher_idx = routing.route(rew, g, a.method, info=info)
+    teacher_prompts: dict[int, Any] = {}
+    keep = np.ones(len(rew), bool)
+    for r in np.flatnonzero(teacher_idx >= 0):
+        msgs = datasets.messages(examples[r // g])
+        ids = routing.render_teacher_prompt(
+            tokenizer, msgs, texts[int(teacher_idx[r])], a.max_reprompt_len
+        )
+        if ids is None:
+            keep[r] = False
+        else:
+            teacher_prompts[int(r)] = ids.tolist()
+    sdpo_mask, teacher_idx = routing.drop_teachers(sdpo_mask, teacher_idx, keep)
+    return info, sdpo_mask, teacher_idx, teacher_prompts, keep
+
+
+def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id):
+    g = cfg.algo.group_size
+    rows = batching.StepRows(
+        prompt_ids=[prompts[r // g] for r in range(ro.num_rows)],
+        response_ids=[ro.completion(r) for r in range(ro.num_rows)],
+        rollout_logprobs=[
+            ro.logprobs_BR[r, : ro.lengths_B[r]].tolist() for r in range(ro.num_rows)
+        ],
+        advantages=adv_lib.group_advantages(rew, g),  # numpy in, numpy out: no device trip
+        sdpo_rows=sdpo_mask,
+        teacher_rows=teacher_idx >= 0,
+        teacher_prompt_ids=teacher_prompts,
+    )
+    micro_rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * g
+    return batching.build_train_batch(
+        rows,
+        num_minibatches=cfg.num_updates_per_step,
+        micro_batch_rows=micro_rows,
+        pad_id=pad_id,
+        buckets_per_octave=cfg.data.length_buckets_per_octave,
+        # Teacher rows per micro-batch come in at most 3 sizes besides 0 (b/4, b/2, b), so the
+        # train step compiles a bounded number of variants whatever the routed fraction.
+        min_teacher_rows=max(1, micro_rows // 4),
+    )
+
+
+def _route_metrics(cfg, ro, rew, info, sdpo_mask, teacher_idx, keep) -> dict:
+    grpo_rows = ~sdpo_mask if cfg.algo.method_record.grpo else np.zeros(ro.num_rows, bool)
+    failures = ~info.correct
+    lengths = ro.lengths_B.astype(np.float64)
+    return {
+        "reward/mean": float(rew.mean()),
+        "reward/accuracy": float(info.correct.mean()),
+        "route/sdpo_frac": float(sdpo_mask.mean()),
+        "route/grpo_frac": float(grpo_rows.mean()),
+        "route/teacher_frac": float((teacher_idx >= 0).mean()),
+        "route/fail_no_teacher_frac": float((failures & ~info.has_teacher).mean()),
+        "route/reprompt_dropped": float((~keep).sum()),
+        "rollout/rows": float(ro.num_rows),
+        "rollout/response_len_mean": float(lengths.mean()),
+        "rollout/response_len_max": float(lengths.max()),
+        "rollout/truncated_frac": float(np.mean([f == "length" for f in ro.finish_reasons])),
+    }
+
+
+def prepare_step(cfg, step: int, engine, train_set, sampler, tokenizer, faults=None) -> HostStep:
+    """Rollouts, rewards, routing and teacher prompts for one step -> learner batch."""
+    t0 = time.perf_counter()
+    idx = sampler.next_indices(cfg.train.prompts_per_step)
+    examples = [train_set.examples[i] for i in idx]
+    prompts = [train_set.prompt_ids[i] for i in idx]
+    sp = SamplingParams(
+        max_new_tokens=cfg.data.max_response_len,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        stop_token_ids=stop_ids(tokenizer),
+        seed=cfg.train.seed,
+    )
+    g, retries = cfg.algo.group_size, cfg.rollout.max_retries
+    ro = generate_whole(engine, prompts, g, sp, step=step, max_retries=retries, faults=faults)
+    t1 = time.perf_counter()
+    texts, rew = _scores(cfg, ro, examples, tokenizer)
+    t2 = time.perf_counter()
+    info, sdpo_mask, teacher_idx, teacher_prompts, keep = _route(
+        cfg, rew, examples, texts, tokenizer
+    )
+    t3 = time.perf_counter()
+    batch = _pack(
+        cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, tokenizer.pad_token_id
+    )
+    t4 = time.perf_counter()
+    metrics = _route_metrics(cfg, ro, rew, info, sdpo_mask, teacher_idx, keep)
+    metrics.update(
+        {
+            "time/rollout_s": t1 - t0,
+            "time/reward_s": t2 - t1,
+            "time/teacher_s": t3 - t2,  # host side: routing and teacher prompts
+            "time/packing_s": t4 - t3,
+        }
+    )
+    return HostStep(batch=batch, metrics=metrics)
+
+
+def logp_gap_p99(dev_metrics: dict, batch: batching.TrainBatch) -> dict:
+    """Host-side 99th percentile of the per-token log-prob gap if the learner gave tokens."""
+    tokens = dev_metrics.pop("logp_gap/tokens", None)
+    if tokens is None or "logp_gap/p99" in dev_metrics:
+        return {}
+    mask = np.asarray(batch.response_mask_BR) > 0
+    gaps = np.asarray(tokens)[mask]
+    return {"logp_gap/p99": float(np.percentile(gaps, 99)) if gaps.size else 0.0}
+
+
+def summary_aliases(m: dict) -> dict:
+    """Short names for the curves and dashboards: teacher entropy, SDPO weight spread and
+    GRPO clip fractions (the learner's objective metrics are prefixed "loss/"). Teacher and
+    weight statistics only exist on steps that routed tokens to SDPO."""
+    out = {}
+    for name in ("clip_high_frac", "clip_low_frac", "clip_dual_frac"):
+        if f"loss/grpo_{name}" in m:
+            out[f"grpo/{name}"] = m[f"loss/grpo_{name}"]
+    if m.get("sdpo/tokens", 0.0) > 0:
+        if "loss/teacher_entropy_mean" in m:
+            out["teacher/entropy_mean"] = m["loss/teacher_entropy_mean"]
+        if "loss/sdpo_weight_max" in m:
+            out["sdpo/weight_spread"] = m["loss/sdpo_weight_max"] - m["loss/sdpo_weight_min"]
+            out["sdpo/weight_std"] = m["loss/sdpo_weight_std"]
+    return out
+
+
+def learn_and_sync(lrn, engine, state, prepared: HostStep, batch, version: int):
+    """The jitted train step on `batch`, then the new weights pushed to the engine as
+    `version`. Returns (state, metrics of the learner and the sync, timings)."""
+    t_learn = time.perf_counter()
+    state, dev_metrics = lrn.train_step(state, batch)
+    jax.block_until_ready(state)
+    t_sync = time.perf_counter()
+    sync = engine.update_weights(state.params, version)
+    # One batched fetch for the metrics and the loop's two skip counters instead of a
+    # blocking fetch each (per-token metrics span processes).
+    dev_metrics, skipped_total, consecutive = multihost.tree_to_host(
+        (dev_metrics, state.skipped_updates, state.consecutive_skips)
+    )
+    t_done = time.perf_counter()
+    m = dict(prepared.metrics)
+    m.update(logp_gap_p99(dev_metrics, batch))
+    m.update({k: float(v) for k, v in dev_metrics.items()})
+    m.update(summary_aliases(m))
+    m.update(sync)
+    m["skipped_updates_total"] = float(skipped_total)
+    m["skipped_updates_consecutive"] = float(consecutive)
+    m["time/learner_s"] = t_sync - t_learn
+    m["time/sync_s"] = t_done - t_sync
+    m["compile/train_step_variants"] = float(lrn.num_compiled)
+    if hasattr(engine, "num_traces"):
+        m["compile/generate_traces"] = float(engine.num_traces)
+    if hasattr(engine, "num_restarts"):
+        m["rollout/server_restarts"] = float(engine.num_restarts)
+    return state, m

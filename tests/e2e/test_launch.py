@@ -1,0 +1,178 @@
+"""Launch scripts: dry runs print the expected commands for 1 and 2 nodes / TPU workers, and
+the SLURM script's real path runs those commands (srun and scontrol replaced by stubs)."""
+
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SLURM = REPO / "launch" / "slurm_gpu.sh"
+TPU = REPO / "launch" / "tpu_vm.sh"
+CONFIG = "configs/qwen3_8b_chem.py:method=srpo"
+
+
+def run(script, *args, env=None, check=True):
+    proc = subprocess.run(
+        ["bash", str(script), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def slurm_dry(*args):
+    return run(
+        SLURM, "--dry-run", "--model-path", "/m", "--shared-dir", "/s", "--config", CONFIG, *args
+    ).stdout
+
+
+def inner_command(srun_line: str) -> list[str]:
+    """The words of the `bash -c '...'` payload of an srun line."""
+    words = shlex.split(srun_line)
+    assert words[0] == "srun" and words[-3:-1] == ["bash", "-c"], srun_line
+    return shlex.split(words[-1])
+
+
+def test_slurm_one_node_embedded_engine():
+    out = slurm_dry("--num-nodes", "1").strip().splitlines()
+    assert "embedded JAX engine" in out[1]
+    srun = out[-1]
+    assert "--nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist=node0" in srun
+    cmd = inner_command(srun)
+    assert cmd[:5] == [
+        "exec", "env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
+        "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true", "python",
+    ]  # fmt: skip
+    assert cmd[5:8] == ["-m", "srpo_jax.main", f"--config={CONFIG}"]
+    for arg in (
+        "--workdir=/s/workdir",
+        "--config.model.hf_path=/m",
+        "--config.mesh.data=1",  # the config's one-node layout, one replica
+        "--coordinator_address=node0:12355",
+        "--num_processes=1",
+        "--process_id=$SLURM_PROCID",  # expanded by each srun task, not by the script
+    ):
+        assert arg in cmd, arg
+    assert not any("sglang" in a for a in cmd)
+
+
+def test_slurm_two_learner_nodes_and_a_pool_node():
+    out = slurm_dry("--num-nodes", "3", "--learner-nodes", "2", "--sglang-tp", "4",
+                    "--", "--config.train.micro_batch_rows=16")  # fmt: skip
+    lines = out.strip().splitlines()
+    assert lines[0] == "# learner: node0 node1 (16 GPUs, coordinator node0:12355)"
+    assert lines[1] == "# rollout pool: node2"
+    pool = shlex.split(lines[2])
+    assert pool[1].endswith("launch/sglang_pool.sh")
+    assert pool[pool.index("--nodes") + 1] == "node2"
+    assert pool[pool.index("--tp") + 1] == "4"
+    assert pool[pool.index("--urls-file") + 1] == "/s/sglang_urls.txt"
+    assert sum("sglang.launch_server" in ln for ln in lines) == 2  # 8 GPUs / tp 4
+    cmd = inner_command(lines[-1])
+    assert "--nodes=2" in lines[-1] and "--nodelist=node0,node1" in lines[-1]
+    for arg in (
+        "--config.mesh.data=2",  # one data-parallel replica of the one-node layout per node
+        "--num_processes=2",
+        "--config.rollout.engine=sglang",
+        "--config.rollout.sglang.export_dir=/s/weights",
+        "--config.train.micro_batch_rows=16",  # the pass-through comes after the defaults
+    ):
+        assert arg in cmd, arg
+    assert cmd.index("--config.train.micro_batch_rows=16") > cmd.index("--config.mesh.data=2")
+
+
+def test_slurm_explicit_mesh_must_cover_the_learner_gpus():
+    cmd = inner_command(slurm_dry("--num-nodes", "2", "--mesh", "1,16,1").splitlines()[-1])
+    for arg in ("--config.mesh.data=1", "--config.mesh.fsdp=16", "--config.mesh.tensor=1"):
+        assert arg in cmd, arg
+    proc = run(SLURM, "--dry-run", "--num-nodes", "2", "--mesh", "1,8,1", "--model-path", "/m",
+               "--shared-dir", "/s", "--config", CONFIG, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--mesh 1,8,1 has 8 devices, not 16" in proc.stderr
+
+
+def test_slurm_refuses_missing_options_and_too_many_learner_nodes():
+    proc = run(SLURM, "--dry-run", "--config", CONFIG, check=False)
+    assert proc.returncode == 2 and "--model-path is required" in proc.stderr
+    proc = run(SLURM, "--dry-run", "--num-nodes", "1", "--learner-nodes", "2", "--model-path",
+               "/m", "--shared-dir", "/s", "--config", CONFIG, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--learner-nodes 2 > 1 nodes" in proc.stderr
+
+
+def test_slurm_real_path_passes_the_pool_urls_to_the_learner(tmp_path):
+    """Outside a cluster: scontrol, srun and the pool are stubs; the learner command that
+    would run under srun is captured and must carry the pool's URLs as a Python tuple."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu1\\ngpu2\\n'\n")
+    # srun of a pool server: write nothing; srun of the learner: record its bash -c payload.
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n"
+        'if [[ "$*" == *srpo_jax.main* ]]; then printf "%s" "${@: -1}" > "$SRUN_LOG"; '
+        "else sleep 30; fi\n"
+    )
+    (bin_dir / "curl").write_text("#!/bin/bash\nexit 0\n")  # every /health answers
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="gpu[1-2]",
+               SRUN_LOG=str(tmp_path / "learner.txt"))  # fmt: skip
+    shared = tmp_path / "shared"
+    run(SLURM, "--learner-nodes", "1", "--gpus-per-node", "2", "--sglang-tp", "1",
+        "--model-path", "/m", "--shared-dir", str(shared), "--config", CONFIG, env=env)  # fmt: skip
+    payload = shlex.split((tmp_path / "learner.txt").read_text())
+    urls = [a for a in payload if a.startswith("--config.rollout.sglang.urls=")]
+    assert urls == ["--config.rollout.sglang.urls=('http://gpu2:30000','http://gpu2:30001',)"]
+    assert "--coordinator_address=gpu1:12355" in payload and "--config.mesh.data=1" in payload
+    assert (shared / "workdir").is_dir()
+
+
+def tpu_dry(*args):
+    return run(
+        TPU, "--dry-run", "--tpu", "v5p", "--zone", "us-east5-a", "--config", CONFIG,
+        "--model-path", "/m", "--shared-dir", "/s", *args,
+    ).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "workers, chips, mesh", [(1, 4, (1, 1, 4)), (2, 8, (1, 1, 8)), (4, 16, (2, 1, 8))]
+)
+def test_tpu_dry_run_one_command_for_every_worker(workers, chips, mesh):
+    lines = tpu_dry("--num-workers", str(workers), "--chips", str(chips)).strip().splitlines()
+    assert lines[0].startswith(f"# v5p: {workers} worker(s), {chips} chips")
+    words = shlex.split(lines[-1])
+    assert words[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "v5p", "--zone"]
+    assert "--worker=all" in words
+    remote = words[words.index("--command") + 1]
+    assert "LIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=true" in remote
+    assert "agent-worker-number" in remote  # each worker reads its own process id
+    cmd = shlex.split(remote.split(" exec ", 1)[1])
+    assert cmd[:3] == ["python3", "-m", "srpo_jax.main"]
+    for arg in (
+        f"--config={CONFIG}",
+        f"--config.mesh.data={mesh[0]}",
+        f"--config.mesh.fsdp={mesh[1]}",
+        f"--config.mesh.tensor={mesh[2]}",
+        f"--num_processes={workers}",
+        "--coordinator_address=WORKER0_IP:8476",
+        "--process_id=$worker",
+    ):
+        assert arg in cmd, arg
+
+
+def test_tpu_dry_run_with_an_sglang_pool():
+    out = tpu_dry("--num-workers", "2", "--sglang-urls", "http://a:1 http://b:2")
+    remote = shlex.split(out.strip().splitlines()[-1])[-1]
+    cmd = shlex.split(remote.split(" exec ", 1)[1])
+    assert "--config.rollout.engine=sglang" in cmd
+    assert "--config.rollout.sglang.urls=('http://a:1','http://b:2',)" in cmd
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck_clean():
+    proc = subprocess.run(
+        ["shellcheck", str(SLURM), str(TPU)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout

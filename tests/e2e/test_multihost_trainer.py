@@ -1,0 +1,112 @@
+"""Multi-host: `python -m srpo_jax.main` as two real processes on 127.0.0.1.
+
+Two processes with one CPU device each (joined by --coordinator_address/--num_processes/
+--process_id, CPU collectives over gloo) run the tiny demo: supervised warm-up, rollouts
+from the embedded engine (sharded over both processes, gathered on each), evaluation, two
+SRPO steps and a checkpoint, on a mesh of fsdp=2. The reference is one process owning two
+devices with the same mesh. Only process 0 writes metrics; they must equal the reference's,
+and the checkpoint the pair wrote must hold the reference's final state.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from srpo_jax.trainer.metrics import read_metrics
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+TIMEOUT_S = 900
+ARGS = [
+    "--config=configs/demo.py",
+    "--config.mesh.fsdp=2",
+    "--config.data.synthetic_train_size=64",
+    "--config.data.synthetic_test_size=8",
+    "--config.algo.group_size=4",
+    "--config.train.prompts_per_step=4",
+    "--config.train.mini_batch_prompts=4",
+    "--config.train.num_steps=2",
+    "--config.warmup.steps=300",  # the synthetic format forms after some 150-250 steps
+    "--config.warmup.lr=3e-3",
+    "--config.eval.every_steps=2",
+    "--config.eval.num_samples=2",
+    "--config.eval.max_examples=4",
+    "--config.checkpoint.every_steps=0",
+]
+# Metrics that measure time or this process's compiles, not the training itself.
+VOLATILE = ("time/", "sync/", "compile/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(workdir: pathlib.Path, devices: int, extra: list[str], log: pathlib.Path):
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    cmd = [sys.executable, "-m", "srpo_jax.main", f"--workdir={workdir}", *ARGS, *extra]
+    out = open(log, "w")  # noqa: SIM115 - closed by the child's exit
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stable(records):
+    return [
+        {k: v for k, v in r.items() if not any(k.startswith(p) for p in VOLATILE)} for r in records
+    ]
+
+
+@pytest.mark.slow
+def test_two_process_run_equals_one_process(tmp_path):
+    port = _free_port()
+    multi, ref = tmp_path / "multi", tmp_path / "ref"
+    procs = [
+        (
+            _start(
+                multi,
+                1,
+                [
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                ],
+                tmp_path / f"process{i}.log",
+            ),
+            tmp_path / f"process{i}.log",
+        )
+        for i in range(2)
+    ]
+    procs.append((_start(ref, 2, [], tmp_path / "reference.log"), tmp_path / "reference.log"))
+    try:
+        for proc, log in procs:
+            proc.wait(timeout=TIMEOUT_S)
+            assert proc.returncode == 0, (
+                f"{log.name} exited {proc.returncode}:\n" + (log.read_text()[-5000:])
+            )
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+    got = read_metrics(multi / "metrics.jsonl")
+    want = read_metrics(ref / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in want] and len(got) >= 4
+    for g, w in zip(_stable(got), _stable(want), strict=True):
+        assert sorted(g) == sorted(w)
+        for k in w:
+            np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} {w}")
+    # The warm-up makes some rollouts correct, so the teacher and SDPO paths ran too.
+    assert any(r.get("route/teacher_frac", 0) > 0 for r in got), got
+    assert (multi / "curves.png").is_file()
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]

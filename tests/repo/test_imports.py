@@ -1,0 +1,96 @@
+"""Import direction of srpo_jax, read from the source with `ast` (nothing is imported).
+
+sharding imports nothing of ours; the model imports sharding and never the trainer side;
+there is no import cycle anywhere in the package (imports inside functions count too: a
+cycle through a lazy import is still a cycle in the design).
+"""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PKG = ROOT / "srpo_jax"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from srpo_jax.algo import routing" depends on the submodule routing;
+                # "from srpo_jax.algo.routing import route" on the module routing.
+                targets = [
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in modules
+                    else node.module
+                    for a in node.names
+                ]
+            else:
+                continue
+            for t in targets:
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t.startswith("srpo_jax") and t != name and t != "srpo_jax":
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None (iterative DFS, three colours)."""
+    colour: dict[str, int] = {}
+    for root in sorted(graph):
+        if colour.get(root):
+            continue
+        stack = [(root, iter(sorted(graph[root])))]
+        path = [root]
+        colour[root] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                colour[node] = 2
+                stack.pop()
+                path.pop()
+            elif colour.get(child) == 1:
+                return path[path.index(child) :] + [child]
+            elif not colour.get(child):
+                colour[child] = 1
+                stack.append((child, iter(sorted(graph[child]))))
+                path.append(child)
+    return None
+
+
+def test_there_is_no_import_cycle():
+    assert _cycle(_graph()) is None
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_sharding_imports_nothing_of_ours_and_the_model_only_low_layers():
+    graph = _graph()
+    assert graph["srpo_jax.sharding"] == set()
+    low = ("srpo_jax.model", "srpo_jax.sharding", "srpo_jax.kernels", "srpo_jax.config_checks")
+    for name, deps in graph.items():
+        if name.startswith("srpo_jax.model"):
+            assert all(d.startswith(low) for d in deps), (name, deps)
+
+
+def test_the_library_never_imports_the_tools():
+    # srpo_jax.tools (plan, compare) sit on top of the library: the compile-only targets
+    # (srpo_jax.aot.targets) read the topology table from srpo_jax.aot.topologies, not from a tool.
+    for name, deps in _graph().items():
+        if not name.startswith("srpo_jax.tools"):
+            assert not any(d.startswith("srpo_jax.tools") for d in deps), (name, deps)
