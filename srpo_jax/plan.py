@@ -8,5 +8,11 @@ before JAX is imported when the plan falls back to the CPU estimate.
 
 import runpy
 
-if __name__ == "__main__":
+
+def run() -> None:
+    """The `srpo-plan` command."""
     runpy.run_module("srpo_jax.aot.plan", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,7 +1,11 @@
 """Import direction of srpo_jax, read from the source with `ast` (nothing is imported).
 
-sharding imports nothing of ours; the model imports sharding and never the trainer side;
-there is no import cycle anywhere in the package (imports inside functions count too: a
+The layers, lowest first (docs/architecture.md): config_checks, sharding, multihost and
+process plumbing -> model, data, kernels -> algo, rollout -> learner -> the config tree ->
+trainer -> cli -> main, plan, aot, compare. A module imports only its own layer or lower,
+except the section configs (every package's config.py, algo/methods.py, kernels/options.py),
+which any layer may import and which themselves import only each other and config_checks.
+There is no import cycle anywhere in the package (imports inside functions count too: a
 cycle through a lazy import is still a cycle in the design).
 """
 
@@ -79,9 +83,66 @@ def test_the_cycle_finder_finds_one():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
+# Layer of each top-level module or package of srpo_jax (higher may import lower).
+LAYER = {
+    "config_checks": 0,
+    "jax_startup": 0,
+    "log_levels": 0,
+    "sharding": 0,
+    "multihost": 0,
+    "model": 1,
+    "data": 1,
+    "kernels": 1,
+    "algo": 2,
+    "rollout": 2,
+    "learner": 3,
+    "config": 4,
+    "trainer": 5,
+    "cli": 6,
+    "main": 7,
+    "plan": 7,
+    "aot": 7,
+    "compare": 7,
+}
+SECTION_CONFIG_EXTRAS = (
+    "srpo_jax.config_checks",
+    "srpo_jax.kernels.options",
+    "srpo_jax.algo.methods",
+)
+
+
+def _is_section_config(module: str) -> bool:
+    leaf_config = module.endswith(".config") and module != "srpo_jax.config"
+    return leaf_config or module in SECTION_CONFIG_EXTRAS
+
+
+def _layer(module: str) -> int:
+    return LAYER[module.split(".")[1]]
+
+
+def test_every_import_points_down_the_layers():
+    graph = _graph()
+    assert set(LAYER) == {n.split(".")[1] for n in graph if n != "srpo_jax"}
+    wrong = []
+    for name, deps in graph.items():
+        for dep in deps:
+            if _is_section_config(name):
+                if not _is_section_config(dep):
+                    wrong.append((name, dep))
+            elif name != "srpo_jax" and not _is_section_config(dep) and _layer(dep) > _layer(name):
+                wrong.append((name, dep))
+    assert wrong == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert _layer("srpo_jax.learner.train_step") > _layer("srpo_jax.rollout.sglang")
+    assert not _is_section_config("srpo_jax.config") and _is_section_config("srpo_jax.data.config")
+
+
 def test_sharding_imports_nothing_of_ours_and_the_model_only_low_layers():
     graph = _graph()
-    assert graph["srpo_jax.sharding"] == set()
+    assert graph["srpo_jax.sharding.config"] == set()
+    assert graph["srpo_jax.sharding.mesh"] == {"srpo_jax.sharding.config"}
     low = ("srpo_jax.model", "srpo_jax.sharding", "srpo_jax.kernels", "srpo_jax.config_checks")
     for name, deps in graph.items():
         if name.startswith("srpo_jax.model"):
@@ -89,8 +150,8 @@ def test_sharding_imports_nothing_of_ours_and_the_model_only_low_layers():
 
 
 def test_the_library_never_imports_the_tools():
-    # srpo_jax.tools (plan, compare) sit on top of the library: the compile-only targets
-    # (srpo_jax.aot.targets) read the topology table from srpo_jax.aot.topologies, not from a tool.
+    # aot (the plan, the device check) and compare sit on top of the library.
+    tools = ("srpo_jax.aot", "srpo_jax.compare", "srpo_jax.plan", "srpo_jax.main")
     for name, deps in _graph().items():
-        if not name.startswith("srpo_jax.tools"):
-            assert not any(d.startswith("srpo_jax.tools") for d in deps), (name, deps)
+        if not name.startswith(tools):
+            assert not any(d.startswith(tools) for d in deps), (name, deps)

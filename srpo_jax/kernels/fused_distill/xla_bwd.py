@@ -109,6 +109,28 @@ def _write_dw_tile(dw_DV, dw_DT, col0, fresh_T, *, narrow: bool, tile: int):
     return jnp.where(take_V, new_DV, dw_DV.astype(f32)).astype(dw_DV.dtype)
 
 
+def _chunk_sources(hs_ND, ws_DV, coeffs: DzCoeffs, chunk: int, narrow: bool):
+    """(W as the tile loop reads it, h as [n_chunks, chunk, D]), through unsigned views for
+    narrow floats.
+
+    Narrow W is read through an unsigned view and dW written by a select: see _write_dw_tile
+    for why (XLA:CPU widens narrow-float dynamic slices to fp32). h goes through the same
+    view, else XLA:CPU keeps an fp32 copy of all of h for the per-chunk slices.
+    """
+    n_tokens = hs_ND.shape[0]
+    n_chunks = coeffs.s.shape[0]
+    ws_src_DV = ws_DV
+    if narrow:
+        # A where() on a forward output (top-k ids are never negative) ties the copy to the
+        # end of the forward scan; else XLA schedules it first, beside the forward's
+        # [C, V] logits.
+        bits_DV = to_bits(ws_DV)
+        ws_src_DV = jnp.where(coeffs.ids[0, 0, 0] >= 0, bits_DV, jnp.zeros((), bits_DV.dtype))
+    hs_src_ND = to_bits(hs_ND) if narrow else hs_ND
+    pad = [(0, n_chunks * chunk - n_tokens), (0, 0)]
+    return ws_src_DV, jnp.pad(hs_src_ND, pad).reshape(n_chunks, chunk, -1)
+
+
 def recompute_grads(
     hs_ND: jax.Array,
     ws_DV: jax.Array,
@@ -128,37 +150,19 @@ def recompute_grads(
     """
     n_tokens, d_model = hs_ND.shape
     n_chunks = coeffs.s.shape[0]
-    n_pad = n_chunks * chunk
     vocab = ws_DV.shape[1]
     tile = min(vocab_tile, vocab)
     # Cotangent and temperature folded into the logit gradient once.
     dz_scale = scale.astype(f32) * inv_t
 
     narrow = jnp.dtype(ws_DV.dtype).itemsize < 4 and narrow_views
-    if narrow:
-        tile = dividing_tile(vocab, tile)
-    # Narrow W is read through an unsigned view and dW written by a select: see
-    # _write_dw_tile for why (XLA:CPU widens narrow-float dynamic slices to fp32).
-    ws_src_DV = ws_DV
-    if narrow:
-        # A where() on a forward output (top-k ids are never negative) ties the copy to the
-        # end of the forward scan; else XLA schedules it first, beside the forward's
-        # [C, V] logits.
-        bits_DV = to_bits(ws_DV)
-        ws_src_DV = jnp.where(coeffs.ids[0, 0, 0] >= 0, bits_DV, jnp.zeros((), bits_DV.dtype))
-
-    # Token chunks of h, through the same view for narrow floats (else XLA:CPU keeps an
-    # fp32 copy of all of h for the per-chunk slices).
-    hs_src_ND = to_bits(hs_ND) if narrow else hs_ND
-    hs_KCD = jnp.pad(hs_src_ND, [(0, n_pad - n_tokens), (0, 0)]).reshape(n_chunks, chunk, -1)
-
-    def read_w(col0):
-        w_DT = jax.lax.dynamic_slice_in_dim(ws_src_DV, col0, tile, 1)
-        return from_bits(w_DT, ws_DV.dtype) if narrow else w_DT
+    tile = dividing_tile(vocab, tile) if narrow else tile
+    ws_src_DV, hs_KCD = _chunk_sources(hs_ND, ws_DV, coeffs, chunk, narrow)
 
     def tile_step(carry, col0, fresh_T):
         dw_DV, dh_ND = carry
-        w_DT = read_w(col0)
+        w_DT = jax.lax.dynamic_slice_in_dim(ws_src_DV, col0, tile, 1)
+        w_DT = from_bits(w_DT, ws_DV.dtype) if narrow else w_DT
 
         def chunk_step(acc, x):
             dw_acc_DT, dh_ND = acc
@@ -183,6 +187,6 @@ def recompute_grads(
 
     # The dW carry is the result itself, in W's dtype: no [D, V] fp32 accumulator.
     dw0_DV = _varying_like(jnp.zeros(ws_DV.shape, ws_DV.dtype), hs_ND)
-    dh0_ND = _varying_like(jnp.zeros((n_pad, d_model), f32), hs_ND)
+    dh0_ND = _varying_like(jnp.zeros((n_chunks * chunk, d_model), f32), hs_ND)
     (dw_DV, dh_ND), _ = scan_tiles(tile_step, (dw0_DV, dh0_ND), vocab, tile)
     return dh_ND[:n_tokens].astype(hs_ND.dtype), dw_DV
