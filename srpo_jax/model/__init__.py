@@ -4,7 +4,7 @@ Names load on first use (PEP 562), so importing one submodule, such as the
 package's config, does not import the others or jax.
 """
 
-import importlib
+from srpo_jax.lazy_exports import resolver
 
 _HOME = {
     "KVCache": "kv_cache",
@@ -41,13 +41,4 @@ __all__ = [
     "tiny",
 ]
 
-
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    try:  # a submodule, e.g. srpo_jax.algo.routing after `import srpo_jax.algo`
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = resolver(__name__, _HOME)

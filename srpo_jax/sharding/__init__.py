@@ -7,7 +7,7 @@
 importing the config alone starts no jax.
 """
 
-import importlib
+from srpo_jax.lazy_exports import resolver
 
 _HOME = {"MeshConfig": "config", "MESH_AXES": "config"}
 _HOME.update(
@@ -24,8 +24,4 @@ _HOME.update(
     )
 )
 
-
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = resolver(__name__, _HOME)

@@ -88,6 +88,7 @@ LAYER = {
     "config_checks": 0,
     "jax_startup": 0,
     "log_levels": 0,
+    "lazy_exports": 0,
     "sharding": 0,
     "multihost": 0,
     "model": 1,
@@ -143,7 +144,13 @@ def test_sharding_imports_nothing_of_ours_and_the_model_only_low_layers():
     graph = _graph()
     assert graph["srpo_jax.sharding.config"] == set()
     assert graph["srpo_jax.sharding.mesh"] == {"srpo_jax.sharding.config"}
-    low = ("srpo_jax.model", "srpo_jax.sharding", "srpo_jax.kernels", "srpo_jax.config_checks")
+    low = (
+        "srpo_jax.model",
+        "srpo_jax.sharding",
+        "srpo_jax.kernels",
+        "srpo_jax.config_checks",
+        "srpo_jax.lazy_exports",
+    )
     for name, deps in graph.items():
         if name.startswith("srpo_jax.model"):
             assert all(d.startswith(low) for d in deps), (name, deps)
