@@ -43,10 +43,10 @@ def _compared_names(tree: ast.AST) -> list[tuple[int, str]]:
     return out
 
 
-# The comparison reports (compare_report's table, compare_ci's intervals) state the paper's
+# The comparison reports (compare/report.py's table, compare/intervals.py's intervals) state the paper's
 # claims about named runs (e.g. SRPO's cost falls over training): they read results keyed by
 # name and train nothing, so they are exempt.
-REPORTS = {"tools/compare_report.py", "tools/compare_ci.py"}
+REPORTS = {"compare/report.py", "compare/intervals.py"}
 
 
 def test_no_module_compares_a_method_name():
