@@ -44,8 +44,8 @@ def _compared_names(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 # The study's reports (compare/report.py's table, compare/intervals.py's intervals) state
-# the paper's claims about named runs (e.g. SRPO's cost falls over training): they read results keyed by
-# name and train nothing, so they are exempt.
+# the paper's claims about named runs (e.g. SRPO's cost falls over training): they read
+# results keyed by name and train nothing, so they are exempt.
 REPORTS = {"compare/report.py", "compare/intervals.py"}
 
 
