@@ -12,6 +12,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SLURM = REPO / "launch" / "slurm_gpu.sh"
 TPU = REPO / "launch" / "tpu_vm.sh"
+SGLANG_POOL = REPO / "launch" / "sglang_pool.sh"
 CONFIG = "configs/qwen3_8b_chem.py:method=srpo"
 
 
@@ -170,9 +171,23 @@ def test_tpu_dry_run_with_an_sglang_pool():
     assert "--config.rollout.sglang.urls=('http://a:1','http://b:2',)" in cmd
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def _shellcheck() -> str:
+    """shellcheck, installed from Debian's packages when missing (tests run as root, as CI)."""
+    if shutil.which("shellcheck") is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "shellcheck"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)
+    return shutil.which("shellcheck")
+
+
 def test_shellcheck_clean():
     proc = subprocess.run(
-        ["shellcheck", str(SLURM), str(TPU)], capture_output=True, text=True, timeout=60
+        [_shellcheck(), str(SLURM), str(TPU), str(SGLANG_POOL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout
