@@ -9,7 +9,7 @@ A malformed line, a missing or mistyped field, an unknown kind or an empty split
     <dir>/sciknoweval/{chemistry,physics,biology,material}/{train,test}.json
     <dir>/tooluse/{train,test}.json
 
-Where a split is read from (`split_path`), first match wins:
+Where a split is read from (`find_split`), first match wins:
   1. `data.data_dir` when set, else the user data folder `user_data_dir()`
      ($XDG_CACHE_HOME/srpo_jax/data, by default ~/.cache/srpo_jax/data);
   2. the package's own copy, `PACKAGED_DATA_DIR` (every split but tooluse/train.json).
@@ -136,20 +136,30 @@ def data_dirs(data_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]
     return pathlib.Path(first), PACKAGED_DATA_DIR
 
 
-def split_path(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
-    """The first of data_dirs(data_dir) holding the split; the first folder's path when none."""
+def _checked_rel(benchmark: str, split: str) -> pathlib.Path:
     if benchmark not in BENCHMARK_DIRS:
         raise ValueError(f"unknown benchmark {benchmark!r}, expected one of {list(BENCHMARK_DIRS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
-    rel = pathlib.Path(BENCHMARK_DIRS[benchmark]) / f"{split}.json"
+    return pathlib.Path(BENCHMARK_DIRS[benchmark]) / f"{split}.json"
+
+
+def split_path(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
+    """The split's path in data_dir itself (the user data folder when ""), never the package's:
+    where a split is written (fetch, tests); `find_split` is where one is read."""
+    return data_dirs(data_dir)[0] / _checked_rel(benchmark, split)
+
+
+def find_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
+    """The first of data_dirs(data_dir) holding the split; split_path's answer when none does."""
+    rel = _checked_rel(benchmark, split)
     dirs = data_dirs(data_dir)
     return next((d / rel for d in dirs if (d / rel).is_file()), dirs[0] / rel)
 
 
 def load_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> list[Example]:
     """Loads one benchmark split (data_dir's copy, else the package's; module docstring)."""
-    path = split_path(data_dir, benchmark, split)
+    path = find_split(data_dir, benchmark, split)
     if benchmark == "tooluse" and split == "train" and not path.is_file():
         raise SplitNotFoundError(f"{path} is missing. {TOOLUSE_TRAIN_HELP}")
     return load_jsonl(path)

@@ -81,7 +81,7 @@ def fetch_tooluse_train(opts: FetchOptions) -> pathlib.Path:
             f"{url}: git blob id {actual} does not match the expected {opts.expected_blob} "
             f"({len(data)} bytes); nothing was written"
         )
-    dest = pathlib.Path(opts.out_dir) / datasets.BENCHMARK_DIRS["tooluse"] / "train.json"
+    dest = datasets.split_path(pathlib.Path(opts.out_dir), "tooluse", "train")
     try:
         _write_atomically(dest, data)
     except OSError as e:

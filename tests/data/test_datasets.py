@@ -62,6 +62,11 @@ def test_a_data_dir_holds_some_splits_and_the_package_the_rest(tmp_path):
     assert [ex.idx for ex in datasets.load_split(str(tmp_path), "chem", "test")] == [7]
     assert len(datasets.load_split(tmp_path, "chem", "train")) == 1890  # the package's
     assert len(datasets.load_split(tmp_path, "tooluse", "test")) == 68
+    # Writers get the folder's own path, never the package's (whose files must stay upstream's).
+    assert datasets.split_path(tmp_path, "chem", "train") == (
+        tmp_path / "sciknoweval" / "chemistry" / "train.json"
+    )
+    assert datasets.find_split(tmp_path, "chem", "train").is_relative_to(datasets.PACKAGED_DATA_DIR)
 
 
 def test_empty_data_dir_reads_the_user_data_folder_first(tmp_path, monkeypatch):

@@ -90,6 +90,7 @@ def test_the_default_out_is_the_folder_an_empty_data_dir_reads(server, tmp_path,
     )
     dest = fetch.fetch_tooluse_train(opts)
     assert dest == datasets.split_path("", "tooluse", "train")
+    assert dest == datasets.find_split("", "tooluse", "train")
     assert len(datasets.load_split("", "tooluse", "train")) == 3
     r = subprocess.run(  # the command line's default --out is that folder too
         [sys.executable, "-m", "srpo_jax.data.fetch", f"--base_url={server}/bad"],

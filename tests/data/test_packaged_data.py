@@ -61,7 +61,7 @@ def test_readme_beside_the_data_states_each_blob_and_count(packaged_data):
 def test_the_default_config_reads_the_packaged_splits(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty user data folder
     assert datasets.DataConfig().data_dir == ""
-    path = datasets.split_path("", "chem", "train")
+    path = datasets.find_split("", "chem", "train")
     assert path == datasets.PACKAGED_DATA_DIR / "sciknoweval" / "chemistry" / "train.json"
     assert len(datasets.load_split("", "materials", "test")) == 94
 
