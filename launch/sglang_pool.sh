@@ -70,8 +70,9 @@ for node in $nodes; do
     gpus="$(seq -s, "$first" $((first + tp - 1)))"
     log="$log_dir/sglang_${node}_${port}.log"
     # Bind to the node's own name: reachable by the learner on other nodes, not on every
-    # interface of the machine.
-    cmd="CUDA_VISIBLE_DEVICES=$gpus $(printf '%q' "$python") -m sglang.launch_server"
+    # interface of the machine. `exec env VAR=v prog`: bash's exec takes a bare `VAR=v` for
+    # the program name. The dry run prints this same payload, so what it shows is what runs.
+    cmd="exec env CUDA_VISIBLE_DEVICES=$gpus $(printf '%q' "$python") -m sglang.launch_server"
     cmd+=" --model-path $(printf '%q' "$model_path")"
     cmd+=" --host $node --port $port --tp-size $tp"
     [ ${#extra[@]} -gt 0 ] && cmd+=" $(printf '%q ' "${extra[@]}")"
@@ -99,7 +100,7 @@ trap cleanup EXIT INT TERM
 for i in "${!commands[@]}"; do
   entry="${commands[$i]}"
   node="${entry%%|*}"
-  srun --overlap --nodes=1 --ntasks=1 -w "$node" bash -c "exec ${entry#*|}" \
+  srun --overlap --nodes=1 --ntasks=1 -w "$node" bash -c "${entry#*|}" \
     > "${logs[$i]}" 2>&1 &
   pids+=($!)
 done

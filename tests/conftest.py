@@ -35,15 +35,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    """../shared/data beside the checkout; tests that need it skip cleanly when absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder not present at {SHARED_DATA}")
-    return SHARED_DATA
+def packaged_data() -> pathlib.Path:
+    """The benchmark splits shipped inside the package (srpo_jax/data/benchmarks)."""
+    from srpo_jax.data import datasets
+
+    return datasets.PACKAGED_DATA_DIR
 
 
 def pytest_unconfigure(config):

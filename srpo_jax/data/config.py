@@ -39,7 +39,10 @@ class DataConfig:
     """
 
     task: str = "synthetic"
-    data_dir: str = "../shared/data"
+    # "" = the splits shipped in the package, plus what `python -m srpo_jax.data.fetch` put in
+    # the user data folder; a folder = its splits first, the shipped ones for the rest
+    # (datasets.split_path resolves it).
+    data_dir: str = ""
     max_prompt_len: int = 2048  # longer prompts are filtered out (SPEC 10)
     max_response_len: int = 8192
     shuffle_seed: int = 0

@@ -1,13 +1,23 @@
 """Benchmark rows, split loading, chat messages, tokenized prompt sets and a resumable sampler.
 
-Data layout (SPEC section 11, ../shared/data/README.md): JSON Lines, one object per line
-with fields idx, kind ("mcq" | "tooluse"), dataset, prompt, system (str or null), answer.
-Other fields (description, tests, elo, embedding) are ignored.
+Data layout (SPEC section 11, benchmarks/README.md beside this file): JSON Lines, one object
+per line with fields idx, kind ("mcq" | "tooluse"), dataset, prompt, system (str or null),
+answer. Other fields (description, tests, elo, embedding) are ignored.
 A malformed line, a missing or mistyped field, an unknown kind or an empty split raises
 `DataError` naming the file and 1-based line (main prints it as one line, exit 2).
 
-    <data_dir>/sciknoweval/{chemistry,physics,biology,material}/{train,test}.json
-    <data_dir>/tooluse/{train,test}.json      (tooluse/train.json is not shipped)
+    <dir>/sciknoweval/{chemistry,physics,biology,material}/{train,test}.json
+    <dir>/tooluse/{train,test}.json
+
+Where a split is read from (`find_split`), first match wins:
+  1. `data.data_dir` when set, else the user data folder `user_data_dir()`
+     ($XDG_CACHE_HOME/srpo_jax/data, by default ~/.cache/srpo_jax/data);
+  2. the package's own copy, `PACKAGED_DATA_DIR` (every split but tooluse/train.json).
+So the default (data_dir "") needs no data at all for SciKnowEval and the ToolUse test
+split; `python -m srpo_jax.data.fetch` downloads tooluse/train.json into the user data
+folder (or `--out=DIR`, then pass `--config.data.data_dir=DIR`), since the installed package
+may be read-only. A folder given as data_dir may hold only some splits (say, a fetched
+tooluse/train.json, or a replacement chemistry split); the others come from the package.
 
 `PromptSet` renders each example with the chat template (generation prompt, thinking
 disabled, SPEC section 10), drops prompts longer than `max_prompt_len` and counts them.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import random
 from collections.abc import Sequence
@@ -29,11 +40,14 @@ from srpo_jax.data.config import BENCHMARK_DIRS, TASKS, DataConfig, TokenizerCon
 KINDS = ("mcq", "tooluse")
 REQUIRED_FIELDS = ("idx", "kind", "dataset", "prompt", "system", "answer")
 SPLITS = ("train", "test")
+PACKAGED_DATA_DIR = pathlib.Path(__file__).resolve().parent / "benchmarks"
 TOOLUSE_TRAIN_HELP = (
-    "tooluse/train.json is not shipped with the shared data (the snapshot left out files of "
-    "4 MiB or more). Download datasets/tooluse/train.json from https://github.com/lasgroup/SDPO "
-    "at commit 0e6d5106abe69f578c63bf38a9394e22905c8773 and check `git hash-object` gives "
-    "b3f1449172a9a98389c03d38f83ab2795426d7f8 (see data/README.md)."
+    "tooluse/train.json (4 MiB) is not shipped with the package. Download it with "
+    "`python -m srpo_jax.data.fetch` (into the user data folder, read when data.data_dir is "
+    "empty) or `python -m srpo_jax.data.fetch --out=DIR` (then --config.data.data_dir=DIR); it "
+    "fetches datasets/tooluse/train.json from https://github.com/lasgroup/SDPO at commit "
+    "0e6d5106abe69f578c63bf38a9394e22905c8773 and checks its `git hash-object` is "
+    "b3f1449172a9a98389c03d38f83ab2795426d7f8."
 )
 
 
@@ -110,17 +124,42 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
     return examples
 
 
-def split_path(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
+def user_data_dir() -> pathlib.Path:
+    """The per-user data folder: fetch's default --out, read first when data_dir is ""."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(cache) / "srpo_jax" / "data"
+
+
+def data_dirs(data_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """The folders a split is looked up in, in order (see the module docstring)."""
+    first = user_data_dir() if isinstance(data_dir, str) and not data_dir else data_dir
+    return pathlib.Path(first), PACKAGED_DATA_DIR
+
+
+def _checked_rel(benchmark: str, split: str) -> pathlib.Path:
     if benchmark not in BENCHMARK_DIRS:
         raise ValueError(f"unknown benchmark {benchmark!r}, expected one of {list(BENCHMARK_DIRS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
-    return pathlib.Path(data_dir) / BENCHMARK_DIRS[benchmark] / f"{split}.json"
+    return pathlib.Path(BENCHMARK_DIRS[benchmark]) / f"{split}.json"
+
+
+def split_path(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
+    """The split's path in data_dir itself (the user data folder when ""), never the package's:
+    where a split is written (fetch, tests); `find_split` is where one is read."""
+    return data_dirs(data_dir)[0] / _checked_rel(benchmark, split)
+
+
+def find_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> pathlib.Path:
+    """The first of data_dirs(data_dir) holding the split; split_path's answer when none does."""
+    rel = _checked_rel(benchmark, split)
+    dirs = data_dirs(data_dir)
+    return next((d / rel for d in dirs if (d / rel).is_file()), dirs[0] / rel)
 
 
 def load_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> list[Example]:
-    """Loads one benchmark split from the shared data layout (see the module docstring)."""
-    path = split_path(data_dir, benchmark, split)
+    """Loads one benchmark split (data_dir's copy, else the package's; module docstring)."""
+    path = find_split(data_dir, benchmark, split)
     if benchmark == "tooluse" and split == "train" and not path.is_file():
         raise SplitNotFoundError(f"{path} is missing. {TOOLUSE_TRAIN_HELP}")
     return load_jsonl(path)

@@ -173,8 +173,8 @@ def tokenizer(tmp_path_factory):
     return load_tokenizer(build_tiny_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
-def test_teacher_prompt_of_a_sciknoweval_row(shared_data, tokenizer):
-    path = shared_data / "sciknoweval" / "chemistry" / "test.json"
+def test_teacher_prompt_of_a_sciknoweval_row(packaged_data, tokenizer):
+    path = packaged_data / "sciknoweval" / "chemistry" / "test.json"
     row = json.loads(path.read_text().splitlines()[0])
     assert row["idx"] == 1522 and row["answer"] == "A"
     messages = [

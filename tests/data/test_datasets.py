@@ -34,21 +34,54 @@ def _write(path, lines):
     "benchmark,n_train,n_test",
     [("chem", 1890, 210), ("phys", 720, 80), ("bio", 450, 50), ("materials", 841, 94)],
 )
-def test_sciknoweval_sizes(shared_data, benchmark, n_train, n_test):
-    train = datasets.load_split(shared_data, benchmark, "train")
-    test = datasets.load_split(shared_data, benchmark, "test")
+def test_sciknoweval_sizes(packaged_data, benchmark, n_train, n_test):
+    train = datasets.load_split(packaged_data, benchmark, "train")
+    test = datasets.load_split(packaged_data, benchmark, "test")
     assert (len(train), len(test)) == (n_train, n_test)
     assert not {ex.idx for ex in train} & {ex.idx for ex in test}
     assert all(ex.kind == "mcq" and ex.answer in "ABCD" and ex.system for ex in test)
 
 
-def test_tooluse_test_and_missing_train(shared_data, tmp_path):
-    test = datasets.load_split(shared_data, "tooluse", "test")
+def test_tooluse_test_and_missing_train(packaged_data, tmp_path):
+    test = datasets.load_split(packaged_data, "tooluse", "test")
     assert len(test) == 68 and all(ex.kind == "tooluse" and ex.system is None for ex in test)
     (tmp_path / "tooluse").mkdir()
     with pytest.raises(FileNotFoundError, match="tooluse/train.json") as e:
         datasets.load_split(tmp_path, "tooluse", "train")
     assert "lasgroup/SDPO" in str(e.value) and "hash-object" in str(e.value)
+
+
+def test_a_data_dir_holds_some_splits_and_the_package_the_rest(tmp_path):
+    # A user folder with a fetched tooluse/train.json and a replacement chemistry test split.
+    (tmp_path / "tooluse").mkdir()
+    row = dict(ROW, kind="tooluse", dataset="tooluse", system=None, answer="[]")
+    _write(tmp_path / "tooluse" / "train.json", [json.dumps(dict(row, idx=i)) for i in range(3)])
+    (tmp_path / "sciknoweval" / "chemistry").mkdir(parents=True)
+    _write(tmp_path / "sciknoweval" / "chemistry" / "test.json", [json.dumps(ROW)])
+    assert [ex.idx for ex in datasets.load_split(tmp_path, "tooluse", "train")] == [0, 1, 2]
+    assert [ex.idx for ex in datasets.load_split(str(tmp_path), "chem", "test")] == [7]
+    assert len(datasets.load_split(tmp_path, "chem", "train")) == 1890  # the package's
+    assert len(datasets.load_split(tmp_path, "tooluse", "test")) == 68
+    # Writers get the folder's own path, never the package's (whose files must stay upstream's).
+    assert datasets.split_path(tmp_path, "chem", "train") == (
+        tmp_path / "sciknoweval" / "chemistry" / "train.json"
+    )
+    assert datasets.find_split(tmp_path, "chem", "train").is_relative_to(datasets.PACKAGED_DATA_DIR)
+
+
+def test_empty_data_dir_reads_the_user_data_folder_first(tmp_path, monkeypatch):
+    # Where `python -m srpo_jax.data.fetch` puts tooluse/train.json by default.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    user = datasets.user_data_dir()
+    assert user == tmp_path / "srpo_jax" / "data"
+    with pytest.raises(FileNotFoundError, match="python -m srpo_jax.data.fetch") as e:
+        datasets.load_split("", "tooluse", "train")
+    assert str(user / "tooluse" / "train.json") in str(e.value)
+    (user / "tooluse").mkdir(parents=True)
+    row = dict(ROW, kind="tooluse", dataset="tooluse", system=None, answer="[]")
+    _write(user / "tooluse" / "train.json", [json.dumps(row)])
+    assert [ex.kind for ex in datasets.load_split("", "tooluse", "train")] == ["tooluse"]
+    assert len(datasets.load_split("", "tooluse", "test")) == 68  # still the package's
 
 
 def test_unknown_benchmark_or_split(tmp_path):

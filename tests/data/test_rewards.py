@@ -10,13 +10,13 @@ from srpo_jax.data import datasets, rewards
 
 
 @pytest.fixture(scope="module")
-def mcq_rows(shared_data):
-    return datasets.load_split(shared_data, "chem", "test")[:20]
+def mcq_rows(packaged_data):
+    return datasets.load_split(packaged_data, "chem", "test")[:20]
 
 
 @pytest.fixture(scope="module")
-def tool_rows(shared_data):
-    return {ex.idx: ex for ex in datasets.load_split(shared_data, "tooluse", "test")}
+def tool_rows(packaged_data):
+    return {ex.idx: ex for ex in datasets.load_split(packaged_data, "tooluse", "test")}
 
 
 def _wrong_letter(letter):

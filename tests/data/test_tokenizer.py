@@ -126,10 +126,10 @@ def test_qwen_generation_prompt_ids(qwen):
     ]  # fmt: skip
 
 
-def test_qwen_matches_tiktoken(qwen, tiktoken_ref, shared_data):
+def test_qwen_matches_tiktoken(qwen, tiktoken_ref, packaged_data):
     texts = list(ROUND_TRIP)
     for rel in ["sciknoweval/chemistry/test.json", "tooluse/test.json"]:
-        with open(shared_data / rel, encoding="utf-8") as f:
+        with open(packaged_data / rel, encoding="utf-8") as f:
             rows = [json.loads(line) for _, line in zip(range(8), f, strict=False)]
         for row in rows:
             msgs = [{"role": "user", "content": row["prompt"]}]

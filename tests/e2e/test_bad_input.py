@@ -156,8 +156,9 @@ def test_data_file_errors_are_data_errors(tmp_path, case):
 
 
 def test_missing_split_file_is_a_data_error(tmp_path):
-    with pytest.raises(datasets.DataError, match=r"chemistry/test\.json") as err:
-        datasets.load_split(tmp_path, "chem", "test")
+    # The one split missing everywhere: a folder lacking a shipped split reads the package's.
+    with pytest.raises(datasets.DataError, match=r"tooluse/train\.json") as err:
+        datasets.load_split(tmp_path, "tooluse", "train")
     assert isinstance(err.value, FileNotFoundError)
 
 

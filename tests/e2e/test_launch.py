@@ -1,5 +1,6 @@
 """Launch scripts: dry runs print the expected commands for 1 and 2 nodes / TPU workers, and
-the SLURM script's real path runs those commands (srun and scontrol replaced by stubs)."""
+the SLURM script's real path runs those commands (srun and scontrol replaced by stubs), as
+does the SGLang pool's: each server's line runs through bash with a stand-in python."""
 
 import os
 import pathlib
@@ -11,8 +12,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SLURM = REPO / "launch" / "slurm_gpu.sh"
+POOL = REPO / "launch" / "sglang_pool.sh"
 TPU = REPO / "launch" / "tpu_vm.sh"
-SGLANG_POOL = REPO / "launch" / "sglang_pool.sh"
 CONFIG = "configs/qwen3_8b_chem.py:method=srpo"
 
 
@@ -73,6 +74,9 @@ def test_slurm_two_learner_nodes_and_a_pool_node():
     assert pool[pool.index("--tp") + 1] == "4"
     assert pool[pool.index("--urls-file") + 1] == "/s/sglang_urls.txt"
     assert sum("sglang.launch_server" in ln for ln in lines) == 2  # 8 GPUs / tp 4
+    # The payload the pool runs (printed as is): env sets the GPUs, exec cannot.
+    server = inner_command(next(ln for ln in lines if "sglang.launch_server" in ln)[4:])
+    assert server[:5] == ["exec", "env", "CUDA_VISIBLE_DEVICES=0,1,2,3", "python", "-m"]
     cmd = inner_command(lines[-1])
     assert "--nodes=2" in lines[-1] and "--nodelist=node0,node1" in lines[-1]
     for arg in (
@@ -130,6 +134,46 @@ def test_slurm_real_path_passes_the_pool_urls_to_the_learner(tmp_path):
     assert (shared / "workdir").is_dir()
 
 
+def _stub(path: pathlib.Path, body: str) -> None:
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+
+
+def test_pool_real_path_starts_each_server_with_its_gpus(tmp_path):
+    """The per-server line runs through bash as srun would run it on the node: srun is a
+    stub that drops its own options and runs the rest (`bash -c PAYLOAD`), and `python` is a
+    stand-in that records its CUDA_VISIBLE_DEVICES and argv, so a payload bash cannot run
+    (such as `exec VAR=value prog`, which exec takes for a program name) fails here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir / "srun", 'while [ $# -gt 0 ] && [ "$1" != bash ]; do shift; done\nexec "$@"\n')
+    _stub(bin_dir / "curl", "exit 0\n")  # every /health answers
+    _stub(
+        bin_dir / "python",
+        'port="${@: -1}"; for ((i = 1; i < $#; i++)); do '
+        '[ "${!i}" = --port ] && { j=$((i + 1)); port="${!j}"; }; done\n'
+        'printf "%s\\n" "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}" "$0" "$@" '
+        '> "$RECORD_DIR/server_$port.txt"\n',
+    )
+    record = tmp_path / "record"
+    record.mkdir()
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RECORD_DIR=str(record))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    urls_file = tmp_path / "urls.txt"
+    run(POOL, "--model-path", "/m", "--tp", "2", "--gpus-per-node", "4", "--nodes", "n1",
+        "--base-port", "31000", "--urls-file", str(urls_file), "--log-dir", str(tmp_path / "logs"),
+        "--health-timeout", "30", "--", "--mem-fraction-static", "0.5", env=env)  # fmt: skip
+    assert urls_file.read_text().split() == ["http://n1:31000", "http://n1:31001"]
+    for port, gpus in ((31000, "0,1"), (31001, "2,3")):
+        lines = (record / f"server_{port}.txt").read_text().splitlines()
+        assert lines[0] == f"CUDA_VISIBLE_DEVICES={gpus}"
+        assert lines[1] == str(bin_dir / "python")  # the PATH's python, started by exec
+        assert lines[2:] == [
+            "-m", "sglang.launch_server", "--model-path", "/m", "--host", "n1",
+            "--port", str(port), "--tp-size", "2", "--mem-fraction-static", "0.5",
+        ]  # fmt: skip
+
+
 def tpu_dry(*args):
     return run(
         TPU, "--dry-run", "--tpu", "v5p", "--zone", "us-east5-a", "--config", CONFIG,
@@ -185,7 +229,7 @@ def _shellcheck() -> str:
 
 def test_shellcheck_clean():
     proc = subprocess.run(
-        [_shellcheck(), str(SLURM), str(TPU), str(SGLANG_POOL)],
+        [_shellcheck(), str(SLURM), str(TPU), str(POOL)],
         capture_output=True,
         text=True,
         timeout=60,
