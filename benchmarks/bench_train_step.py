@@ -4,7 +4,7 @@
     python benchmarks/bench_train_step.py --hidden=256 --layers=4 --vocab=4096 --resp=128
 
 Prints a markdown table: config, rows, tokens, routed rows, compile seconds, median and
-min step seconds over --repeats steps. The README records the CPU figure of the default
+min step seconds over --repeats steps. docs/performance.md records the CPU figure of the default
 (the configuration of tests/learner/test_train_step.py) as the baseline for performance work.
 """
 

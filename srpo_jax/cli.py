@@ -1,4 +1,4 @@
-"""Command-line error handling shared by the entry points (`main.py`, `tools/plan.py`).
+"""Command-line error handling shared by the entry points (`main.py`, `aot/plan.py`).
 
 A bad flag, a config file that raises, or a --config.a.b=v override of a key the config
 lacks ends the program with one line on stderr naming the bad thing and exit code 2: no

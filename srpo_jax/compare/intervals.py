@@ -1,6 +1,6 @@
 """95% bootstrap intervals for a method comparison, and the paper's claims checked with them.
 
-Written for issue 17 (srpo_jax.tools.compare_study), from the runs under out/runs/<method>_s<seed>:
+Read from the runs under out/runs/<method>_s<seed>:
 
 - Test accuracy (avg@k) at each evaluation step. Every run writes its per-question avg@k at
   each evaluation (eval_scores.jsonl), so the bootstrap resamples seeds AND test questions:
@@ -307,7 +307,7 @@ def table_md(plan, scores, steps, rec, probes, sweep_info) -> str:
     seeds = plan.seeds
     rng = np.random.default_rng(0)  # fixed: the same runs give the same table
     out = [
-        "# Method comparison (issue 17 task)",
+        "# Method comparison (the code-lookup task)",
         "",
         f"config `{plan.config_path}`, seeds {', '.join(map(str, seeds))}, "
         f"{plan.budget_steps} steps per run, evaluation every {plan.eval_steps} steps on "
@@ -317,7 +317,7 @@ def table_md(plan, scores, steps, rec, probes, sweep_info) -> str:
     ]
     if any(probes.values()):
         out += [
-            "Copy probe at step 0 (each seed's warm-up, test split; criterion (a) of issue 17):",
+            "Copy probe at step 0 (each seed's warm-up, test split; criterion (a) of the study design):",
             "",
             "| seed | teacher p(gold \\| correct demo) | student p(gold) | teacher p(demo "
             "\\| wrong demo) | teacher p(gold \\| wrong demo) | well-formed | verdict |",

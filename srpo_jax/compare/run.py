@@ -1,4 +1,4 @@
-"""Method comparison on equal budgets (issue 10): every method x seed, one table, one plot.
+"""Method comparison on equal budgets: every method x seed, one table, one plot.
 
     python -m srpo_jax.compare.run --config=configs/demo.py \
         --methods=grpo,sdpo,srpo,srpo_no_dw,advantage_mix --seeds=3 --budget_steps=40 --out=compare

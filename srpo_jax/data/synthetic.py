@@ -12,8 +12,8 @@ Each code letter follows its word, so once the warm-up has taught the format (wh
 the asked words), a code is a fact about the token just before it: RL can learn it. With
 letters only (`B A`) the policy had to learn from reward alone to look back at the asked
 word, and no method moved test accuracy in a 40-step pilot (measured).
-Why this shape (issue 17 lists the criteria a miniature must meet for a comparison of GRPO,
-SDPO and SRPO to test self-distillation at all):
+Why this shape (the criteria a miniature must meet for a comparison of GRPO, SDPO and SRPO
+to test self-distillation at all):
 
 - Something to learn from reward, which generalises. The codes are facts, like the
   knowledge questions of SciKnowEval: nothing in the question reveals them, the policy
@@ -34,7 +34,7 @@ SDPO and SRPO to test self-distillation at all):
   while the same weights, reading a correct sibling's answer in the teacher prompt, copy it.
   `srpo_jax.trainer.probe` measures both. (The earlier demo task put each key at a "home letter"
   that the warm-up learned together with copying, so its teacher knew no more than its
-  student: issue 17.)
+  student.)
 - No doubled hint. RL training and test questions never carry a hint, so the teacher prompt
   always holds exactly one demonstration, the layout the warm-up taught; the trainer also
   refuses training data that already ends in that layout (routing.has_reprompt_layout).

@@ -1,4 +1,4 @@
-"""Copy probe (issue 17): does the self-teacher know more than the student?
+"""Copy probe: does the self-teacher know more than the student?
 
 Self-distillation can only help when the teacher, which reads a correct sibling's response in
 its prompt, puts more probability on a correct answer than the student, which does not. The
@@ -41,7 +41,7 @@ from srpo_jax.trainer.warmup import pack_pairs, target_logprobs
 
 ScoreFn = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], np.ndarray]
 _SHIFT = dict(zip("ABCD", "BCDA", strict=True))
-# Issue 17, criterion (a), fixed before any method comparison ran: the teacher with a correct
+# Criterion (a), fixed before any method comparison ran: the teacher with a correct
 # demonstration >= 0.8, the student <= 0.5, a wrong demonstration followed (>= 0.5, > gold).
 TEACHER_MIN, STUDENT_MAX, FOLLOW_MIN = 0.8, 0.5, 0.5
 # Criterion (b): at least 95% of the student's mass on well-formed responses.

@@ -1,6 +1,6 @@
 """The synthetic code-lookup task: deterministic, well-formed, answered by its code table,
 scored by the MCQ verifier like SciKnowEval; its warm-up carries no code and no hint reaches
-an RL question (issue 17, criteria b and c)."""
+an RL question (the probe criteria b and c)."""
 
 import collections
 import re

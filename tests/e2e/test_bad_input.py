@@ -1,4 +1,4 @@
-"""Bad input as a user meets it: one test per row of the README troubleshooting table.
+"""Bad input as a user meets it: one test per row of docs/troubleshooting.md.
 
 Each case must end in a clear error naming the bad thing (exit code 2 and no traceback
 from `python -m srpo_jax.main`) or in a documented per-row outcome (a filtered prompt, a

@@ -1,4 +1,4 @@
-"""Issue 17, criterion (c): no reprompt carries two demonstrations. The synthetic task keeps
+"""No reprompt carries two demonstrations. The synthetic task keeps
 hints out of RL questions (tests/data/test_synthetic.py); here the general guard: a training
 split whose question already ends in the reprompt layout is refused with a clear error."""
 

@@ -1,4 +1,4 @@
-"""The copy probe (issue 17): it separates a model that copies a demonstration from one that
+"""The copy probe: it separates a model that copies a demonstration from one that
 does not, scores whole sequences exactly, and a short run of the task's own warm-up leaves
 no answer prior."""
 
