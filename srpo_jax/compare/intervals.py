@@ -317,7 +317,8 @@ def table_md(plan, scores, steps, rec, probes, sweep_info) -> str:
     ]
     if any(probes.values()):
         out += [
-            "Copy probe at step 0 (each seed's warm-up, test split; criterion (a) of the study design):",
+            "Copy probe at step 0 (each seed's warm-up, test split; "
+            "criterion (a) of the study design):",
             "",
             "| seed | teacher p(gold \\| correct demo) | student p(gold) | teacher p(demo "
             "\\| wrong demo) | teacher p(gold \\| wrong demo) | well-formed | verdict |",
