@@ -44,7 +44,6 @@ _FIELDS = {
     "rollout_logprobs_BR": (("b", "R"), np.float32),
     "advantages_B": (("b",), np.float32),
     "sdpo_rows_B": (("b",), np.bool_),  # rows whose tokens get the SDPO loss
-    "row_valid_B": (("b",), np.bool_),
     "teacher_input_ids_MT": (("M", "T"), np.int32),
     "teacher_attention_mask_MT": (("M", "T"), np.int32),
     "teacher_src_M": (("M",), np.int32),  # the micro-batch row each teacher row scores
@@ -63,7 +62,6 @@ class TrainBatch:
     rollout_logprobs_BR: Any
     advantages_B: Any
     sdpo_rows_B: Any
-    row_valid_B: Any
     teacher_input_ids_MT: Any
     teacher_attention_mask_MT: Any
     teacher_src_M: Any
@@ -253,7 +251,6 @@ def build_train_batch(
         rollout_logprobs_BR=split(rollout_lp),
         advantages_B=split(np.asarray(rows.advantages, np.float32)),
         sdpo_rows_B=split(np.asarray(rows.sdpo_rows, bool)),
-        row_valid_B=split(np.ones((n,), bool)),
     )
 
     teacher, m_rows, tp_len = _pack_teacher(

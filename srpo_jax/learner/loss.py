@@ -161,11 +161,6 @@ def _gap_metrics(old_BR, rollout_BR, resp_BR) -> dict:
     gap_BR = jnp.abs(old_BR - rollout_BR)
     return {
         "logp_gap/mean": jnp.sum(gap_BR * resp_BR) / jnp.maximum(jnp.sum(resp_BR), 1.0),
-        "logp_gap/p99": jnp.where(
-            jnp.any(resp_BR > 0),
-            jnp.nanpercentile(jnp.where(resp_BR > 0, gap_BR, jnp.nan), 99.0),
-            0.0,  # no response tokens: no gap (nanpercentile of all-NaN is NaN)
-        ),
         "logp_gap/max": jnp.max(gap_BR * resp_BR),
     }
 
@@ -186,9 +181,8 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
     _, _, _, m_rows = _dims(mb)
     logp_BR, h_BRD, w_DV = student_logp(cfg, graphdef, params, mb)
     old_BR = jax.lax.stop_gradient(logp_BR) if old_logp_BR is None else old_logp_BR
-    valid_B = mb.row_valid_B
-    resp_BR = mb.response_mask_BR * valid_B[:, None]
-    sdpo_B = mb.sdpo_rows_B & valid_B
+    resp_BR = mb.response_mask_BR
+    sdpo_B = mb.sdpo_rows_B
     entropy_BR = jnp.zeros_like(logp_BR)
     # Nothing routed / nothing with a teacher in this batch: no SDPO term, no mixing.
     fused = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)) if method.sdpo else None
@@ -230,7 +224,8 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
         numerator, _ = objective.combine(parts)
     else:
         numerator = parts.grpo_sum + jax.lax.stop_gradient(sdpo_scale) * parts.sdpo_sum
-    metrics = {f"loss/{k}": v for k, v in metrics.items()}
+    # The routed fraction of rows is the host's route/sdpo_frac; not logged twice.
+    metrics = {f"loss/{k}": v for k, v in metrics.items() if k != "routed_fraction"}
     metrics.update(_gap_metrics(old_BR, mb.rollout_logprobs_BR, resp_BR))
     metrics.update({"sdpo/tokens": parts.sdpo_count, "sdpo/z": parts.sdpo_z})
     return numerator, metrics
@@ -238,5 +233,5 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
 
 def denominator(cfg, mini):
     """One denominator per optimisation batch (SPEC 7), from the mini-batch's masks."""
-    resp = mini.response_mask_BR * mini.row_valid_B[..., None]
+    resp = mini.response_mask_BR
     return objective.aggregation(resp.reshape(-1, resp.shape[-1]), cfg.algo.loss_agg)[1]
