@@ -128,23 +128,30 @@ def _route(cfg, rew, examples, texts, tokenizer):
         if ids is None:
             keep[r] = False
         else:
-            teacher_prompts[int(r)] = ids.tolist()
+            teacher_prompts[int(r)] = ids
     sdpo_mask, teacher_idx = routing.drop_teachers(sdpo_mask, teacher_idx, keep)
     return info, sdpo_mask, teacher_idx, teacher_prompts, keep
 
 
 def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id):
+    """The rollout arrays go into the batch as they are; prompts are laid out once per
+    prompt and repeated over its group."""
     g = cfg.algo.group_size
+    prompt_ids, prompt_lens = batching.ragged(prompts)
+    teacher_ids, teacher_lens = batching.ragged(
+        [teacher_prompts.get(r, ()) for r in range(ro.num_rows)]
+    )
     rows = batching.StepRows(
-        prompt_ids=[prompts[r // g] for r in range(ro.num_rows)],
-        response_ids=[ro.completion(r) for r in range(ro.num_rows)],
-        rollout_logprobs=[
-            ro.logprobs_BR[r, : ro.lengths_B[r]].tolist() for r in range(ro.num_rows)
-        ],
-        advantages=adv_lib.group_advantages(rew, g),  # numpy in, numpy out: no device trip
-        sdpo_rows=sdpo_mask,
-        teacher_rows=teacher_idx >= 0,
-        teacher_prompt_ids=teacher_prompts,
+        prompt_ids_BL=np.repeat(prompt_ids, g, axis=0),
+        prompt_lens_B=np.repeat(prompt_lens, g),
+        response_ids_BL=ro.token_ids_BR,
+        response_lens_B=ro.lengths_B,
+        rollout_logprobs_BL=ro.logprobs_BR,
+        advantages_B=adv_lib.group_advantages(rew, g),  # numpy in, numpy out: no device trip
+        sdpo_rows_B=sdpo_mask,
+        teacher_rows_B=teacher_idx >= 0,
+        teacher_prompt_ids_BL=teacher_ids,
+        teacher_prompt_lens_B=teacher_lens,
     )
     micro_rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * g
     return batching.build_train_batch(
