@@ -165,6 +165,22 @@ def _gap_metrics(old_BR, rollout_BR, resp_BR) -> dict:
     }
 
 
+def objective_options(cfg) -> objective.ObjectiveOptions:
+    """The learner's method and hyper-parameters as the objective's options."""
+    a = cfg.algo
+    return objective.ObjectiveOptions(
+        method=cfg.method,
+        loss_agg=a.loss_agg,
+        tau=a.tau,
+        clip_low=a.clip_low,
+        clip_high=a.clip_high,
+        dual_clip=a.dual_clip,
+        tis_cap=a.tis_cap,
+        is_clip=a.is_clip,
+        mix_lambda=a.adv_mix_lambda,
+    )
+
+
 def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo_scale):
     """Numerator of SPEC 7 for one micro-batch (to be divided by the mini-batch denominator).
 
@@ -177,7 +193,7 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
     micro-batch's own Z (exact when the mini-batch is one micro-batch).
     Returns (numerator, metrics).
     """
-    method, a = cfg.method, cfg.algo
+    method = cfg.method
     _, _, _, m_rows = _dims(mb)
     logp_BR, h_BRD, w_DV = student_logp(cfg, graphdef, params, mb)
     old_BR = jax.lax.stop_gradient(logp_BR) if old_logp_BR is None else old_logp_BR
@@ -198,28 +214,19 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
             fused, entropy_BR = _fused_sdpo(
                 cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, sdpo_B
             )
-    parts, metrics = objective.objective_parts(
+    inputs = objective.ObjectiveInputs(
         logp_BR,
         old_BR,
         mb.rollout_logprobs_BR,
         mb.advantages_B,
         resp_BR,
         sdpo_B,
-        None,
-        entropy_BR,
-        method=method,
-        loss_agg=a.loss_agg,
-        tau=a.tau,
-        clip_low=a.clip_low,
-        clip_high=a.clip_high,
-        dual_clip=a.dual_clip,
-        tis_cap=a.tis_cap,
-        is_clip=a.is_clip,
+        entropy_BT=entropy_BR,
         teacher_logp_BT=teacher_logp_BR,
         has_teacher_B=has_teacher_B,
-        mix_lambda=a.adv_mix_lambda,
         fused_sdpo=fused,
     )
+    parts, metrics = objective.objective_parts(inputs, objective_options(cfg))
     if sdpo_scale is None:
         numerator, _ = objective.combine(parts)
     else:
