@@ -133,7 +133,7 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
     )
     routed_BR = objective.routed_token_mask(resp_BR, sdpo_B)
     mask_MR = jnp.take(routed_BR, src_M, axis=0) * tvalid_M[:, None]
-    out = fused_api.fused_distill(
+    inputs = fused_api.FusedDistillInputs(
         jnp.take(h_BRD, src_M, axis=0).reshape(m * r, d),
         ht_MRD.reshape(m * r, d),
         # In the compute dtype: bf16 GEMMs; the kernel accumulates dW in fp32 itself.
@@ -141,6 +141,8 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
         wt_DV.astype(ht_MRD.dtype),
         mask_MR.reshape(-1),
         jnp.take(mult_BR, src_M, axis=0).reshape(-1),
+    )
+    options = fused_api.FusedDistillOptions(
         topk=a.topk,
         alpha=a.alpha,
         tau=cfg.effective_tau,
@@ -151,6 +153,7 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
         implementation=t.fused_implementation,
         grad_mode=t.fused_grad_mode,
     )
+    out = fused_api.fused_distill(inputs, options)
     ent_MR = jax.lax.stop_gradient(out.entropy_N.reshape(m, r)) * mask_MR
     entropy_BR = jnp.zeros_like(logp_BR).at[src_M].add(ent_MR)
     return (out.numerator, out.z), entropy_BR
