@@ -118,6 +118,7 @@ def _examples(cfg: Config, split: str) -> list[datasets.Example]:
 
 def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
     if cfg.rollout.engine == "jax":
+        from srpo_jax.rollout.config import engine_weights_dtype
         from srpo_jax.rollout.jax_engine import JaxEngine
 
         return JaxEngine(
@@ -126,6 +127,7 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
             mesh=mesh,
             pad_id=pad_id,
             length_buckets_per_octave=cfg.data.length_buckets_per_octave,
+            weights_dtype=engine_weights_dtype(cfg.rollout, model_cfg.dtype),
         )
     from srpo_jax.rollout import sglang
 
