@@ -267,6 +267,35 @@ def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_
     return fields, m_rows, tp_len
 
 
+def _pack_student(rows: StepRows, lead, pad_id: int, buckets: dict):
+    """The student fields, [n_mini, n_micro, b, ...] each, and the bucketed P and R."""
+    p_len = bucket_length(int(np.max(rows.prompt_lens_B)), **buckets)
+    r_len = bucket_length(max(1, int(np.max(rows.response_lens_B))), **buckets)
+    prompt_ids, prompt_mask = _left_align(rows.prompt_ids_BL, rows.prompt_lens_B, p_len, pad_id)
+    resp_ids = _right_align(rows.response_ids_BL, rows.response_lens_B, r_len, pad_id)
+    resp_ids = resp_ids.astype(np.int32)
+    resp_mask = (np.arange(r_len) < rows.response_lens_B[:, None]).astype(np.float32)
+    rollout_lp = _right_align(
+        np.asarray(rows.rollout_logprobs_BL, np.float32), rows.response_lens_B, r_len, 0.0
+    ).astype(np.float32)
+    input_ids = np.concatenate([prompt_ids.astype(np.int32), resp_ids], axis=1)
+    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
+
+    def split(x):
+        return x.reshape(tuple(lead) + x.shape[1:])
+
+    fields = dict(
+        input_ids_BS=split(input_ids),
+        attention_mask_BS=split(attn),
+        response_ids_BR=split(resp_ids),
+        response_mask_BR=split(resp_mask),
+        rollout_logprobs_BR=split(rollout_lp),
+        advantages_B=split(np.asarray(rows.advantages_B, np.float32)),
+        sdpo_rows_B=split(np.asarray(rows.sdpo_rows_B, bool)),
+    )
+    return fields, p_len, r_len
+
+
 def build_train_batch(
     rows: StepRows,
     *,
@@ -295,35 +324,14 @@ def build_train_batch(
     b = micro_batch_rows
 
     buckets = dict(minimum=min_bucket, per_octave=buckets_per_octave)
-    p_len = bucket_length(int(np.max(rows.prompt_lens_B)), **buckets)
-    r_len = bucket_length(max(1, int(np.max(rows.response_lens_B))), **buckets)
-    prompt_ids, prompt_mask = _left_align(rows.prompt_ids_BL, rows.prompt_lens_B, p_len, pad_id)
-    resp_ids = _right_align(rows.response_ids_BL, rows.response_lens_B, r_len, pad_id)
-    resp_ids = resp_ids.astype(np.int32)
-    resp_mask = (np.arange(r_len) < rows.response_lens_B[:, None]).astype(np.float32)
-    rollout_lp = _right_align(
-        np.asarray(rows.rollout_logprobs_BL, np.float32), rows.response_lens_B, r_len, 0.0
-    ).astype(np.float32)
-    input_ids = np.concatenate([prompt_ids.astype(np.int32), resp_ids], axis=1)
-    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
-
-    def split(x):
-        return x.reshape((num_minibatches, n_micro, b) + x.shape[1:])
-
-    student = dict(
-        input_ids_BS=split(input_ids),
-        attention_mask_BS=split(attn),
-        response_ids_BR=split(resp_ids),
-        response_mask_BR=split(resp_mask),
-        rollout_logprobs_BR=split(rollout_lp),
-        advantages_B=split(np.asarray(rows.advantages_B, np.float32)),
-        sdpo_rows_B=split(np.asarray(rows.sdpo_rows_B, bool)),
+    lead = (num_minibatches, n_micro, b)
+    student, p_len, r_len = _pack_student(rows, lead, pad_id, buckets)
+    resp_ids, resp_mask = (
+        student[k].reshape(n, r_len) for k in ("response_ids_BR", "response_mask_BR")
     )
-
     teacher, m_rows, tp_len = _pack_teacher(
-        rows, resp_ids, resp_mask, (num_minibatches, n_micro, b), pad_id, buckets,
-        min_teacher_rows,
-    )  # fmt: skip
+        rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_rows
+    )
     batch = TrainBatch(**student, **teacher)
     want = TrainBatch.abstract(
         n_mini=num_minibatches,

@@ -321,15 +321,7 @@ class JaxEngine:
         )
         return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
 
-    def generate(
-        self,
-        prompt_token_ids: list[list[int]],
-        n: int,
-        sampling_params: SamplingParams,
-        *,
-        step: int = 0,
-    ) -> Rollouts:
-        """Samples n completions per prompt; rows are prompt-major (r = p * n + j)."""
+    def _check_generate(self, prompt_token_ids, n: int, sp: SamplingParams) -> None:
         if self._params is None:
             raise RuntimeError("JaxEngine.generate called after close()")
         if any(x.is_deleted() for x in jax.tree.leaves(self._params)):
@@ -341,11 +333,22 @@ class JaxEngine:
             raise ValueError(
                 f"JaxEngine.generate needs n >= 1 and prompts: n={n}, {len(prompt_token_ids)=}"
             )
-        sp = sampling_params
         if len(sp.stop_token_ids) > self.max_stop_tokens:
             raise ValueError(
                 f"{len(sp.stop_token_ids)} stop ids exceed max_stop_tokens={self.max_stop_tokens}"
             )
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        sampling_params: SamplingParams,
+        *,
+        step: int = 0,
+    ) -> Rollouts:
+        """Samples n completions per prompt; rows are prompt-major (r = p * n + j)."""
+        sp = sampling_params
+        self._check_generate(prompt_token_ids, n, sp)
         prompt_GP, mask_GP = self._pack(prompt_token_ids, n)
         rows = len(prompt_token_ids) * n
         r_bucket = pick_bucket(
