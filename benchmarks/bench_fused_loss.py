@@ -40,7 +40,8 @@ def build(impl, n, v, d, dtype, chunk, sharding=None):
 
     def loss(hs, ht, ws, wt, mask):
         def numerator(hs, ws):
-            return api.fused_distill(hs, ht, ws, wt, mask, chunk_size=chunk, **kw).numerator
+            options = api.FusedDistillOptions(chunk_size=chunk, **kw)
+            return api.fused_distill((hs, ht, ws, wt, mask), options).numerator
 
         return jax.value_and_grad(numerator, argnums=(0, 1))(hs, ws)
 

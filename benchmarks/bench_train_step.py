@@ -34,7 +34,7 @@ def random_rows(rng, prompts, group, vocab, prompt_len, resp_len, method):
     ]
     rewards = rng.integers(0, 2, b).astype(float)
     sdpo_mask, teacher_idx = routing.route(rewards, group, method)
-    return batching.StepRows(
+    return batching.StepRows.from_lists(
         prompt_ids=[prompt_ids[r // group] for r in range(b)],
         response_ids=responses,
         rollout_logprobs=[(-rng.random(len(r))).tolist() for r in responses],

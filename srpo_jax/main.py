@@ -104,16 +104,9 @@ def main(argv: list[str]) -> None:
     except config_lib.ConfigError as e:
         _fail(str(e))
 
-    try:  # imported lazily: the CLI stays usable (config checks) while the trainer is absent
-        import srpo_jax.trainer.setup as trainer
-    except ModuleNotFoundError as e:
-        if e.name != "srpo_jax.trainer.setup":
-            raise
-        print(
-            "error: srpo_jax.trainer.setup is missing: the config is valid, nothing to run",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+    # Imported here, not at the top: --print_config and the config checks import no jax.
+    import srpo_jax.trainer.setup as trainer
+
     try:
         trainer.run(cfg, _WORKDIR.value)
     except _input_errors() as e:

@@ -43,7 +43,7 @@ def _rows(seed: int):
     rewards = rng.integers(0, 2, b).astype(float)
     rewards[:g] = [1, 0, 0, 1]  # at least one routable group
     sdpo, teacher_idx = routing.route(rewards, g, "srpo")
-    return batching.StepRows(
+    return batching.StepRows.from_lists(
         prompt_ids=[prompt_ids[r // g] for r in range(b)],
         response_ids=responses,
         rollout_logprobs=[(-rng.random(len(r)) * 3).tolist() for r in responses],

@@ -12,6 +12,8 @@ from srpo_jax.lazy_exports import resolver
 _HOME = {
     "METHODS": "methods",
     "Method": "methods",
+    "ObjectiveInputs": "objective",
+    "ObjectiveOptions": "objective",
     "ObjectiveParts": "objective",
     "build_teacher_messages": "routing",
     "combine": "objective",
@@ -33,6 +35,8 @@ _HOME = {
 __all__ = [
     "METHODS",
     "Method",
+    "ObjectiveInputs",
+    "ObjectiveOptions",
     "ObjectiveParts",
     "advantages",
     "build_teacher_messages",

@@ -21,9 +21,9 @@ plain sum, so parts add across micro-batches and devices. Two exact ways for a l
    denominators; divide once.
 2. Fused path (kernels/fused_distill): call fused_distill on the routed tokens with
    mask_N = routed valid tokens and token_weight_N = `sdpo_token_multiplier(...)`; its
-   (numerator, z) are exactly (sdpo_sum, sdpo_z) here (pass them as `fused_sdpo=`). Accumulate
-   the gradients of grpo_sum and of sdpo_sum separately (or fix the scale first as in 1) and
-   form g_grpo + (|S|/Z) g_sdpo at the end.
+   (numerator, z) are exactly (sdpo_sum, sdpo_z) here (pass them as
+   ObjectiveInputs.fused_sdpo). Accumulate the gradients of grpo_sum and of sdpo_sum
+   separately (or fix the scale first as in 1) and form g_grpo + (|S|/Z) g_sdpo at the end.
 Both paths agree because the kernel's u, Z and token weight are the definitions used here
 (tested in tests/algo/test_objective.py::test_fused_form_matches_per_token_form). Methods
 without entropy weighting (srpo_no_dw, sdpo) need the kernel's u = 1, i.e. tau = inf, so
@@ -38,7 +38,8 @@ count in the denominator), `sdpo` (the distillation term on sdpo_mask), `entropy
 lambda * sg(log pi_phi - log pi_theta), 0 for rollouts without a teacher).
 """
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -127,83 +128,118 @@ def _masked_stats(x, mask, prefix: str) -> dict[str, jnp.ndarray]:
     }
 
 
+class ObjectiveInputs(NamedTuple):
+    """The per-token arrays of one (micro-)batch, [B, T] or [B] (a pytree: jit-friendly).
+
+    logp_BT: log pi_theta(y_t) (differentiable); old_logp_BT: trainer log-probs before the
+    update; rollout_logp_BT: rollout-engine log-probs (None: no TIS); adv_B: group advantages;
+    response_mask_BT: 1 on valid response tokens; sdpo_mask_B: routing from routing.route;
+    sdpo_divergence_BT: D_t from losses.sdpo_token_divergence (only routed tokens are read);
+    entropy_BT: teacher entropy H_t (srpo; metrics otherwise); teacher_logp_BT and
+    has_teacher_B: advantage_mix; correct_B: metrics only; fused_sdpo: (numerator, z) from
+    the fused kernel, in place of sdpo_divergence_BT.
+    """
+
+    logp_BT: Any
+    old_logp_BT: Any
+    rollout_logp_BT: Any
+    adv_B: Any
+    response_mask_BT: Any
+    sdpo_mask_B: Any
+    sdpo_divergence_BT: Any = None
+    entropy_BT: Any = None
+    teacher_logp_BT: Any = None
+    has_teacher_B: Any = None
+    correct_B: Any = None
+    fused_sdpo: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveOptions:
+    """The method and its hyper-parameters (SPEC 4, 7, 8)."""
+
+    method: str | methods_lib.Method = "srpo"
+    loss_agg: str = "token-mean"
+    tau: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = 3.0
+    tis_cap: float | None = 2.0
+    is_clip: float | None = 2.0
+    mix_lambda: float = 0.1
+
+
+def _grpo_sum(x: ObjectiveInputs, o: ObjectiveOptions, adv, factor, grpo_tokens, metrics):
+    """The GRPO term's sum and its clip-fraction metrics (into `metrics`)."""
+    kw = dict(clip_low=o.clip_low, clip_high=o.clip_high, dual_clip=o.dual_clip)
+    l_grpo = losses.grpo_token_loss(
+        x.logp_BT, x.old_logp_BT, x.rollout_logp_BT, adv, grpo_tokens, tis_cap=o.tis_cap, **kw
+    )
+    clips = losses.grpo_clip_indicators(x.logp_BT, x.old_logp_BT, adv, **kw)
+    n_grpo = jnp.maximum(jnp.sum(grpo_tokens), 1.0)
+    for name, ind in clips.items():
+        metrics[f"grpo_{name}_frac"] = jnp.sum(ind * grpo_tokens) / n_grpo
+    return jnp.sum(factor * l_grpo)
+
+
+def _sdpo_sum(x: ObjectiveInputs, o: ObjectiveOptions, m, routed, u, z, dtype):
+    """(sum_S c_t u_t l_t, Z): the SDPO term from the divergences or the fused kernel."""
+    if not m.sdpo:
+        return jnp.zeros((), dtype), z
+    if x.fused_sdpo is not None:
+        return x.fused_sdpo
+    if x.sdpo_divergence_BT is None:
+        raise ValueError(f"method {m.name!r} distils: pass sdpo_divergence_BT or fused_sdpo")
+    mult = sdpo_token_multiplier(
+        x.logp_BT,
+        x.old_logp_BT,
+        x.rollout_logp_BT,
+        x.response_mask_BT,
+        loss_agg=o.loss_agg,
+        is_clip=o.is_clip,
+        tis_cap=o.tis_cap,
+    )
+    d = jnp.where(routed > 0, losses.as_wide(x.sdpo_divergence_BT), 0.0)
+    return jnp.sum(u * mult * d), z
+
+
 def objective_parts(
-    logp_BT,
-    old_logp_BT,
-    rollout_logp_BT,
-    adv_B,
-    response_mask_BT,
-    sdpo_mask_B,
-    sdpo_divergence_BT=None,
-    entropy_BT=None,
-    *,
-    method: str | methods_lib.Method = "srpo",
-    loss_agg: str = "token-mean",
-    tau: float = 1.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.28,
-    dual_clip: float | None = 3.0,
-    tis_cap: float | None = 2.0,
-    is_clip: float | None = 2.0,
-    teacher_logp_BT=None,
-    has_teacher_B=None,
-    mix_lambda: float = 0.1,
-    correct_B=None,
-    fused_sdpo=None,
+    x: ObjectiveInputs, options: ObjectiveOptions = ObjectiveOptions()
 ) -> tuple[ObjectiveParts, dict[str, jnp.ndarray]]:
-    """The additive parts and metrics of one (micro-)batch. Arguments as `srpo_objective`."""
-    m = methods_lib.get(method)
-    use_grpo, use_sdpo, use_dw = m.grpo, m.sdpo, m.entropy_weights
-    dtype = losses.as_wide(logp_BT).dtype
-    valid = (jnp.asarray(response_mask_BT) > 0).astype(dtype)
-    factor, denominator = aggregation(response_mask_BT, loss_agg, dtype)
-    sdpo_B = jnp.asarray(sdpo_mask_B) > 0 if use_sdpo else jnp.zeros(valid.shape[0], bool)
-    routed = routed_token_mask(response_mask_BT, sdpo_B)
-    grpo_tokens = valid * (1.0 - routed) if use_grpo else jnp.zeros_like(valid)
+    """The additive parts and metrics of one (micro-)batch (see `srpo_objective`)."""
+    o, m = options, methods_lib.get(options.method)
+    dtype = losses.as_wide(x.logp_BT).dtype
+    valid = (jnp.asarray(x.response_mask_BT) > 0).astype(dtype)
+    factor, denominator = aggregation(x.response_mask_BT, o.loss_agg, dtype)
+    sdpo_B = jnp.asarray(x.sdpo_mask_B) > 0 if m.sdpo else jnp.zeros(valid.shape[0], bool)
+    routed = routed_token_mask(x.response_mask_BT, sdpo_B)
+    grpo_tokens = valid * (1.0 - routed) if m.grpo else jnp.zeros_like(valid)
     metrics: dict[str, jnp.ndarray] = {}
 
-    adv = losses.as_wide(adv_B)[:, None]
+    adv = losses.as_wide(x.adv_B)[:, None]
     if m.teacher_advantage:
-        if teacher_logp_BT is None or has_teacher_B is None:
+        if x.teacher_logp_BT is None or x.has_teacher_B is None:
             raise ValueError(
                 f"{m.name} mixes teacher advantages: pass teacher_logp_BT and has_teacher_B"
             )
         adv, metrics["sdpo_advantage_mean"] = _mixed_advantage(
-            adv, logp_BT, teacher_logp_BT, has_teacher_B, valid, mix_lambda
+            adv, x.logp_BT, x.teacher_logp_BT, x.has_teacher_B, valid, o.mix_lambda
         )
-    kw = dict(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip)
-    l_grpo = losses.grpo_token_loss(
-        logp_BT, old_logp_BT, rollout_logp_BT, adv, grpo_tokens, tis_cap=tis_cap, **kw
-    )
-    grpo_sum = jnp.sum(factor * l_grpo)
-    clips = losses.grpo_clip_indicators(logp_BT, old_logp_BT, adv, **kw)
-    n_grpo = jnp.maximum(jnp.sum(grpo_tokens), 1.0)
-    for name, ind in clips.items():
-        metrics[f"grpo_{name}_frac"] = jnp.sum(ind * grpo_tokens) / n_grpo
+    grpo_sum = _grpo_sum(x, o, adv, factor, grpo_tokens, metrics)
 
-    if use_dw:
-        if entropy_BT is None:
+    if m.entropy_weights:
+        if x.entropy_BT is None:
             raise ValueError(f"method {m.name!r} weights by teacher entropy: pass entropy_BT")
-        u, z, count = losses.entropy_weight_terms(entropy_BT, routed, tau)
+        u, z, count = losses.entropy_weight_terms(x.entropy_BT, routed, o.tau)
     else:
         u, z, count = routed, jnp.sum(routed), jnp.sum(routed)
-    if not use_sdpo:
-        sdpo_sum = jnp.zeros((), dtype)
-    elif fused_sdpo is not None:
-        sdpo_sum, z = fused_sdpo
-    else:
-        if sdpo_divergence_BT is None:
-            raise ValueError(f"method {m.name!r} distils: pass sdpo_divergence_BT or fused_sdpo")
-        sdpo_kw = dict(loss_agg=loss_agg, is_clip=is_clip, tis_cap=tis_cap)
-        mult = sdpo_token_multiplier(
-            logp_BT, old_logp_BT, rollout_logp_BT, response_mask_BT, **sdpo_kw
-        )
-        d = jnp.where(routed > 0, losses.as_wide(sdpo_divergence_BT), 0.0)
-        sdpo_sum = jnp.sum(u * mult * d)
+    sdpo_sum, z = _sdpo_sum(x, o, m, routed, u, z, dtype)
     parts = ObjectiveParts(grpo_sum, sdpo_sum, z, count, denominator)
 
-    metrics.update(_routing_metrics(valid, sdpo_B, routed, correct_B, has_teacher_B, entropy_BT))
-    if use_sdpo:
+    metrics.update(
+        _routing_metrics(valid, sdpo_B, routed, x.correct_B, x.has_teacher_B, x.entropy_BT)
+    )
+    if m.sdpo:
         metrics.update(_masked_stats(sdpo_scale_from(parts) * u, routed, "sdpo_weight"))
     return parts, metrics
 
@@ -237,24 +273,14 @@ def _routing_metrics(valid, sdpo_B, routed, correct_B, has_teacher_B, entropy_BT
 
 
 def srpo_objective(
-    *args, sdpo_scale=None, **kwargs
+    x: ObjectiveInputs, options: ObjectiveOptions = ObjectiveOptions(), *, sdpo_scale=None
 ) -> tuple[jnp.ndarray, jnp.ndarray, dict[str, jnp.ndarray]]:
-    """(numerator, denominator, metrics) of SPEC 7 for per-token arrays [B, T].
-
-    Positional arguments as `objective_parts`: logp_BT, old_logp_BT, rollout_logp_BT, adv_B,
-    response_mask_BT, sdpo_mask_B, sdpo_divergence_BT=None, entropy_BT=None.
-
-    logp_BT: log pi_theta(y_t) (differentiable); old_logp_BT: trainer log-probs before the
-    update; rollout_logp_BT: rollout-engine log-probs (None: no TIS); adv_B: group advantages;
-    response_mask_BT: 1 on valid response tokens; sdpo_mask_B: routing from routing.route;
-    sdpo_divergence_BT: D_t from losses.sdpo_token_divergence (only routed tokens are read);
-    entropy_BT: teacher entropy H_t (srpo; metrics otherwise). Keyword options: method,
-    loss_agg, tau, clip_low, clip_high, dual_clip, tis_cap, is_clip, teacher_logp_BT and
-    has_teacher_B (advantage_mix), mix_lambda, correct_B (metrics), fused_sdpo=(numerator, z)
-    from the fused kernel. sdpo_scale: |S|/Z of the whole optimisation batch when this call
-    sees only a micro-batch (`sdpo_scale`); None computes it from this call's tokens.
+    """(numerator, denominator, metrics) of SPEC 7 for the per-token arrays `x` (see
+    ObjectiveInputs) under `options`. sdpo_scale: |S|/Z of the whole optimisation batch when
+    this call sees only a micro-batch (`sdpo_scale`); None computes it from this call's
+    tokens.
     """
-    parts, metrics = objective_parts(*args, **kwargs)
+    parts, metrics = objective_parts(x, options)
     if sdpo_scale is None:
         numerator, denominator = combine(parts)
     else:

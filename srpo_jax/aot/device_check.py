@@ -84,15 +84,16 @@ def check_fused_distill(platform: str, tiny: bool, hbm_bytes_per_s: float | None
     ws, wt = (0.05 * jax.random.normal(s, (d, v), jnp.float32) for s in ks[2:])
     mask = jnp.ones((n,), jnp.float32)
     small = (hs[:256], ht[:256], ws[:, :8192], wt[:, :8192], mask[:256])
-    ref = api.fused_distill(*small, implementation="reference")
-    got = api.fused_distill(*small, implementation=impl)
+    ref = api.fused_distill(small, api.FusedDistillOptions(implementation="reference"))
+    got = api.fused_distill(small, api.FusedDistillOptions(implementation=impl))
     rel = float(abs(got.numerator - ref.numerator) / max(abs(float(ref.numerator)), 1e-30))
     args = [x.astype(jnp.bfloat16) for x in (hs, ht, ws, wt)] + [mask]
 
     @jax.jit
     def step(hs, ht, ws, wt, mask):
         def num(hs, ws):
-            return api.fused_distill(hs, ht, ws, wt, mask, implementation=impl).numerator
+            inputs = api.FusedDistillInputs(hs, ht, ws, wt, mask)
+            return api.fused_distill(inputs, api.FusedDistillOptions(implementation=impl)).numerator
 
         return jax.value_and_grad(num, argnums=(0, 1))(hs, ws)
 

@@ -23,9 +23,9 @@ from srpo_jax.trainer import metrics as metrics_lib
 FRACTIONS = (0.1, 0.5, 1.0)  # the paper's 1 h / 5 h / 10 h out of 10 h
 ACC = "eval/avg_at_k"
 ELAPSED = "time/train_elapsed_s"
-ENTROPY = "loss/teacher_entropy_mean"
-# Earlier trainer versions logged the teacher entropy under this name.
-ENTROPY_ALIASES = ("teacher/entropy_mean",)
+ENTROPY = "teacher/entropy_mean"
+# Earlier trainer versions also (or only) logged the teacher entropy under this name.
+ENTROPY_ALIASES = ("loss/teacher_entropy_mean",)
 ABLATION = ("srpo", "srpo_no_dw", "advantage_mix")
 
 

@@ -44,7 +44,6 @@ _FIELDS = {
     "rollout_logprobs_BR": (("b", "R"), np.float32),
     "advantages_B": (("b",), np.float32),
     "sdpo_rows_B": (("b",), np.bool_),  # rows whose tokens get the SDPO loss
-    "row_valid_B": (("b",), np.bool_),
     "teacher_input_ids_MT": (("M", "T"), np.int32),
     "teacher_attention_mask_MT": (("M", "T"), np.int32),
     "teacher_src_M": (("M",), np.int32),  # the micro-batch row each teacher row scores
@@ -63,7 +62,6 @@ class TrainBatch:
     rollout_logprobs_BR: Any
     advantages_B: Any
     sdpo_rows_B: Any
-    row_valid_B: Any
     teacher_input_ids_MT: Any
     teacher_attention_mask_MT: Any
     teacher_src_M: Any
@@ -105,65 +103,131 @@ class TrainBatch:
         return self.input_ids_BS.shape[1]
 
 
+def ragged(seqs: Sequence[Sequence[Any]], dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences of different lengths as (values start-aligned in [N, L] with zeros after each
+    row's end, lengths [N]): the layout of the engine's Rollouts arrays."""
+    lens_N = np.fromiter((len(s) for s in seqs), np.int32, len(seqs))
+    out_NL = np.zeros((len(seqs), int(lens_N.max(initial=0))), dtype)
+    if out_NL.size:
+        # Row-major boolean assignment fills row 0's first len_0 cells, then row 1's, ...
+        out_NL[np.arange(out_NL.shape[1]) < lens_N[:, None]] = np.concatenate(
+            [np.asarray(s, dtype).reshape(-1) for s in seqs]
+        )
+    return out_NL, lens_N
+
+
 @dataclasses.dataclass(frozen=True)
 class StepRows:
     """Everything the learner needs about the B = prompts * group_size rows of one step.
 
-    Row order is prompt-major (row = prompt * group_size + sample) so that a mini-batch of
-    whole prompts is a contiguous slice of rows.
+    Token sequences are ragged arrays: values start-aligned in [B, L] (whatever follows a
+    row's length is ignored) with their lengths [B], so the engine's Rollouts arrays enter
+    as they are. Row order is prompt-major (row = prompt * group_size + sample) so that a
+    mini-batch of whole prompts is a contiguous slice of rows. Rows that need no teacher
+    have teacher prompt length 0.
     """
 
-    prompt_ids: Sequence[Sequence[int]]  # per row (repeated within a group)
-    response_ids: Sequence[Sequence[int]]  # per row, sampled tokens
-    rollout_logprobs: Sequence[Sequence[float]]  # per row, engine log-probs of those tokens
-    advantages: np.ndarray  # float [B]
-    sdpo_rows: np.ndarray  # bool [B]: rows whose tokens get the SDPO loss
-    teacher_rows: np.ndarray  # bool [B]: rows that need the teacher forward
-    teacher_prompt_ids: dict[int, Sequence[int]]  # row -> teacher prompt (reprompt) ids
+    prompt_ids_BL: np.ndarray  # int [B, Lp]: each row's prompt (repeated within a group)
+    prompt_lens_B: np.ndarray
+    response_ids_BL: np.ndarray  # int [B, Lr]: sampled tokens
+    response_lens_B: np.ndarray
+    rollout_logprobs_BL: np.ndarray  # float [B, Lr]: engine log-probs of those tokens
+    advantages_B: np.ndarray  # float
+    sdpo_rows_B: np.ndarray  # bool: rows whose tokens get the SDPO loss
+    teacher_rows_B: np.ndarray  # bool: rows that need the teacher forward
+    teacher_prompt_ids_BL: np.ndarray  # int [B, Lt]: teacher prompt (reprompt) ids
+    teacher_prompt_lens_B: np.ndarray
 
     def __post_init__(self):
-        b = len(self.prompt_ids)
-        for name in ("response_ids", "rollout_logprobs"):
-            if len(getattr(self, name)) != b:
+        b = self.num_rows
+        for name in ("prompt", "response", "teacher_prompt"):
+            ids, lens = getattr(self, f"{name}_ids_BL"), getattr(self, f"{name}_lens_B")
+            if np.ndim(ids) != 2 or ids.shape[0] != b or np.shape(lens) != (b,):
                 raise ValueError(
-                    f"StepRows.{name} has {len(getattr(self, name))} rows, expected {b}"
+                    f"StepRows.{name}_ids_BL {np.shape(ids)} / {name}_lens_B {np.shape(lens)} "
+                    f"do not hold {b} rows"
                 )
-        for name in ("advantages", "sdpo_rows", "teacher_rows"):
+            if b and not 0 <= np.min(lens) <= np.max(lens) <= ids.shape[1]:
+                raise ValueError(f"StepRows.{name}_lens_B must lie in [0, {ids.shape[1]}]")
+        if np.shape(self.rollout_logprobs_BL)[:1] != (b,) or (
+            np.shape(self.rollout_logprobs_BL)[1] < int(np.max(self.response_lens_B, initial=0))
+        ):
+            raise ValueError(
+                f"StepRows.rollout_logprobs_BL has shape {np.shape(self.rollout_logprobs_BL)}, "
+                f"response_ids_BL {np.shape(self.response_ids_BL)}"
+            )
+        for name in ("advantages_B", "sdpo_rows_B", "teacher_rows_B"):
             if np.shape(getattr(self, name)) != (b,):
                 raise ValueError(
                     f"StepRows.{name} has shape {np.shape(getattr(self, name))}, expected ({b},)"
                 )
-        for r in np.flatnonzero(self.teacher_rows):
-            if int(r) not in self.teacher_prompt_ids:
-                raise ValueError(f"row {r} needs the teacher but has no teacher prompt")
-        for r, (ids, lps) in enumerate(zip(self.response_ids, self.rollout_logprobs, strict=True)):
+        lone = np.flatnonzero(
+            np.asarray(self.teacher_rows_B, bool) & (self.teacher_prompt_lens_B == 0)
+        )
+        if lone.size:
+            raise ValueError(f"row {lone[0]} needs the teacher but has no teacher prompt")
+
+    @classmethod
+    def from_lists(
+        cls,
+        *,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        rollout_logprobs: Sequence[Sequence[float]],
+        advantages,
+        sdpo_rows,
+        teacher_rows,
+        teacher_prompt_ids: dict[int, Sequence[int]],
+    ) -> StepRows:
+        """StepRows from per-row lists and a row -> teacher prompt dict (tests, tools)."""
+        for r, (ids, lps) in enumerate(zip(response_ids, rollout_logprobs, strict=True)):
             if len(ids) != len(lps):
                 raise ValueError(
                     f"row {r}: {len(ids)} response tokens but {len(lps)} rollout log-probs"
                 )
+        teacher_B = np.asarray(teacher_rows, bool)
+        for r in np.flatnonzero(teacher_B):
+            if int(r) not in teacher_prompt_ids:
+                raise ValueError(f"row {r} needs the teacher but has no teacher prompt")
+        teacher = [teacher_prompt_ids.get(r, ()) for r in range(len(prompt_ids))]
+        p_ids, p_lens = ragged(prompt_ids)
+        r_ids, r_lens = ragged(response_ids)
+        t_ids, t_lens = ragged(teacher)
+        return cls(
+            prompt_ids_BL=p_ids,
+            prompt_lens_B=p_lens,
+            response_ids_BL=r_ids,
+            response_lens_B=r_lens,
+            rollout_logprobs_BL=ragged(rollout_logprobs, np.float32)[0],
+            advantages_B=np.asarray(advantages),
+            sdpo_rows_B=np.asarray(sdpo_rows, bool),
+            teacher_rows_B=teacher_B,
+            teacher_prompt_ids_BL=t_ids,
+            teacher_prompt_lens_B=t_lens,
+        )
 
     @property
     def num_rows(self) -> int:
-        return len(self.prompt_ids)
+        return int(np.shape(self.prompt_lens_B)[0])
 
 
-def _left_pad(
-    seqs: Sequence[Sequence[int]], length: int, pad_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.full((len(seqs), length), pad_id, np.int32)
-    mask = np.zeros((len(seqs), length), np.int32)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, length - len(s) :] = s
-            mask[i, length - len(s) :] = 1
-    return ids, mask
+def _left_align(x_BL, lens_B, length: int, pad) -> tuple[np.ndarray, np.ndarray]:
+    """Start-aligned ragged rows placed at the end of `length` columns, `pad` before them:
+    (values [B, length], 0/1 int32 mask)."""
+    k_BT = np.arange(length) - (length - np.asarray(lens_B)[:, None])  # source column
+    mask_BT = k_BT >= 0
+    width = x_BL.shape[1]
+    src_BT = np.take_along_axis(x_BL, np.clip(k_BT, 0, max(width - 1, 0)), axis=1) if width else 0
+    return np.where(mask_BT, src_BT, pad), mask_BT.astype(np.int32)
 
 
-def _right_pad(seqs: Sequence[Sequence[float]], length: int, pad, dtype) -> np.ndarray:
-    out = np.full((len(seqs), length), pad, dtype)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
+def _right_align(x_BL, lens_B, length: int, pad) -> np.ndarray:
+    """Start-aligned ragged rows cut or padded to `length` columns, `pad` after each end."""
+    mask_BT = np.arange(length) < np.asarray(lens_B)[:, None]
+    x_BT = np.zeros((x_BL.shape[0], length), x_BL.dtype)
+    w = min(length, x_BL.shape[1])
+    x_BT[:, :w] = x_BL[:, :w]
+    return np.where(mask_BT, x_BT, pad)
 
 
 def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_rows):
@@ -171,31 +235,29 @@ def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_
     bucket_length's keyword arguments (minimum, per_octave)."""
     num_minibatches, n_micro, b = lead
     r_len = resp_ids.shape[-1]
-    teacher = np.asarray(rows.teacher_rows, bool).reshape(num_minibatches, n_micro, b)
+    teacher_B = np.asarray(rows.teacher_rows_B, bool)
+    teacher = teacher_B.reshape(num_minibatches, n_micro, b)
     m_rows = min(bucket_rows(int(teacher.sum(axis=-1).max()), minimum=min_teacher_rows), b)
     if m_rows:
-        tp_len = bucket_length(
-            max(len(rows.teacher_prompt_ids[int(r)]) for r in np.flatnonzero(rows.teacher_rows)),
-            **buckets,
-        )
+        tp_len = bucket_length(int(rows.teacher_prompt_lens_B[teacher_B].max()), **buckets)
     else:
         tp_len = buckets["minimum"]
     t_ids = np.full((num_minibatches, n_micro, m_rows, tp_len + r_len), pad_id, np.int32)
     t_mask = np.zeros_like(t_ids)
     t_src = np.zeros((num_minibatches, n_micro, m_rows), np.int32)
     t_valid = np.zeros((num_minibatches, n_micro, m_rows), bool)
-    for i in range(num_minibatches):
-        for j in range(n_micro):
-            for slot, local in enumerate(np.flatnonzero(teacher[i, j])):
-                row = (i * n_micro + j) * b + int(local)
-                tp = rows.teacher_prompt_ids[row]
-                ids, mask = _left_pad([tp], tp_len, pad_id)
-                t_ids[i, j, slot, :tp_len] = ids[0]
-                t_mask[i, j, slot, :tp_len] = mask[0]
-                t_ids[i, j, slot, tp_len:] = resp_ids[row]
-                t_mask[i, j, slot, tp_len:] = resp_mask[row].astype(np.int32)
-                t_src[i, j, slot] = local
-                t_valid[i, j, slot] = True
+    # Each teacher row's slot: its rank among the micro-batch's teacher rows, in row order.
+    slot = np.cumsum(teacher, axis=-1) - 1
+    i, j, local = np.nonzero(teacher)
+    row = (i * n_micro + j) * b + local
+    tp_ids, tp_mask = _left_align(
+        rows.teacher_prompt_ids_BL[row], rows.teacher_prompt_lens_B[row], tp_len, pad_id
+    )
+    at = (i, j, slot[i, j, local])
+    t_ids[at] = np.concatenate([tp_ids, resp_ids[row]], axis=1)
+    t_mask[at] = np.concatenate([tp_mask, resp_mask[row].astype(np.int32)], axis=1)
+    t_src[at] = local
+    t_valid[at] = True
     fields = dict(
         teacher_input_ids_MT=t_ids,
         teacher_attention_mask_MT=t_mask,
@@ -203,6 +265,35 @@ def _pack_teacher(rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_
         teacher_valid_M=t_valid,
     )
     return fields, m_rows, tp_len
+
+
+def _pack_student(rows: StepRows, lead, pad_id: int, buckets: dict):
+    """The student fields, [n_mini, n_micro, b, ...] each, and the bucketed P and R."""
+    p_len = bucket_length(int(np.max(rows.prompt_lens_B)), **buckets)
+    r_len = bucket_length(max(1, int(np.max(rows.response_lens_B))), **buckets)
+    prompt_ids, prompt_mask = _left_align(rows.prompt_ids_BL, rows.prompt_lens_B, p_len, pad_id)
+    resp_ids = _right_align(rows.response_ids_BL, rows.response_lens_B, r_len, pad_id)
+    resp_ids = resp_ids.astype(np.int32)
+    resp_mask = (np.arange(r_len) < rows.response_lens_B[:, None]).astype(np.float32)
+    rollout_lp = _right_align(
+        np.asarray(rows.rollout_logprobs_BL, np.float32), rows.response_lens_B, r_len, 0.0
+    ).astype(np.float32)
+    input_ids = np.concatenate([prompt_ids.astype(np.int32), resp_ids], axis=1)
+    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
+
+    def split(x):
+        return x.reshape(tuple(lead) + x.shape[1:])
+
+    fields = dict(
+        input_ids_BS=split(input_ids),
+        attention_mask_BS=split(attn),
+        response_ids_BR=split(resp_ids),
+        response_mask_BR=split(resp_mask),
+        rollout_logprobs_BR=split(rollout_lp),
+        advantages_B=split(np.asarray(rows.advantages_B, np.float32)),
+        sdpo_rows_B=split(np.asarray(rows.sdpo_rows_B, bool)),
+    )
+    return fields, p_len, r_len
 
 
 def build_train_batch(
@@ -233,33 +324,14 @@ def build_train_batch(
     b = micro_batch_rows
 
     buckets = dict(minimum=min_bucket, per_octave=buckets_per_octave)
-    p_len = bucket_length(max(len(p) for p in rows.prompt_ids), **buckets)
-    r_len = bucket_length(max(1, max(len(r) for r in rows.response_ids)), **buckets)
-    prompt_ids, prompt_mask = _left_pad(rows.prompt_ids, p_len, pad_id)
-    resp_ids = _right_pad(rows.response_ids, r_len, pad_id, np.int32)
-    resp_mask = _right_pad([[1] * len(r) for r in rows.response_ids], r_len, 0, np.float32)
-    rollout_lp = _right_pad(rows.rollout_logprobs, r_len, 0.0, np.float32)
-    input_ids = np.concatenate([prompt_ids, resp_ids], axis=1)
-    attn = np.concatenate([prompt_mask, resp_mask.astype(np.int32)], axis=1)
-
-    def split(x):
-        return x.reshape((num_minibatches, n_micro, b) + x.shape[1:])
-
-    student = dict(
-        input_ids_BS=split(input_ids),
-        attention_mask_BS=split(attn),
-        response_ids_BR=split(resp_ids),
-        response_mask_BR=split(resp_mask),
-        rollout_logprobs_BR=split(rollout_lp),
-        advantages_B=split(np.asarray(rows.advantages, np.float32)),
-        sdpo_rows_B=split(np.asarray(rows.sdpo_rows, bool)),
-        row_valid_B=split(np.ones((n,), bool)),
+    lead = (num_minibatches, n_micro, b)
+    student, p_len, r_len = _pack_student(rows, lead, pad_id, buckets)
+    resp_ids, resp_mask = (
+        student[k].reshape(n, r_len) for k in ("response_ids_BR", "response_mask_BR")
     )
-
     teacher, m_rows, tp_len = _pack_teacher(
-        rows, resp_ids, resp_mask, (num_minibatches, n_micro, b), pad_id, buckets,
-        min_teacher_rows,
-    )  # fmt: skip
+        rows, resp_ids, resp_mask, lead, pad_id, buckets, min_teacher_rows
+    )
     batch = TrainBatch(**student, **teacher)
     want = TrainBatch.abstract(
         n_mini=num_minibatches,

@@ -133,7 +133,7 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
     )
     routed_BR = objective.routed_token_mask(resp_BR, sdpo_B)
     mask_MR = jnp.take(routed_BR, src_M, axis=0) * tvalid_M[:, None]
-    out = fused_api.fused_distill(
+    inputs = fused_api.FusedDistillInputs(
         jnp.take(h_BRD, src_M, axis=0).reshape(m * r, d),
         ht_MRD.reshape(m * r, d),
         # In the compute dtype: bf16 GEMMs; the kernel accumulates dW in fp32 itself.
@@ -141,6 +141,8 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
         wt_DV.astype(ht_MRD.dtype),
         mask_MR.reshape(-1),
         jnp.take(mult_BR, src_M, axis=0).reshape(-1),
+    )
+    options = fused_api.FusedDistillOptions(
         topk=a.topk,
         alpha=a.alpha,
         tau=cfg.effective_tau,
@@ -151,6 +153,7 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
         implementation=t.fused_implementation,
         grad_mode=t.fused_grad_mode,
     )
+    out = fused_api.fused_distill(inputs, options)
     ent_MR = jax.lax.stop_gradient(out.entropy_N.reshape(m, r)) * mask_MR
     entropy_BR = jnp.zeros_like(logp_BR).at[src_M].add(ent_MR)
     return (out.numerator, out.z), entropy_BR
@@ -161,13 +164,24 @@ def _gap_metrics(old_BR, rollout_BR, resp_BR) -> dict:
     gap_BR = jnp.abs(old_BR - rollout_BR)
     return {
         "logp_gap/mean": jnp.sum(gap_BR * resp_BR) / jnp.maximum(jnp.sum(resp_BR), 1.0),
-        "logp_gap/p99": jnp.where(
-            jnp.any(resp_BR > 0),
-            jnp.nanpercentile(jnp.where(resp_BR > 0, gap_BR, jnp.nan), 99.0),
-            0.0,  # no response tokens: no gap (nanpercentile of all-NaN is NaN)
-        ),
         "logp_gap/max": jnp.max(gap_BR * resp_BR),
     }
+
+
+def objective_options(cfg) -> objective.ObjectiveOptions:
+    """The learner's method and hyper-parameters as the objective's options."""
+    a = cfg.algo
+    return objective.ObjectiveOptions(
+        method=cfg.method,
+        loss_agg=a.loss_agg,
+        tau=a.tau,
+        clip_low=a.clip_low,
+        clip_high=a.clip_high,
+        dual_clip=a.dual_clip,
+        tis_cap=a.tis_cap,
+        is_clip=a.is_clip,
+        mix_lambda=a.adv_mix_lambda,
+    )
 
 
 def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo_scale):
@@ -182,13 +196,12 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
     micro-batch's own Z (exact when the mini-batch is one micro-batch).
     Returns (numerator, metrics).
     """
-    method, a = cfg.method, cfg.algo
+    method = cfg.method
     _, _, _, m_rows = _dims(mb)
     logp_BR, h_BRD, w_DV = student_logp(cfg, graphdef, params, mb)
     old_BR = jax.lax.stop_gradient(logp_BR) if old_logp_BR is None else old_logp_BR
-    valid_B = mb.row_valid_B
-    resp_BR = mb.response_mask_BR * valid_B[:, None]
-    sdpo_B = mb.sdpo_rows_B & valid_B
+    resp_BR = mb.response_mask_BR
+    sdpo_B = mb.sdpo_rows_B
     entropy_BR = jnp.zeros_like(logp_BR)
     # Nothing routed / nothing with a teacher in this batch: no SDPO term, no mixing.
     fused = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)) if method.sdpo else None
@@ -204,33 +217,25 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
             fused, entropy_BR = _fused_sdpo(
                 cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, sdpo_B
             )
-    parts, metrics = objective.objective_parts(
+    inputs = objective.ObjectiveInputs(
         logp_BR,
         old_BR,
         mb.rollout_logprobs_BR,
         mb.advantages_B,
         resp_BR,
         sdpo_B,
-        None,
-        entropy_BR,
-        method=method,
-        loss_agg=a.loss_agg,
-        tau=a.tau,
-        clip_low=a.clip_low,
-        clip_high=a.clip_high,
-        dual_clip=a.dual_clip,
-        tis_cap=a.tis_cap,
-        is_clip=a.is_clip,
+        entropy_BT=entropy_BR,
         teacher_logp_BT=teacher_logp_BR,
         has_teacher_B=has_teacher_B,
-        mix_lambda=a.adv_mix_lambda,
         fused_sdpo=fused,
     )
+    parts, metrics = objective.objective_parts(inputs, objective_options(cfg))
     if sdpo_scale is None:
         numerator, _ = objective.combine(parts)
     else:
         numerator = parts.grpo_sum + jax.lax.stop_gradient(sdpo_scale) * parts.sdpo_sum
-    metrics = {f"loss/{k}": v for k, v in metrics.items()}
+    # The routed fraction of rows is the host's route/sdpo_frac; not logged twice.
+    metrics = {f"loss/{k}": v for k, v in metrics.items() if k != "routed_fraction"}
     metrics.update(_gap_metrics(old_BR, mb.rollout_logprobs_BR, resp_BR))
     metrics.update({"sdpo/tokens": parts.sdpo_count, "sdpo/z": parts.sdpo_z})
     return numerator, metrics
@@ -238,5 +243,5 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
 
 def denominator(cfg, mini):
     """One denominator per optimisation batch (SPEC 7), from the mini-batch's masks."""
-    resp = mini.response_mask_BR * mini.row_valid_B[..., None]
+    resp = mini.response_mask_BR
     return objective.aggregation(resp.reshape(-1, resp.shape[-1]), cfg.algo.loss_agg)[1]

@@ -227,7 +227,7 @@ def train_step_fn(cfg: StepSettings, graphdef, state: TrainState, batch: TrainBa
 def _merge_aux(a, b):
     out = {}
     for k in a:
-        if k.endswith("_max") or k.endswith("/max") or k.endswith("/p99"):
+        if k.endswith("_max") or k.endswith("/max"):
             out[k] = jnp.maximum(a[k], b[k])
         elif k.endswith("_min"):
             out[k] = jnp.minimum(a[k], b[k])
@@ -246,7 +246,7 @@ def _step_metrics(aux, lr, skipped, n_mini, n_micro):
     for k, v in aux.items():
         if k in _SUMMED:
             out[k] = jnp.sum(v)
-        elif k.endswith("_max") or k.endswith("/max") or k.endswith("/p99") or k == "grad_norm":
+        elif k.endswith("_max") or k.endswith("/max") or k == "grad_norm":
             out[k] = jnp.max(v)
         elif k.endswith("_min"):
             out[k] = jnp.min(v)

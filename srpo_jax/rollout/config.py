@@ -12,6 +12,7 @@ import dataclasses
 from srpo_jax.config_checks import ConfigError, one_of, require
 
 SYNC_STRATEGIES = ("update_from_disk", "restart")
+WEIGHTS_DTYPES = ("", "auto", "float32", "bfloat16", "float16")
 PAUSE_MODES = ("abort", "retract", "in_place")
 _KEY = "rollout.sglang"
 
@@ -107,6 +108,9 @@ class RolloutConfig:
     top_k: int = -1  # -1 = off
     # A failed engine call (any engine) is retried this many times before the run stops.
     max_retries: int = 2
+    # The dtype the embedded JAX engine samples from; "" or "auto": the model's compute dtype
+    # (model.dtype), so a bf16 run samples from a bf16 copy, not from the fp32 master weights.
+    weights_dtype: str = ""
     sglang: SGLangConfig = dataclasses.field(default_factory=SGLangConfig)
 
     def __post_init__(self):
@@ -117,5 +121,12 @@ class RolloutConfig:
             self.top_k == -1 or self.top_k >= 1, "rollout.top_k", "-1 (off) or >= 1", self.top_k
         )
         require(self.max_retries >= 0, "rollout.max_retries", ">= 0", self.max_retries)
+        one_of("rollout.weights_dtype", self.weights_dtype, WEIGHTS_DTYPES)
         if self.engine == "sglang":
             self.sglang.check_servers()
+
+
+def engine_weights_dtype(rollout: RolloutConfig, model_dtype: str) -> str:
+    """The dtype the embedded engine samples from: rollout.weights_dtype, or the model's
+    compute dtype when it is "" or "auto"."""
+    return model_dtype if rollout.weights_dtype in ("", "auto") else rollout.weights_dtype

@@ -27,10 +27,11 @@ with `weights_dtype` cast on device, e.g. to bf16 to halve the engine's copy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,25 +70,32 @@ def _repeat_rows(cache: kvc.KVCache, n: int) -> kvc.KVCache:
     return type(cache)(**fields)
 
 
-def _generate(
-    graphdef,
-    params,
-    prompt_GP,
-    mask_GP,
-    seed,
-    step,
-    temperature,
-    top_p,
-    max_new,
-    stop_ids_S,
-    num_rows,
-    *,
-    n: int,
-    spec: sampling.SamplerSpec,
-    r_bucket: int,
-    mesh,
-    on_trace,
-):
+class DecodeInputs(NamedTuple):
+    """The traced inputs of one generate call: left-padded distinct prompts [G, P] and their
+    mask, the sampling scalars, the stop ids [S] (-1 padded) and the real row count."""
+
+    prompt_GP: Any
+    mask_GP: Any
+    seed: Any
+    step: Any
+    temperature: Any
+    top_p: Any
+    max_new: Any
+    stop_ids_S: Any
+    num_rows: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeShape:
+    """What a generate program is compiled for: samples per prompt, the sampler's static
+    settings and the new-token bucket."""
+
+    n: int
+    spec: sampling.SamplerSpec
+    r_bucket: int
+
+
+def _generate(graphdef, mesh, on_trace, params, x: DecodeInputs, shape: DecodeShape):
     """Prefill + decode loop -> (tokens_BR, logprobs_BR, lengths_B, stopped_B) on device.
 
     The G distinct prompts are prefilled once; their cache rows and last logits are then
@@ -100,33 +108,31 @@ def _generate(
             return cache
         return jax.lax.with_sharding_constraint(cache, kvc.cache_shardings(mesh, cache))
 
-    g, p = prompt_GP.shape
+    n, r_bucket = shape.n, shape.r_bucket
+    g, p = x.prompt_GP.shape
     b = g * n
     cache = constrain(model.init_cache(g, p + r_bucket))
-    logits_GV, cache = model.prefill(prompt_GP, mask_GP, cache)
+    logits_GV, cache = model.prefill(x.prompt_GP, x.mask_GP, cache)
     cache = constrain(_repeat_rows(cache, n))
     logits_BV = jnp.repeat(logits_GV, n, axis=0)
-    keys_B = sampling.row_keys(seed, step, jnp.arange(b, dtype=jnp.int32))
+    keys_B = sampling.row_keys(x.seed, x.step, jnp.arange(b, dtype=jnp.int32))
 
     def pick(logits_BV, t):
         return sampling.sample(
-            logits_BV, sampling.position_keys(keys_B, t), temperature, top_p, spec
+            logits_BV, sampling.position_keys(keys_B, t), x.temperature, x.top_p, shape.spec
         )
-
-    def is_stop(tokens_B):
-        return jnp.any(tokens_B[:, None] == stop_ids_S[None, :], axis=-1)
 
     tok_B, logp_B = pick(logits_BV, 0)
     tokens_BR = jnp.zeros((b, r_bucket), jnp.int32).at[:, 0].set(tok_B)
     logps_BR = jnp.zeros((b, r_bucket), jnp.float32).at[:, 0].set(logp_B)
     # Rows of dummy prompts start finished so they never hold the loop open.
-    stopped_B = is_stop(tok_B) | (jnp.arange(b) >= num_rows)
+    stopped_B = _is_stop(tok_B, x.stop_ids_S) | (jnp.arange(b) >= x.num_rows)
     lengths_B = jnp.ones((b,), jnp.int32)
     init = (jnp.int32(1), tok_B, cache, tokens_BR, logps_BR, lengths_B, stopped_B)
 
     def cond(state):
         t, _, _, _, _, _, stopped_B = state
-        return (t < max_new) & ~jnp.all(stopped_B)
+        return (t < x.max_new) & ~jnp.all(stopped_B)
 
     def body(state):
         t, prev_B, cache, tokens_BR, logps_BR, lengths_B, stopped_B = state
@@ -137,11 +143,15 @@ def _generate(
         tokens_BR = tokens_BR.at[:, t].set(jnp.where(active_B, tok_B, 0))
         logps_BR = logps_BR.at[:, t].set(jnp.where(active_B, logp_B, 0.0))
         lengths_B = lengths_B + active_B.astype(jnp.int32)
-        stopped_B = stopped_B | (active_B & is_stop(tok_B))
+        stopped_B = stopped_B | (active_B & _is_stop(tok_B, x.stop_ids_S))
         return t + 1, tok_B, cache, tokens_BR, logps_BR, lengths_B, stopped_B
 
     _, _, _, tokens_BR, logps_BR, lengths_B, stopped_B = jax.lax.while_loop(cond, body, init)
     return tokens_BR, logps_BR, lengths_B, stopped_B
+
+
+def _is_stop(tokens_B, stop_ids_S):
+    return jnp.any(tokens_B[:, None] == stop_ids_S[None, :], axis=-1)
 
 
 class JaxEngine:
@@ -212,8 +222,8 @@ class JaxEngine:
             self.num_traces += 1
 
         self._generate_jit = jax.jit(
-            functools.partial(_generate, self._graphdef, mesh=mesh, on_trace=count_trace),
-            static_argnames=("n", "spec", "r_bucket"),
+            functools.partial(_generate, self._graphdef, mesh, count_trace),
+            static_argnames=("shape",),
         )
         self._cast_jit = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(self.weights_dtype), p))
         if isinstance(model_or_params, nnx.Module):
@@ -311,15 +321,7 @@ class JaxEngine:
         )
         return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
 
-    def generate(
-        self,
-        prompt_token_ids: list[list[int]],
-        n: int,
-        sampling_params: SamplingParams,
-        *,
-        step: int = 0,
-    ) -> Rollouts:
-        """Samples n completions per prompt; rows are prompt-major (r = p * n + j)."""
+    def _check_generate(self, prompt_token_ids, n: int, sp: SamplingParams) -> None:
         if self._params is None:
             raise RuntimeError("JaxEngine.generate called after close()")
         if any(x.is_deleted() for x in jax.tree.leaves(self._params)):
@@ -331,11 +333,22 @@ class JaxEngine:
             raise ValueError(
                 f"JaxEngine.generate needs n >= 1 and prompts: n={n}, {len(prompt_token_ids)=}"
             )
-        sp = sampling_params
         if len(sp.stop_token_ids) > self.max_stop_tokens:
             raise ValueError(
                 f"{len(sp.stop_token_ids)} stop ids exceed max_stop_tokens={self.max_stop_tokens}"
             )
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        sampling_params: SamplingParams,
+        *,
+        step: int = 0,
+    ) -> Rollouts:
+        """Samples n completions per prompt; rows are prompt-major (r = p * n + j)."""
+        sp = sampling_params
+        self._check_generate(prompt_token_ids, n, sp)
         prompt_GP, mask_GP = self._pack(prompt_token_ids, n)
         rows = len(prompt_token_ids) * n
         r_bucket = pick_bucket(
@@ -347,8 +360,7 @@ class JaxEngine:
         )
         stop_S = np.full((self.max_stop_tokens,), -1, np.int32)
         stop_S[: len(sp.stop_token_ids)] = sp.stop_token_ids
-        args = (
-            self._params,
+        inputs = DecodeInputs(
             self._put(prompt_GP),
             self._put(mask_GP),
             np.uint32(sp.seed % 2**32),
@@ -359,12 +371,12 @@ class JaxEngine:
             stop_S,
             np.int32(rows),
         )
-        spec = self._spec(sp)
+        shape = DecodeShape(n=n, spec=self._spec(sp), r_bucket=r_bucket)
         if self.mesh is None:
-            out = self._generate_jit(*args, n=n, spec=spec, r_bucket=r_bucket)
+            out = self._generate_jit(self._params, inputs, shape=shape)
         else:
             with jax.set_mesh(self.mesh):
-                out = self._generate_jit(*args, n=n, spec=spec, r_bucket=r_bucket)
+                out = self._generate_jit(self._params, inputs, shape=shape)
         # Sharded over the data axes: other processes' rows are gathered, so every
         # process of a multi-process run returns the same whole batch.
         tokens_BR, logps_BR, lengths_B, stopped_B = (multihost.to_host(x)[:rows] for x in out)

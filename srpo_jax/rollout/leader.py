@@ -9,13 +9,9 @@ through the broadcast (a status flag), so every process raises and retries toget
 
 from __future__ import annotations
 
-import pathlib
-import shutil
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from jax.experimental import multihost_utils
 
 from srpo_jax import multihost
 from srpo_jax.rollout.engine import (
@@ -26,6 +22,7 @@ from srpo_jax.rollout.engine import (
     Rollouts,
     SamplingParams,
 )
+from srpo_jax.rollout.weight_exports import WeightExports
 
 _FINISH_CODES = (FINISH_STOP, FINISH_LENGTH, FINISH_ABORT)
 _SPEC = {
@@ -41,20 +38,14 @@ _SPEC = {
 class LeaderEngine:
     """RolloutEngine facade: `engine` lives on process 0 (None elsewhere)."""
 
-    def __init__(
-        self,
-        engine,
-        export: Callable[[Any, pathlib.Path], None],
-        export_dir: str | pathlib.Path,
-        keep_exports: int = 2,
-    ):
+    def __init__(self, engine, exports: WeightExports):
+        """exports: this process's view of the shared export folder (process 0 writes;
+        a barrier with the others around each export)."""
         if multihost.is_leader() and engine is None:
             raise ValueError("LeaderEngine: process 0 needs the engine")
         self.engine = engine if multihost.is_leader() else None
-        self._export = export
-        self.export_dir = pathlib.Path(export_dir)
-        self._keep = keep_exports
-        self._exports: list[pathlib.Path] = []
+        self.exports = exports
+        self.export_dir = exports.root
 
     def generate(
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, *, step: int = 0
@@ -90,19 +81,10 @@ class LeaderEngine:
         )
 
     def update_weights(self, params: Any, version: int) -> dict[str, float]:
-        path = self.export_dir / f"step_{version:08d}"
-        if multihost.is_leader() and path.exists():
-            shutil.rmtree(path)
-        multihost_utils.sync_global_devices(f"export {path} cleared")
-        self._export(params, path)  # collective: every process gathers, process 0 writes
-        multihost_utils.sync_global_devices(f"export {path} written")
-        self._exports.append(path)
+        path = self.exports.write(params, version)  # collective: all gather, process 0 writes
         # Push before deleting older exports: a failed push leaves the served one in place.
         out = self.engine.update_weights(str(path), version) if self.engine is not None else {}
-        while len(self._exports) > self._keep:
-            old = self._exports.pop(0)
-            if multihost.is_leader():  # one writer, one deleter
-                shutil.rmtree(old, ignore_errors=True)
+        self.exports.prune()
         return out
 
     # Fault injection and metrics read these; only process 0 has servers.

@@ -35,8 +35,6 @@ import concurrent.futures
 import dataclasses
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +53,7 @@ from srpo_jax.rollout.engine import (
     Rollouts,
     SamplingParams,
 )
+from srpo_jax.rollout.weight_exports import WeightExports
 
 _FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "abort": FINISH_ABORT}
 
@@ -98,15 +97,16 @@ class SGLangEngine:
         model_config=None,
         exporter: Callable[[Any, pathlib.Path], None] | None = None,
         initial_version: int = 0,
+        initial_params: Any = None,
     ):
         config.check_servers()
         self.config = config
-        self._exporter = exporter or default_exporter(model_config)
         self._version = initial_version
         self._synced = False  # servers report a version we set only after our first sync
-        self._exports: list[pathlib.Path] = []
-        self._tmp = None if config.export_dir else tempfile.mkdtemp(prefix="srpo_sglang_")
-        self.export_dir = pathlib.Path(config.export_dir or self._tmp)
+        self.exports = WeightExports(
+            config.export_dir, exporter or default_exporter(model_config), config.keep_exports
+        )
+        self.export_dir = self.exports.root
         self.log_dir = pathlib.Path(config.log_dir or self.export_dir / "logs")
         self._servers: list[sglang_server.ServerProcess] = []
         self._serving_path: pathlib.Path | None = None  # weights the servers last loaded
@@ -116,8 +116,13 @@ class SGLangEngine:
         self.on_request_done: Callable[[str, int], None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_concurrency)
         if config.launch_command:
+            if model_path is None and initial_params is not None:
+                # The servers start on one export of the initial weights (its version's).
+                model_path = self.exports.write(initial_params, initial_version)
             if model_path is None:
-                raise ValueError("SGLangEngine needs model_path to launch servers")
+                raise ValueError(
+                    "SGLangEngine needs model_path or initial_params to launch servers"
+                )
             ports = [
                 config.base_port + i if config.base_port else sglang_server.free_port(config.host)
                 for i in range(config.num_servers)
@@ -302,11 +307,7 @@ class SGLangEngine:
             if not (path / "config.json").is_file():
                 raise ValueError(f"update_weights: {path} is not an HF checkpoint (no config.json)")
         else:
-            path = self.export_dir / f"step_{version:08d}"
-            if path.exists():
-                shutil.rmtree(path)
-            self._exporter(params, path)
-            self._exports.append(path)
+            path = self.exports.write(params, version)
         t1 = time.perf_counter()
         if self.config.sync == "restart":
             self._restart(path)
@@ -315,7 +316,7 @@ class SGLangEngine:
         t2 = time.perf_counter()
         self._version, self._synced = version, True
         self._serving_path = path
-        self._cleanup_exports()
+        self.exports.prune()  # after the push: a failed push leaves the served one in place
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         return {
             "sync/total_s": t2 - t0,
@@ -422,10 +423,6 @@ class SGLangEngine:
             env={**os.environ, **dict(cfg.launch_env)},
         )
 
-    def _cleanup_exports(self) -> None:
-        while len(self._exports) > self.config.keep_exports:
-            shutil.rmtree(self._exports.pop(0), ignore_errors=True)
-
     @property
     def servers(self) -> tuple[sglang_server.ServerProcess, ...]:
         """The locally launched server processes (empty when given URLs)."""
@@ -436,9 +433,7 @@ class SGLangEngine:
             s.stop()
         self._servers = []
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        self.exports.close()
 
     def __enter__(self):
         return self
@@ -448,28 +443,26 @@ class SGLangEngine:
 
 
 def engine_from_config(
-    run_cfg: SGLangConfig, model_config, params, *, workdir=None
+    run_cfg: SGLangConfig, model_config, params, *, workdir=None, version: int = 0
 ) -> SGLangEngine:
     """An SGLangEngine from the run config's `rollout.sglang` section (export_dir "" = the
     run's workdir/export).
 
-    With running servers (`urls`) the first `update_weights` pushes the learner's weights.
-    With a `launch_command` the initial params are exported first (bf16 HF checkpoint) so
-    the servers start on the learner's weights.
+    With a `launch_command` the servers start on one export of `params` (a bf16 HF
+    checkpoint, weight version `version`), so they already serve the learner's weights.
+    With running servers (`urls`) the caller's first `update_weights` pushes them.
     """
     export_dir = run_cfg.export_dir or (str(pathlib.Path(workdir) / "export") if workdir else "")
     # Without a launch command there is nothing to launch: the engine talks to `urls` only.
     num_servers = run_cfg.num_servers if run_cfg.launch_command else 0
     cfg = dataclasses.replace(run_cfg, export_dir=export_dir, num_servers=num_servers)
-    model_path = None
-    if cfg.launch_command:
-        base = pathlib.Path(export_dir or tempfile.mkdtemp(prefix="srpo_sglang_init_"))
-        model_path = base / "initial"
-        default_exporter(model_config)(params, model_path)  # collective with several processes
+    initial = params if cfg.launch_command else None
     import jax
 
     if jax.process_count() == 1:
-        return SGLangEngine(cfg, model_path=model_path, model_config=model_config)
+        return SGLangEngine(
+            cfg, model_config=model_config, initial_version=version, initial_params=initial
+        )
     # Several learner processes: process 0 alone drives the servers (srpo_jax.rollout.leader).
     from jax.experimental import multihost_utils
 
@@ -478,10 +471,18 @@ def engine_from_config(
 
     if not export_dir:
         raise ValueError("several processes need a shared rollout.sglang.export_dir (or workdir)")
-    multihost_utils.sync_global_devices("initial export written")
+    exports = WeightExports(
+        export_dir,
+        default_exporter(model_config),
+        cfg.keep_exports,
+        writer=multihost.is_leader(),
+        barrier=multihost_utils.sync_global_devices,
+    )
+    # The initial export is collective: every process gathers, process 0 writes.
+    model_path = exports.write(initial, version) if initial is not None else None
     engine = (
-        SGLangEngine(cfg, model_path=model_path, model_config=model_config)
+        SGLangEngine(cfg, model_path=model_path, model_config=model_config, initial_version=version)
         if multihost.is_leader()
         else None
     )
-    return LeaderEngine(engine, default_exporter(model_config), export_dir, cfg.keep_exports)
+    return LeaderEngine(engine, exports)

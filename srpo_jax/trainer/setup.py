@@ -116,8 +116,10 @@ def _examples(cfg: Config, split: str) -> list[datasets.Example]:
     return examples
 
 
-def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
+def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir, version: int = 0):
+    """The rollout engine, serving `params` as weight `version` when it returns."""
     if cfg.rollout.engine == "jax":
+        from srpo_jax.rollout.config import engine_weights_dtype
         from srpo_jax.rollout.jax_engine import JaxEngine
 
         return JaxEngine(
@@ -126,10 +128,17 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir):
             mesh=mesh,
             pad_id=pad_id,
             length_buckets_per_octave=cfg.data.length_buckets_per_octave,
+            weights_dtype=engine_weights_dtype(cfg.rollout, model_cfg.dtype),
+            version=version,
         )
     from srpo_jax.rollout import sglang
 
-    return sglang.engine_from_config(cfg.rollout.sglang, model_cfg, params, workdir=workdir)
+    engine = sglang.engine_from_config(
+        cfg.rollout.sglang, model_cfg, params, workdir=workdir, version=version
+    )
+    if not cfg.rollout.sglang.launch_command:  # running servers: push the learner's weights
+        engine.update_weights(params, version)
+    return engine
 
 
 def _initial_params(cfg: Config, model_cfg, mesh):
@@ -297,8 +306,9 @@ def setup(
         cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh, view=view
     )
     del params
-    engine = _make_engine(cfg, model_cfg, state.params, mesh, tokenizer.pad_token_id, wd)
-    engine.update_weights(state.params, resume.weight_version)
+    # Built on the learner's weights: launched SGLang servers start on their one export.
+    pad_id, version = tokenizer.pad_token_id, resume.weight_version
+    engine = _make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
     return Run(
         cfg=cfg,
         workdir=wd,

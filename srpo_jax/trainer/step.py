@@ -128,23 +128,30 @@ def _route(cfg, rew, examples, texts, tokenizer):
         if ids is None:
             keep[r] = False
         else:
-            teacher_prompts[int(r)] = ids.tolist()
+            teacher_prompts[int(r)] = ids
     sdpo_mask, teacher_idx = routing.drop_teachers(sdpo_mask, teacher_idx, keep)
     return info, sdpo_mask, teacher_idx, teacher_prompts, keep
 
 
 def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id):
+    """The rollout arrays go into the batch as they are; prompts are laid out once per
+    prompt and repeated over its group."""
     g = cfg.algo.group_size
+    prompt_ids, prompt_lens = batching.ragged(prompts)
+    teacher_ids, teacher_lens = batching.ragged(
+        [teacher_prompts.get(r, ()) for r in range(ro.num_rows)]
+    )
     rows = batching.StepRows(
-        prompt_ids=[prompts[r // g] for r in range(ro.num_rows)],
-        response_ids=[ro.completion(r) for r in range(ro.num_rows)],
-        rollout_logprobs=[
-            ro.logprobs_BR[r, : ro.lengths_B[r]].tolist() for r in range(ro.num_rows)
-        ],
-        advantages=adv_lib.group_advantages(rew, g),  # numpy in, numpy out: no device trip
-        sdpo_rows=sdpo_mask,
-        teacher_rows=teacher_idx >= 0,
-        teacher_prompt_ids=teacher_prompts,
+        prompt_ids_BL=np.repeat(prompt_ids, g, axis=0),
+        prompt_lens_B=np.repeat(prompt_lens, g),
+        response_ids_BL=ro.token_ids_BR,
+        response_lens_B=ro.lengths_B,
+        rollout_logprobs_BL=ro.logprobs_BR,
+        advantages_B=adv_lib.group_advantages(rew, g),  # numpy in, numpy out: no device trip
+        sdpo_rows_B=sdpo_mask,
+        teacher_rows_B=teacher_idx >= 0,
+        teacher_prompt_ids_BL=teacher_ids,
+        teacher_prompt_lens_B=teacher_lens,
     )
     micro_rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * g
     return batching.build_train_batch(
@@ -217,31 +224,28 @@ def prepare_step(cfg, step: int, engine, train_set, sampler, tokenizer, faults=N
     return HostStep(batch=batch, metrics=metrics)
 
 
-def logp_gap_p99(dev_metrics: dict, batch: batching.TrainBatch) -> dict:
-    """Host-side 99th percentile of the per-token log-prob gap if the learner gave tokens."""
-    tokens = dev_metrics.pop("logp_gap/tokens", None)
-    if tokens is None or "logp_gap/p99" in dev_metrics:
-        return {}
-    mask = np.asarray(batch.response_mask_BR) > 0
-    gaps = np.asarray(tokens)[mask]
-    return {"logp_gap/p99": float(np.percentile(gaps, 99)) if gaps.size else 0.0}
+# The learner's objective statistics under their one logged name (the rest keep "loss/").
+_RENAMED = {
+    "loss/grpo_clip_high_frac": "grpo/clip_high_frac",
+    "loss/grpo_clip_low_frac": "grpo/clip_low_frac",
+    "loss/grpo_clip_dual_frac": "grpo/clip_dual_frac",
+    "loss/teacher_entropy_mean": "teacher/entropy_mean",
+    "loss/sdpo_weight_std": "sdpo/weight_std",
+}
+# Statistics over the routed SDPO tokens; a step that routed none logs its 0 as no value.
+_ROUTED_STATS = ("teacher/entropy_mean", "sdpo/weight_std", "sdpo/weight_spread")
 
 
-def summary_aliases(m: dict) -> dict:
-    """Short names for the curves and dashboards: teacher entropy, SDPO weight spread and
-    GRPO clip fractions (the learner's objective metrics are prefixed "loss/"). Teacher and
-    weight statistics only exist on steps that routed tokens to SDPO."""
-    out = {}
-    for name in ("clip_high_frac", "clip_low_frac", "clip_dual_frac"):
-        if f"loss/grpo_{name}" in m:
-            out[f"grpo/{name}"] = m[f"loss/grpo_{name}"]
-    if m.get("sdpo/tokens", 0.0) > 0:
-        if "loss/teacher_entropy_mean" in m:
-            out["teacher/entropy_mean"] = m["loss/teacher_entropy_mean"]
-        if "loss/sdpo_weight_max" in m:
-            out["sdpo/weight_spread"] = m["loss/sdpo_weight_max"] - m["loss/sdpo_weight_min"]
-            out["sdpo/weight_std"] = m["loss/sdpo_weight_std"]
-    return out
+def public_names(dev: dict) -> dict:
+    """The device metrics under their logged names: GRPO clip fractions, teacher entropy and
+    SDPO weight spread; routed-token statistics only on steps that routed tokens to SDPO."""
+    m = {_RENAMED.get(k, k): v for k, v in dev.items()}
+    if "loss/sdpo_weight_max" in m:
+        m["sdpo/weight_spread"] = m["loss/sdpo_weight_max"] - m["loss/sdpo_weight_min"]
+    if m.get("sdpo/tokens", 0.0) <= 0:
+        for k in _ROUTED_STATS:
+            m.pop(k, None)
+    return m
 
 
 def learn_and_sync(lrn, engine, state, prepared: HostStep, batch, version: int):
@@ -259,9 +263,7 @@ def learn_and_sync(lrn, engine, state, prepared: HostStep, batch, version: int):
     )
     t_done = time.perf_counter()
     m = dict(prepared.metrics)
-    m.update(logp_gap_p99(dev_metrics, batch))
-    m.update({k: float(v) for k, v in dev_metrics.items()})
-    m.update(summary_aliases(m))
+    m.update(public_names({k: float(v) for k, v in dev_metrics.items()}))
     m.update(sync)
     m["skipped_updates_total"] = float(skipped_total)
     m["skipped_updates_consecutive"] = float(consecutive)

@@ -93,17 +93,10 @@ def _all_objectives(logp, old, roll, adv, mask, sdpo_mask, div, ent, extra):
 
             def f(lp, method=method, agg=agg):
                 num, den, metrics = objective.srpo_objective(
-                    lp,
-                    old,
-                    roll,
-                    adv,
-                    mask,
-                    sdpo_mask,
-                    div,
-                    ent,
-                    method=method,
-                    loss_agg=agg,
-                    **extra,
+                    objective.ObjectiveInputs(
+                        lp, old, roll, adv, mask, sdpo_mask, div, ent, **extra
+                    ),
+                    objective.ObjectiveOptions(method=method, loss_agg=agg),
                 )
                 return num / den, metrics
 
@@ -168,16 +161,8 @@ def _end_to_end(zs, zt, y, old, roll, adv, mask, sdpo_mask, scale, *, agg):
     def f(z):
         logp, div, ent = _pieces(z, zt, y)
         num, den, _ = objective.srpo_objective(
-            logp,
-            old,
-            roll,
-            adv,
-            mask,
-            sdpo_mask,
-            div,
-            ent,
-            method="srpo",
-            loss_agg=agg,
+            objective.ObjectiveInputs(logp, old, roll, adv, mask, sdpo_mask, div, ent),
+            objective.ObjectiveOptions(method="srpo", loss_agg=agg),
             sdpo_scale=scale,
         )
         return num, den
@@ -264,13 +249,14 @@ def test_fused_form_matches_per_token_form():
         a = [jnp.asarray(x[n]) for n in ("logp", "old", "roll", "adv", "mask", "sdpo_mask")]
         div, ent = jnp.asarray(x["div"]), jnp.asarray(x["ent"])
         for agg in AGGS:
-            num, den, _ = objective.srpo_objective(*a, div, ent, loss_agg=agg)
+            opts = objective.ObjectiveOptions(loss_agg=agg)
+            num, den, _ = objective.srpo_objective(objective.ObjectiveInputs(*a, div, ent), opts)
             routed = objective.routed_token_mask(a[4], a[5])
             tw = objective.sdpo_token_multiplier(a[0], a[1], a[2], a[4], loss_agg=agg)
             u = jnp.exp(-ent) * routed
             fused = (jnp.sum(u * tw * div), jnp.sum(u))
             num_f, den_f, _ = objective.srpo_objective(
-                *a, None, ent, loss_agg=agg, fused_sdpo=fused
+                objective.ObjectiveInputs(*a, None, ent, fused_sdpo=fused), opts
             )
             np.testing.assert_allclose(float(num_f), float(num), rtol=1e-14)
             assert float(den_f) == float(den)
@@ -281,8 +267,12 @@ def test_grpo_method_ignores_routing_and_sdpo_counts_everything():
     with jax.enable_x64(True):
         a = [jnp.asarray(x[n]) for n in ("logp", "old", "roll", "adv", "mask")]
         none = jnp.zeros(B, bool)
-        g1 = objective.srpo_objective(*a, jnp.asarray(x["sdpo_mask"]), method="grpo")[0]
-        g2 = objective.srpo_objective(*a, none, method="grpo")[0]
-        _, den, _ = objective.srpo_objective(*a, none, jnp.asarray(x["div"]), method="sdpo")
+        grpo = objective.ObjectiveOptions(method="grpo")
+        sdpo = objective.ObjectiveOptions(method="sdpo")
+        routed = jnp.asarray(x["sdpo_mask"])
+        g1 = objective.srpo_objective(objective.ObjectiveInputs(*a, routed), grpo)[0]
+        g2 = objective.srpo_objective(objective.ObjectiveInputs(*a, none), grpo)[0]
+        div = jnp.asarray(x["div"])
+        _, den, _ = objective.srpo_objective(objective.ObjectiveInputs(*a, none, div), sdpo)
     assert float(g1) == float(g2)
     assert float(den) == x["mask"].sum()  # rollouts without a teacher still count

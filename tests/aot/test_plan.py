@@ -33,7 +33,7 @@ def spec_param_count(layers, d, f, n, k, v, tied, h=128):
 def test_batch_struct_matches_build_train_batch():
     rng = np.random.default_rng(0)
     b = 8
-    rows = batching.StepRows(
+    rows = batching.StepRows.from_lists(
         prompt_ids=[rng.integers(1, 50, 20).tolist()] * b,
         response_ids=[rng.integers(1, 50, 60).tolist() for _ in range(b)],
         rollout_logprobs=[[-1.0] * 60] * b,

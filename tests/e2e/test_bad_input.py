@@ -180,7 +180,7 @@ def test_empty_completion_scores_zero():
 def test_empty_completion_packs_to_an_all_zero_mask():
     b = 4
     responses = [[5, 6, 7], [], [8], [9, 10]]
-    rows = batching.StepRows(
+    rows = batching.StepRows.from_lists(
         prompt_ids=[[1, 2, 3]] * b,
         response_ids=responses,
         rollout_logprobs=[[-0.5] * len(r) for r in responses],
@@ -353,7 +353,7 @@ def test_learner_step_on_empty_completions_stays_finite():
     lrn = learner.Learner(cfg, graphdef, mesh)
     b = 4
     for responses in ([[5, 6, 7], [], [8], [9, 10]], [[]] * b):
-        rows = batching.StepRows(
+        rows = batching.StepRows.from_lists(
             prompt_ids=[[1, 2, 3]] * b,
             response_ids=responses,
             rollout_logprobs=[[-0.5] * len(r) for r in responses],

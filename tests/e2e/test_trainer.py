@@ -123,7 +123,6 @@ ALWAYS = (
     "skipped_updates",
     "skipped_updates_total",
     "logp_gap/mean",
-    "logp_gap/p99",
     "time/rollout_s",
     "time/reward_s",
     "time/teacher_s",

@@ -36,7 +36,8 @@ def test_fused_loss_value_and_grad_compiles_with_the_kernel(impl):
 
     def loss(hs, ht, ws, wt, mask):
         def numerator(hs, ws):
-            out = api.fused_distill(hs, ht, ws, wt, mask, implementation=impl, chunk_size=128)
+            options = api.FusedDistillOptions(implementation=impl, chunk_size=128)
+            out = api.fused_distill(api.FusedDistillInputs(hs, ht, ws, wt, mask), options)
             return out.numerator
 
         return jax.value_and_grad(numerator, argnums=(0, 1))(hs, ws)

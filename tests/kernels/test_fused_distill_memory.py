@@ -69,9 +69,8 @@ def test_api_auto_grad_mode_takes_the_lean_mode_per_dtype(dtype, expected):
     def lowered(grad_mode):
         def loss(hs, ht, ws, wt, mask):
             def numerator(h, w):
-                out = api.fused_distill(
-                    h, ht, w, wt, mask, topk=20, chunk_size=CHUNK, grad_mode=grad_mode
-                )
+                options = api.FusedDistillOptions(topk=20, chunk_size=CHUNK, grad_mode=grad_mode)
+                out = api.fused_distill(api.FusedDistillInputs(h, ht, w, wt, mask), options)
                 return out.numerator
 
             return jax.grad(numerator, argnums=(0, 1))(hs, ws)

@@ -48,9 +48,9 @@ def test_sharded_equals_single_device(impl):
     assert jax.device_count() == 8, "tests/conftest.py forces 8 CPU devices"
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "fsdp"))
     args = inputs()
-    kw = dict(KW, implementation=impl, interpret=True)
+    options = api.FusedDistillOptions(**KW, implementation=impl, interpret=True)
     ref_out, ref_grads = jax.jit(
-        lambda *a: loss_and_grads(lambda *b: api.fused_distill(*b, **kw), a)
+        lambda *a: loss_and_grads(lambda *b: api.fused_distill(b, options), a)
     )(*args)
 
     tok = NamedSharding(mesh, P(("data", "fsdp")))
@@ -58,9 +58,9 @@ def test_sharded_equals_single_device(impl):
     placed = [
         jax.device_put(a, s) for a, s in zip(args, (tok, tok, rep, rep, tok, tok), strict=True)
     ]
-    gspmd = jax.jit(lambda *a: loss_and_grads(lambda *b: api.fused_distill(*b, **kw), a))
+    gspmd = jax.jit(lambda *a: loss_and_grads(lambda *b: api.fused_distill(b, options), a))
     smap = jax.jit(
-        lambda *a: loss_and_grads(lambda *b: api.fused_distill_sharded(mesh, *b, **kw), a)
+        lambda *a: loss_and_grads(lambda *b: api.fused_distill_sharded(mesh, b, options), a)
     )
     for out, grads in (gspmd(*placed), smap(*placed)):
         assert_close(out.numerator, ref_out.numerator)

@@ -185,20 +185,21 @@ def test_teacher_gets_no_gradient_and_api_dispatch():
     inputs = [jnp.asarray(a) for a in make_inputs(11)]
 
     def loss(hs, ht, ws, wt):
-        return api.fused_distill(hs, ht, ws, wt, *inputs[4:], topk=TOPK, chunk_size=CHUNK)
+        options = api.FusedDistillOptions(topk=TOPK, chunk_size=CHUNK)
+        return api.fused_distill(api.FusedDistillInputs(hs, ht, ws, wt, *inputs[4:]), options)
 
     assert api.resolve_implementation("auto") == "xla"  # CPU
     g_ht, g_wt = jax.grad(lambda *a: loss(*a).numerator, argnums=(1, 3))(*inputs[:4])
     assert not np.any(np.asarray(g_ht)) and not np.any(np.asarray(g_wt))
-    ref = api.fused_distill(*inputs, topk=TOPK, implementation="reference")
+    ref = api.fused_distill(inputs, api.FusedDistillOptions(topk=TOPK, implementation="reference"))
     got = loss(*inputs[:4])
     assert rel_err(got.numerator, ref.numerator) < 1e-5
     with pytest.raises(ValueError, match="topk=400"):
-        api.fused_distill(*inputs, topk=400)
+        api.fused_distill(inputs, api.FusedDistillOptions(topk=400))
     with pytest.raises(ValueError, match="implementation='cuda'"):
-        api.fused_distill(*inputs, implementation="cuda")
+        api.fused_distill(inputs, api.FusedDistillOptions(implementation="cuda"))
     with pytest.raises(ValueError, match="mask_N"):
-        api.fused_distill(*inputs[:4], inputs[4][:-1])
+        api.fused_distill(api.FusedDistillInputs(*inputs[:4], inputs[4][:-1]))
 
 
 def test_tied_logit_left_out_of_topk():

@@ -77,7 +77,8 @@ def _logprobs_loss(h, w, t, c):
 
 
 def _distill_loss(h, w, ht, wt, mask):
-    out = api.fused_distill(h, ht, w, wt, mask, topk=10, chunk_size=CHUNK, implementation="xla")
+    options = api.FusedDistillOptions(topk=10, chunk_size=CHUNK, implementation="xla")
+    out = api.fused_distill(api.FusedDistillInputs(h, ht, w, wt, mask), options)
     return out.numerator / out.z
 
 

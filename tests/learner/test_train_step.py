@@ -40,7 +40,7 @@ def make_rows(seed: int, method: str, *, rewards=None) -> batching.StepRows:
         int(r): rng.integers(1, VOCAB, rng.integers(5, 14)).tolist()
         for r in np.flatnonzero(teacher_idx >= 0)
     }
-    return batching.StepRows(
+    return batching.StepRows.from_lists(
         prompt_ids=[prompts[r // G] for r in range(b)],
         response_ids=responses,
         rollout_logprobs=rollout_lp,
@@ -209,7 +209,7 @@ def test_teacher_rows_are_only_the_routed_rows_and_cost_scales():
 def test_nan_gradient_skips_the_update():
     cfg = lcfg("grpo")
     rows = make_rows(3, "grpo")
-    rows = dataclasses.replace(rows, advantages=np.full(rows.num_rows, np.nan))
+    rows = dataclasses.replace(rows, advantages_B=np.full(rows.num_rows, np.nan))
     graphdef, state = fresh_state(cfg)
     before = jax.device_get(state)
     batch = batching.build_train_batch(rows, num_minibatches=1, micro_batch_rows=16, pad_id=0)

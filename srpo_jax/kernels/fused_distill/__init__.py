@@ -9,6 +9,8 @@ package's config, does not import the others or jax.
 from srpo_jax.lazy_exports import resolver
 
 _HOME = {
+    "FusedDistillInputs": "api",
+    "FusedDistillOptions": "api",
     "FusedDistillOutput": "reference",
     "IMPLEMENTATIONS": "api",
     "fused_distill": "api",
@@ -16,6 +18,8 @@ _HOME = {
     "resolve_implementation": "api",
 }
 __all__ = [
+    "FusedDistillInputs",
+    "FusedDistillOptions",
     "FusedDistillOutput",
     "IMPLEMENTATIONS",
     "fused_distill",

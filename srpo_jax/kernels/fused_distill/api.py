@@ -19,7 +19,9 @@ transpose). With the vocabulary split over `tensor` the SPMD partitioner runs th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +50,49 @@ def resolve_implementation(implementation: str) -> str:
     return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform, "xla")
 
 
-def _validate(hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, topk, alpha, tau, entropy_over, temp):
+class FusedDistillInputs(NamedTuple):
+    """The kernel's arrays: student and teacher hidden states [N, D] at the scored tokens,
+    their unembeddings [D, V], the token mask [N] and stop-gradient token weights [N]
+    (None: all 1)."""
+
+    student_hidden_ND: jax.Array
+    teacher_hidden_ND: jax.Array
+    student_unembed_DV: jax.Array
+    teacher_unembed_DV: jax.Array
+    mask_N: jax.Array
+    token_weight_N: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedDistillOptions:
+    """The loss (SPEC 5-6: topk, alpha, tau, add_tail, entropy_over, temperature) and how it
+    runs (chunk_size, implementation, grad_mode; interpret: Pallas in interpret mode)."""
+
+    topk: int = 100
+    alpha: float = 0.5
+    tau: float = 1.0
+    add_tail: bool = True
+    entropy_over: str = "vocab"
+    temperature: float = 1.0
+    chunk_size: int = 1024
+    implementation: str = "auto"
+    grad_mode: str = "auto"
+    interpret: bool = False
+
+    def loss_kwargs(self) -> dict:
+        """The loss's own options, as the reference and the chunked paths take them."""
+        return dict(
+            topk=self.topk,
+            alpha=float(self.alpha),
+            tau=float(self.tau),
+            add_tail=bool(self.add_tail),
+            entropy_over=self.entropy_over,
+            temperature=float(self.temperature),
+        )
+
+
+def _validate(x: FusedDistillInputs, o: FusedDistillOptions):
+    hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N = x
     if hs_ND.ndim != 2 or ht_ND.shape != hs_ND.shape:
         raise ValueError(
             f"student_hidden_ND {hs_ND.shape} and teacher_hidden_ND {ht_ND.shape} must be "
@@ -64,14 +108,14 @@ def _validate(hs_ND, ht_ND, ws_DV, wt_DV, mask_N, tw_N, topk, alpha, tau, entrop
         raise ValueError(f"mask_N has shape {mask_N.shape}; expected ({n_tokens},)")
     if tw_N is not None and tw_N.shape != (n_tokens,):
         raise ValueError(f"token_weight_N has shape {tw_N.shape}; expected ({n_tokens},)")
-    if not 1 <= topk <= ws_DV.shape[1]:
-        raise ValueError(f"topk={topk} must lie in [1, V={ws_DV.shape[1]}]")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} must lie in [0, 1]")
-    if tau <= 0.0 or temp <= 0.0:
-        raise ValueError(f"tau={tau} and temperature={temp} must be positive")
-    if entropy_over not in ("vocab", "buckets"):
-        raise ValueError(f"entropy_over={entropy_over!r}; expected 'vocab' or 'buckets'")
+    if not 1 <= o.topk <= ws_DV.shape[1]:
+        raise ValueError(f"topk={o.topk} must lie in [1, V={ws_DV.shape[1]}]")
+    if not 0.0 <= o.alpha <= 1.0:
+        raise ValueError(f"alpha={o.alpha} must lie in [0, 1]")
+    if o.tau <= 0.0 or o.temperature <= 0.0:
+        raise ValueError(f"tau={o.tau} and temperature={o.temperature} must be positive")
+    if o.entropy_over not in ("vocab", "buckets"):
+        raise ValueError(f"entropy_over={o.entropy_over!r}; expected 'vocab' or 'buckets'")
 
 
 def _resolve_grad_mode(grad_mode: str, chunk_size: int, student_unembed_DV) -> str:
@@ -88,85 +132,44 @@ def _resolve_grad_mode(grad_mode: str, chunk_size: int, student_unembed_DV) -> s
 
 
 def fused_distill(
-    student_hidden_ND: jax.Array,
-    teacher_hidden_ND: jax.Array,
-    student_unembed_DV: jax.Array,
-    teacher_unembed_DV: jax.Array,
-    mask_N: jax.Array,
-    token_weight_N: jax.Array | None = None,
-    *,
-    topk: int = 100,
-    alpha: float = 0.5,
-    tau: float = 1.0,
-    add_tail: bool = True,
-    entropy_over: str = "vocab",
-    temperature: float = 1.0,
-    chunk_size: int = 1024,
-    implementation: str = "auto",
-    grad_mode: str = "auto",
-    interpret: bool = False,
+    inputs: FusedDistillInputs, options: FusedDistillOptions = FusedDistillOptions()
 ) -> FusedDistillOutput:
     """SDPO distillation numerator and entropy-weight normaliser (see module docstring).
 
-    grad_mode (chunked implementations): "forward" contracts the gradient inside the
-    forward scan (4 N D V matmuls, as autodiff of the reference), accumulating d(unembedding)
-    in fp32 in place; "recompute" keeps O(N k) coefficients in the forward and re-forms the
-    logit gradient per vocabulary tile in the backward (5 N D V matmuls), writing
-    d(unembedding) tiles straight into the result. "auto" takes "forward" for an fp32
-    unembedding (its accumulator is then the gradient itself, no extra memory) and
+    options.grad_mode (chunked implementations): "forward" contracts the gradient inside
+    the forward scan (4 N D V matmuls, as autodiff of the reference), accumulating
+    d(unembedding) in fp32 in place; "recompute" keeps O(N k) coefficients in the forward
+    and re-forms the logit gradient per vocabulary tile in the backward (5 N D V matmuls),
+    writing d(unembedding) tiles straight into the result. "auto" takes "forward" for an
+    fp32 unembedding (its accumulator is then the gradient itself, no extra memory) and
     "recompute" for narrower ones (where "forward" would add an fp32 [D, V] temporary).
     See xla.py / xla_bwd.py.
-    interpret=True runs the Pallas kernels in interpret mode (CPU tests).
     """
-    _validate(
-        student_hidden_ND,
-        teacher_hidden_ND,
-        student_unembed_DV,
-        teacher_unembed_DV,
-        mask_N,
-        token_weight_N,
-        topk,
-        alpha,
-        tau,
-        entropy_over,
-        temperature,
-    )
-    grad_mode = _resolve_grad_mode(grad_mode, chunk_size, student_unembed_DV)
-    impl = _implementation_for_mesh(implementation, student_hidden_ND.shape[0])
-    mesh, axes = token_shard_axes(student_hidden_ND.shape[0]) if impl != "reference" else (None, ())
+    inputs = FusedDistillInputs(*inputs)
+    _validate(inputs, options)
+    n_tokens = inputs.student_hidden_ND.shape[0]
+    grad_mode = _resolve_grad_mode(options.grad_mode, options.chunk_size, inputs[2])
+    impl = _implementation_for_mesh(options.implementation, n_tokens)
+    options = dataclasses.replace(options, implementation=impl, grad_mode=grad_mode)
+    mesh, axes = token_shard_axes(n_tokens) if impl != "reference" else (None, ())
     if axes:
         # Pallas calls have no SPMD partitioning rule (Mosaic refuses; Triton would gather
         # every operand), and the partitioner runs the XLA path's token loop whole on every
         # device (kernels/token_shards.py): each device runs its own tokens and psums.
-        operands = (student_hidden_ND, teacher_hidden_ND, student_unembed_DV)
-        operands += (teacher_unembed_DV, mask_N, token_weight_N)
-        kwargs = dict(topk=topk, alpha=alpha, tau=tau, add_tail=add_tail)
-        kwargs.update(entropy_over=entropy_over, temperature=temperature)
-        kwargs.update(chunk_size=chunk_size, implementation=impl, grad_mode=grad_mode)
-        return fused_distill_sharded(
-            mesh, *operands, token_axes=axes, interpret=interpret, **kwargs
-        )
-    if token_weight_N is None:
-        token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
-    args = (student_hidden_ND, teacher_hidden_ND, student_unembed_DV, teacher_unembed_DV)
-    args += (mask_N, token_weight_N)
-    loss_kwargs = dict(
-        topk=topk,
-        alpha=float(alpha),
-        tau=float(tau),
-        add_tail=bool(add_tail),
-        entropy_over=entropy_over,
-        temperature=float(temperature),
-    )
+        return fused_distill_sharded(mesh, inputs, options, token_axes=axes)
+    if inputs.token_weight_N is None:
+        inputs = inputs._replace(token_weight_N=jnp.ones(inputs.mask_N.shape, jnp.float32))
     if impl == "reference":
-        return fused_distill_reference(*args, **loss_kwargs)
+        return fused_distill_reference(*inputs, **options.loss_kwargs())
     stats = {
         "xla": xla.xla_vocab_stats,
-        "pallas_gpu": pallas_gpu.GpuVocabStats(interpret=interpret),
-        "pallas_tpu": pallas_tpu.TpuVocabStats(interpret=interpret),
+        "pallas_gpu": pallas_gpu.GpuVocabStats(interpret=options.interpret),
+        "pallas_tpu": pallas_tpu.TpuVocabStats(interpret=options.interpret),
     }[impl]
-    cfg = xla.ChunkedConfig(chunk_size=chunk_size, stats=stats, grad_mode=grad_mode, **loss_kwargs)
-    return xla.chunked_fused_distill(cfg, *args)
+    cfg = xla.ChunkedConfig(
+        chunk_size=options.chunk_size, stats=stats, grad_mode=grad_mode, **options.loss_kwargs()
+    )
+    return xla.chunked_fused_distill(cfg, *inputs)
 
 
 def _implementation_for_mesh(implementation: str, n_tokens: int) -> str:
@@ -199,54 +202,43 @@ def _pallas_fits_mesh(n_tokens: int) -> bool:
 
 def fused_distill_sharded(
     mesh: jax.sharding.Mesh,
-    student_hidden_ND: jax.Array,
-    teacher_hidden_ND: jax.Array,
-    student_unembed_DV: jax.Array,
-    teacher_unembed_DV: jax.Array,
-    mask_N: jax.Array,
-    token_weight_N: jax.Array | None = None,
+    inputs: FusedDistillInputs,
+    options: FusedDistillOptions = FusedDistillOptions(),
     *,
     token_axes: tuple[str, ...] = ("data", "fsdp"),
-    **kwargs,
 ) -> FusedDistillOutput:
     """fused_distill with tokens split over `token_axes` of `mesh`, scalars psummed.
 
     N must divide by the product of the token axes' sizes (pad with masked rows). The
     unembeddings enter replicated (gathered once, as FSDP does for any weight use).
     """
+    inputs = FusedDistillInputs(*inputs)
     n_shards = 1
     for axis in token_axes:
         n_shards *= mesh.shape[axis]
-    if student_hidden_ND.shape[0] % n_shards:
+    if inputs.student_hidden_ND.shape[0] % n_shards:
         raise ValueError(
-            f"N={student_hidden_ND.shape[0]} tokens do not split over {n_shards} shards of "
-            f"mesh axes {token_axes}; pad with masked rows"
+            f"N={inputs.student_hidden_ND.shape[0]} tokens do not split over {n_shards} "
+            f"shards of mesh axes {token_axes}; pad with masked rows"
         )
-    if token_weight_N is None:
-        token_weight_N = jnp.ones(mask_N.shape, jnp.float32)
+    if inputs.token_weight_N is None:
+        inputs = inputs._replace(token_weight_N=jnp.ones(inputs.mask_N.shape, jnp.float32))
     tok = P(token_axes)
 
     @functools.partial(
         jax.shard_map,
         mesh=mesh,
-        in_specs=(tok, tok, P(), P(), tok, tok),
+        in_specs=(FusedDistillInputs(tok, tok, P(), P(), tok, tok),),
         out_specs=FusedDistillOutput(P(), P(), tok, tok),
         # Pallas out_shapes carry no varying-axes type; shard_map's transpose then sums the
         # replicated unembedding's cotangent over the token shards itself.
         check_vma=False,
     )
-    def local(hs, ht, ws, wt, mask, tw):
-        out = fused_distill(hs, ht, ws, wt, mask, tw, **kwargs)
+    def local(x):
+        out = fused_distill(x, options)
         return out._replace(
             numerator=jax.lax.psum(out.numerator, token_axes),
             z=jax.lax.psum(out.z, token_axes),
         )
 
-    return local(
-        student_hidden_ND,
-        teacher_hidden_ND,
-        student_unembed_DV,
-        teacher_unembed_DV,
-        mask_N,
-        token_weight_N,
-    )
+    return local(inputs)
