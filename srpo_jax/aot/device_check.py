@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import time
 
@@ -162,13 +161,7 @@ def check_srpo_step(tiny: bool) -> dict:
     batch = jax.device_put(
         batching.TrainBatch(**_random_batch(shape, model_cfg.vocab_size)), b_shard
     )
-    s_shard = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(
-        functools.partial(learner.train_step_fn, lcfg, graphdef),
-        in_shardings=(s_shard, b_shard),
-        out_shardings=(s_shard, None),
-        donate_argnums=0,
-    )
+    step = learner.jit_train_step(lcfg, graphdef, state, batch, mesh)
     with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
         compiled = step.lower(state, batch).compile()
     mem = compiled.memory_analysis()

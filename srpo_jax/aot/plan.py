@@ -64,22 +64,17 @@ if __name__ == "__main__":
     jax_startup.import_jax()
 
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import math  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from srpo_jax.aot import chips  # noqa: E402
 from srpo_jax.aot import targets as aot  # noqa: E402
 from srpo_jax.config import Config  # noqa: E402
 from srpo_jax.learner import train_step as learner  # noqa: E402
 from srpo_jax.learner.batch import TrainBatch  # noqa: E402
-from srpo_jax.model import Qwen3  # noqa: E402
-from srpo_jax.sharding import MeshConfig, make_mesh, param_shardings  # noqa: E402
+from srpo_jax.sharding import MeshConfig, make_mesh  # noqa: E402
 
 GiB = topologies.GiB
 
@@ -121,43 +116,6 @@ def batch_struct(s: StepShape) -> TrainBatch:
         teacher_rows=s.m_rows,
         teacher_prompt_len=s.teacher_prompt_len,
     )
-
-
-def abstract_state(model_cfg, lcfg: learner.StepSettings, mesh):
-    """(graphdef, TrainState of ShapeDtypeStructs with shardings): nothing is allocated."""
-    abstract = nnx.eval_shape(lambda: Qwen3(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract, nnx.Param)
-    # param_shardings gives one NamedSharding per Variable; spread it to the Variable's leaf
-    # so the sharding tree has exactly the params' structure.
-    p_shard = jax.tree.map(
-        lambda sh, var: jax.tree.map(lambda _: sh, var), param_shardings(mesh, params), params
-    )
-    params = jax.tree.map(
-        lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), params, p_shard
-    )
-    state = jax.eval_shape(lambda p: learner.init_state(p, lcfg), params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    # Adam's moments are param-shaped trees inside the optax state: give them the params'
-    # shardings (what the jitted init in learner.init_state produces); scalars replicated.
-    opt_shard = optax.tree_map_params(
-        learner.make_optimizer(lcfg),
-        lambda _leaf, sh: sh,
-        state.opt_state,
-        p_shard,
-        transform_non_params=lambda _leaf: replicated,
-    )
-    shardings = learner.TrainState(
-        params=p_shard,
-        teacher=p_shard,
-        opt_state=opt_shard,
-        step=replicated,
-        skipped_updates=replicated,
-        consecutive_skips=replicated,
-    )
-    state = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings
-    )
-    return graphdef, state
 
 
 def per_device_bytes(tree) -> int:
@@ -207,19 +165,14 @@ def compile_step(
     from srpo_jax.trainer.setup import step_settings
 
     lcfg = step_settings(cfg)
-    graphdef, state = abstract_state(model_cfg, lcfg, mesh)
+    graphdef, state = learner.abstract_state(model_cfg, lcfg, mesh)
     batch = batch_struct(shape)
-    b_shard = learner.batch_shardings(mesh, batch)
     batch = jax.tree.map(
-        lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh), batch, b_shard
+        lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh),
+        batch,
+        learner.batch_shardings(mesh, batch),
     )
-    s_shard = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(
-        functools.partial(learner.train_step_fn, lcfg, graphdef),
-        in_shardings=(s_shard, b_shard),
-        out_shardings=(s_shard, None),
-        donate_argnums=0,
-    )
+    step = learner.jit_train_step(lcfg, graphdef, state, batch, mesh)
     with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
         compiled = step.lower(state, batch).compile()
         kernel = aot.fused_attention_kernel(model_cfg)
@@ -255,7 +208,7 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compile
     (la, lb), full = layers, model_cfg.num_layers
     fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape, compiler)
     fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape, compiler)
-    _, state = abstract_state(model_cfg, step_settings(cfg), mesh)
+    _, state = learner.abstract_state(model_cfg, step_settings(cfg), mesh)
     if fb.temp < fa.temp:
         # XLA:GPU can schedule a deeper program into fewer temporaries; a line through two
         # such points goes negative at full depth, so there is no fit to report.

@@ -1,4 +1,5 @@
-"""The SRPO learner: TrainState and one pure, jitted, sharded training step.
+"""The SRPO learner: one pure training step, `jit_train_step` (its one jitted, sharded form)
+and the Learner that compiles it per batch shape. The state it updates: state.py.
 
 One call of `train_step(state, batch)` is one training step of SPEC section 10:
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,17 +49,14 @@ from srpo_jax.algo.ema import ema_update
 from srpo_jax.learner.batch import TrainBatch
 from srpo_jax.learner.config import OptimConfig, StepSettings, TrainConfig  # noqa: F401
 from srpo_jax.learner.loss import denominator, micro_objective, student_logp, teacher_entropy_sum
+from srpo_jax.learner.state import (  # noqa: F401 - the learner's names, in one place
+    TrainState,
+    abstract_state,
+    init_state,
+    make_optimizer,
+    state_shardings,
+)
 from srpo_jax.sharding import named_sharding
-
-
-@flax.struct.dataclass
-class TrainState:
-    params: Any  # nnx.State of the student's nnx.Param leaves, fp32
-    teacher: Any  # same structure: the EMA self-teacher, fp32, never optimised
-    opt_state: Any
-    step: jax.Array  # int32: training steps completed
-    skipped_updates: jax.Array  # int32: total updates skipped for a non-finite grad norm
-    consecutive_skips: jax.Array  # int32: steps in a row whose every update was skipped
 
 
 def lr_at(cfg: StepSettings, step: jax.Array) -> jax.Array:
@@ -69,33 +66,6 @@ def lr_at(cfg: StepSettings, step: jax.Array) -> jax.Array:
         return jnp.asarray(o.lr, jnp.float32)
     frac = jnp.minimum((step.astype(jnp.float32) + 1.0) / o.warmup_steps, 1.0)
     return o.lr * frac
-
-
-def make_optimizer(cfg: StepSettings) -> optax.GradientTransformation:
-    """AdamW whose learning rate is injected per update from the training step."""
-    return optax.inject_hyperparams(optax.adamw)(
-        learning_rate=cfg.optim.lr,
-        b1=cfg.optim.b1,
-        b2=cfg.optim.b2,
-        weight_decay=cfg.optim.weight_decay,
-    )
-
-
-def init_state(params: Any, cfg: StepSettings, mesh: Mesh | None = None) -> TrainState:
-    """TrainState from (already sharded) student params; teacher and optimizer born alike.
-
-    The teacher is an fp32 copy of the student (phi_0 = theta_0, SPEC 9); the optimizer
-    state is created by a jitted init so its moments inherit the params' shardings.
-    """
-    opt = make_optimizer(cfg)
-
-    @jax.jit
-    def build(p):
-        teacher = jax.tree.map(lambda x: x.astype(jnp.float32), p)
-        zero = jnp.zeros((), jnp.int32)
-        return TrainState(p, teacher, opt.init(p), zero, zero, zero)
-
-    return build(params)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -281,6 +251,31 @@ def batch_shardings(mesh: Mesh, batch: TrainBatch) -> TrainBatch:
     return jax.tree.map(sharding, batch)
 
 
+def jit_train_step(
+    cfg: StepSettings, graphdef, state: TrainState, batch: TrainBatch, mesh: Mesh | None = None
+):
+    """`train_step_fn` jitted with its shardings, the state donated: the one place the step
+    is wrapped (the Learner, the memory plan and the device check all call it).
+
+    `state` and `batch` may be arrays or ShapeDtypeStructs: the state's leaves carry their
+    shardings (abstract_state / init_state / a restore into abstract_state), which go in and
+    come out unchanged; the batch's follow `batch_shardings`. Without a mesh the step is
+    jitted with the default placement. Trace (call or lower) it under `jax.set_mesh(mesh)`
+    so the model's activation constraints (the rules table's "batch" and "seq") apply;
+    outside a mesh they are no-ops.
+    """
+    step = functools.partial(train_step_fn, cfg, graphdef)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    s_shard = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        step,
+        in_shardings=(s_shard, batch_shardings(mesh, batch)),
+        out_shardings=(s_shard, None),
+        donate_argnums=0,
+    )
+
+
 class Learner:
     """Holds the graphdef and compiles `train_step` once per batch shape signature."""
 
@@ -290,30 +285,16 @@ class Learner:
         self.mesh = mesh
         self._compiled: dict[tuple, Any] = {}
 
-    def state_shardings(self, state: TrainState):
-        return jax.tree.map(lambda x: x.sharding, state)
-
     def train_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
         key = tuple((v.shape, str(v.dtype)) for v in jax.tree.leaves(batch))
         fn = self._compiled.get(key)
         if fn is None:
-            step = functools.partial(train_step_fn, self.cfg, self.graphdef)
-            if self.mesh is not None:
-                fn = jax.jit(
-                    step,
-                    in_shardings=(self.state_shardings(state), batch_shardings(self.mesh, batch)),
-                    out_shardings=(self.state_shardings(state), None),
-                    donate_argnums=0,
-                )
-            else:
-                fn = jax.jit(step, donate_argnums=0)
+            fn = jit_train_step(self.cfg, self.graphdef, state, batch, self.mesh)
             self._compiled[key] = fn
         if self.mesh is None:
             return fn(state, batch)
         if jax.process_count() > 1:
             batch = self.place_batch(batch)
-        # Traced under the mesh so the model's activation constraints (the rules table's
-        # "batch" and "seq" axes) apply; without it they are no-ops.
         with jax.set_mesh(self.mesh):
             return fn(state, batch)
 

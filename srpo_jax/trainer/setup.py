@@ -22,6 +22,11 @@ noise of step t is fold(seed, t, row) inside the engine, evaluation folds its ow
 seed (so it never perturbs training), routing's sibling order is seeded by algo.demo_seed.
 Metric lines written after the restored checkpoint are dropped and produced again.
 
+A resume restores the checkpoint straight into learner.abstract_state (every leaf read onto
+its shards): it neither reads model.hf_path's weights nor builds a fresh state first, so
+the HF directory may be gone by then. Its config.json and tokenizer are read from the copy
+a start with that directory present leaves in workdir/model_files (`_model_files`).
+
 Preemption. SIGTERM (from the start of `run`) sets a flag; the loop finishes the current
 step, skips that step's evaluation (it runs first thing after the resume instead), writes
 a checkpoint and returns normally, so the process exits 0 within one step's time.
@@ -38,7 +43,9 @@ Testing aids (fault injection): srpo_jax/trainer/faults.py, read from the enviro
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -53,7 +60,7 @@ from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
 from srpo_jax.learner import train_step as learner
 from srpo_jax.model import hf_io
-from srpo_jax.model.qwen3 import Qwen3, create_sharded_model
+from srpo_jax.model.qwen3 import create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
 from srpo_jax.sharding import make_mesh
 from srpo_jax.trainer import checkpoint, evaluation, probe, report
@@ -86,8 +93,65 @@ def step_settings(cfg: Config) -> learner.StepSettings:
 # ----------------------------------------------------------------------------- setup
 
 
-def _tokenizer(cfg: Config, workdir: pathlib.Path):
-    path = cfg.tokenizer.path
+MODEL_FILES = "model_files"  # the workdir's copy of model.hf_path's files, weights excepted
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack"}
+
+
+def _model_files(cfg: Config, workdir: pathlib.Path) -> str:
+    """Where the architecture (config.json) and a tokenizer at model.hf_path are read from.
+
+    model.hf_path itself while it holds config.json: process 0 then copies its top-level
+    files, weights excepted (config.json, the tokenizer's files), to workdir/model_files,
+    so that a resume (which restores the weights from the run's checkpoint) still starts
+    after the HF directory is gone. Without hf_path's config.json that copy, when there is
+    one; else hf_path, whose absence then gives architecture()'s error.
+    """
+    hf_path = cfg.model.hf_path
+    if not hf_path:
+        return ""
+    source, copy = pathlib.Path(hf_path), workdir / MODEL_FILES
+    if (source / "config.json").is_file():
+        if multihost.is_leader():
+            _copy_small_files(source, copy)
+        return hf_path
+    if (copy / "config.json").is_file():
+        logging.info(
+            "model.hf_path %s is gone: reading its config and tokenizer from %s", hf_path, copy
+        )
+        return str(copy)
+    return hf_path
+
+
+def _copy_small_files(source: pathlib.Path, dest: pathlib.Path) -> None:
+    """Every top-level file of `source` but the weights into `dest`, replaced whole: written
+    beside it first, so a run killed mid-copy leaves the previous copy (or none)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.is_file() and not set(f.suffixes) & _WEIGHT_SUFFIXES:
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def _model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
+    """(the resolved Qwen3Config, the tokenizer), both read from `_model_files` when they
+    come from model.hf_path; the tokenizer must fit the model's vocabulary."""
+    files = _model_files(cfg, workdir)
+    model_cfg = dataclasses.replace(cfg.model, hf_path=files).architecture()
+    tok_path = cfg.tokenizer.path
+    tok_path = files if tok_path and tok_path == cfg.model.hf_path else tok_path
+    tokenizer = _tokenizer(tok_path, workdir)
+    if len(tokenizer) > model_cfg.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{model_cfg.vocab_size}: set config.model.overrides.vocab_size"
+        )
+    return model_cfg, tokenizer
+
+
+def _tokenizer(path: str, workdir: pathlib.Path):
     if not path:
         path = workdir / "tokenizer"
         if multihost.is_leader() and not (path / "tokenizer.json").is_file():
@@ -243,32 +307,32 @@ def _metrics_writer(cfg: Config, wd: pathlib.Path, *, resume_step: int):
     )
 
 
-def _restore_or_start(
-    cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh, *, view
-):
-    """(state, resume state, metrics writer): from the latest checkpoint, else fresh."""
-    lcfg = step_settings(cfg)
-    restored = None
-    if ckpt.latest_step() is not None:
-        # The restore target carries the shardings the fresh state would be born with.
-        restored = ckpt.restore(checkpoint.abstract_like(learner.init_state(params, lcfg, mesh)))
+def _restore(ckpt, abstract: learner.TrainState, sampler, seeds: dict, view):
+    """(state, resume state, step) from the latest readable checkpoint, restored straight
+    into `abstract` (each leaf read onto its shards; no other state is built), or None."""
+    if ckpt.latest_step() is None:
+        return None
+    restored = ckpt.restore(abstract)
     if restored is None:
-        if multihost.is_leader():  # a fresh run starts fresh per-question evaluation scores
-            (wd / EVAL_SCORES).unlink(missing_ok=True)
-        params, _ = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
-        state, resume, resume_step = learner.init_state(params, lcfg, mesh), ResumeState(), -1
-    else:
-        state, host = restored.state, restored.host_state
-        if host.get("seeds", seeds) != seeds:
-            logging.warning(
-                "resuming with seeds %s, but the checkpoint was written with %s: the run "
-                "will not continue as the original would have",
-                seeds, host["seeds"],
-            )  # fmt: skip
-        sampler.load_state_dict(host["sampler"])
-        resume, resume_step = ResumeState.from_host(host), restored.step
-        view.write(f"resumed from checkpoint step {restored.step} in {wd / 'checkpoints'}")
-    return state, resume, _metrics_writer(cfg, wd, resume_step=resume_step)
+        return None
+    host = restored.host_state
+    if host.get("seeds", seeds) != seeds:
+        logging.warning(
+            "resuming with seeds %s, but the checkpoint was written with %s: the run "
+            "will not continue as the original would have",
+            seeds, host["seeds"],
+        )  # fmt: skip
+    sampler.load_state_dict(host["sampler"])
+    view.write(f"resumed from checkpoint step {restored.step} in {ckpt.directory}")
+    return restored.state, ResumeState.from_host(host), restored.step
+
+
+def _fresh_state(cfg: Config, model_cfg, mesh, train_set, tokenizer, view):
+    """The step-0 state: HF weights (or a random init) born sharded, the warm-up, then the
+    teacher and the optimizer laid out as learner.abstract_state says."""
+    graphdef, params = _initial_params(cfg, model_cfg, mesh)
+    params, _ = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
+    return learner.init_state(params, step_settings(cfg), mesh)
 
 
 def setup(
@@ -279,22 +343,15 @@ def setup(
     wd.mkdir(parents=True, exist_ok=True)
     check_mesh(cfg, jax.device_count())
     mesh = make_mesh(cfg.mesh)
-    tokenizer = _tokenizer(cfg, wd)
-    model_cfg = cfg.model.architecture()
-    if len(tokenizer) > model_cfg.vocab_size:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-            f"{model_cfg.vocab_size}: set config.model.overrides.vocab_size"
-        )
+    model_cfg, tokenizer = _model_and_tokenizer(cfg, wd)
     train_set = datasets.PromptSet(_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len)
     test_set = datasets.PromptSet(_examples(cfg, "test"), tokenizer, cfg.data.max_prompt_len)
     if multihost.is_leader():  # the resolved config to the workdir, one screen of it here
         report.write_config(cfg, wd)
-    # Printed before the weights load (parameter count from the abstract model), so a bad
+    # Printed before the weights load (parameter count from the abstract state), so a bad
     # checkpoint's error line follows the data counts instead of replacing them.
-    abstract = nnx.state(nnx.eval_shape(lambda: Qwen3(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    view.write(report.config_summary(cfg, wd, model_cfg, abstract, train_set, test_set))
-    graphdef, params = _initial_params(cfg, model_cfg, mesh)
+    graphdef, abstract = learner.abstract_state(model_cfg, step_settings(cfg), mesh)
+    view.write(report.config_summary(cfg, wd, model_cfg, abstract.params, train_set, test_set))
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
     seeds = {
@@ -302,10 +359,20 @@ def setup(
         "shuffle_seed": cfg.data.shuffle_seed,
         "demo_seed": cfg.algo.demo_seed,
     }
-    state, resume, writer = _restore_or_start(
-        cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh, view=view
-    )
-    del params
+    # A resume reads neither the HF weights nor builds a fresh state: the checkpoint alone.
+    restored = _restore(ckpt, abstract, sampler, seeds, view)
+    if restored is None:
+        if multihost.is_leader():  # a fresh run starts fresh per-question evaluation scores
+            (wd / EVAL_SCORES).unlink(missing_ok=True)
+        state, resume, resume_step = (
+            _fresh_state(cfg, model_cfg, mesh, train_set, tokenizer, view),
+            ResumeState(),
+            -1,
+        )
+    else:
+        state, resume, resume_step = restored
+    del abstract, restored
+    writer = _metrics_writer(cfg, wd, resume_step=resume_step)
     # Built on the learner's weights: launched SGLang servers start on their one export.
     pad_id, version = tokenizer.pad_token_id, resume.weight_version
     engine = _make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
