@@ -59,12 +59,14 @@ from srpo_jax.sharding import make_mesh
 from srpo_jax.trainer import checkpoint, evaluation, probe, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
+from srpo_jax.trainer.disk import DiskFullError
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.loop import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
 from srpo_jax.trainer.step import generate_whole, prepare_step, stop_ids
 from srpo_jax.trainer.warmup import run_sft
 
 __all__ = [
+    "DiskFullError",
     "Run",
     "RolloutError",
     "TrainingAborted",
