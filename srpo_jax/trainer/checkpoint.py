@@ -20,7 +20,8 @@ bytes it needed (the train state's size in memory plus its JSON record; orbax co
 so the files may take less), and the last complete checkpoint. The failed step's partial
 directory is removed, so the previous checkpoint stays the latest and the space is
 returned. orbax's own error logs of that failure (tracebacks from its writer threads) are
-dropped: the one DiskFullError line says it all.
+dropped, and so are the "Event loop is closed" tracebacks its abandoned writes print: the
+one DiskFullError line says it all.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import json
 import logging
 import pathlib
 import shutil
+import sys
+import traceback
 from typing import Any
 
 import jax
@@ -312,11 +315,34 @@ class _DropDiskFullRecords(logging.Filter):
         return not any(text in record.getMessage() for text in disk.NO_SPACE_TEXT)
 
 
+class _DropClosedLoopCallbacks:
+    """sys.excepthook without the "Event loop is closed" tracebacks of late callbacks.
+
+    When one of orbax's parallel writes fails (a full disk), its event loop stops and
+    closes; the writes still in flight in tensorstore then complete into that closed loop,
+    and tensorstore prints each callback's RuntimeError through sys.excepthook. They carry
+    nothing: the failure itself is raised to the caller. Everything else goes through."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, kind, value, tb) -> None:
+        late_callback = (
+            isinstance(value, RuntimeError)
+            and str(value) == "Event loop is closed"
+            and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(tb))
+        )
+        if not late_callback:
+            self.previous(kind, value, tb)
+
+
 def _quiet_disk_full_logs() -> None:
     # orbax logs through absl's logger; a filter there sees every one of its records.
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _DropDiskFullRecords) for f in absl_logger.filters):
         absl_logger.addFilter(_DropDiskFullRecords())
+    if not isinstance(sys.excepthook, _DropClosedLoopCallbacks):
+        sys.excepthook = _DropClosedLoopCallbacks(sys.excepthook)
 
 
 def _stored_struct(x: Any) -> jax.ShapeDtypeStruct:

@@ -92,10 +92,11 @@ def stable(records):
     ]
 
 
-def final_state(workdir: pathlib.Path) -> tuple[int, dict]:
-    """The latest checkpoint's arrays as {leaf path: numpy array}, read with orbax alone."""
+def final_state(workdir: pathlib.Path, step: int | None = None) -> tuple[int, dict]:
+    """A checkpoint's arrays (default: the latest) as {leaf path: numpy array}, read with
+    orbax alone."""
     mgr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "host"))
-    step = mgr.latest_step()
+    step = mgr.latest_step() if step is None else step
     tree = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     flat = {}
 
