@@ -20,18 +20,22 @@ bytes it needed (the train state's size in memory plus its JSON record; orbax co
 so the files may take less), and the last complete checkpoint. The failed step's partial
 directory is removed, so the previous checkpoint stays the latest and the space is
 returned. orbax's own error logs of that failure (tracebacks from its writer threads) are
-dropped, and so are the "Event loop is closed" tracebacks its abandoned writes print: the
-one DiskFullError line says it all.
+dropped, and so are the "Event loop is closed" tracebacks its abandoned writes print; its
+writer threads still running are waited for, so none fails later at exit. The one
+DiskFullError line says it all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import pathlib
 import shutil
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -186,6 +190,7 @@ class CheckpointManager:
 
     def _disk_full_error(self, step: int | None, nbytes: int | None) -> disk.DiskFullError:
         self._pending = None
+        _join_orbax_writers()
         if step is not None and jax.process_index() == 0:
             for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)  # give the space back
@@ -316,33 +321,51 @@ class _DropDiskFullRecords(logging.Filter):
 
 
 class _DropClosedLoopCallbacks:
-    """sys.excepthook without the "Event loop is closed" tracebacks of late callbacks.
+    """sys.unraisablehook without the "Event loop is closed" reports of late callbacks.
 
     When one of orbax's parallel writes fails (a full disk), its event loop stops and
     closes; the writes still in flight in tensorstore then complete into that closed loop,
-    and tensorstore prints each callback's RuntimeError through sys.excepthook. They carry
-    nothing: the failure itself is raised to the caller. Everything else goes through."""
+    and tensorstore reports each callback's RuntimeError as unraisable (a traceback on
+    stderr). They carry nothing: the failure itself is raised to the caller. Every other
+    unraisable exception goes to the previous hook."""
 
     def __init__(self, previous):
         self.previous = previous
 
-    def __call__(self, kind, value, tb) -> None:
+    def __call__(self, unraisable) -> None:
+        value, tb = unraisable.exc_value, unraisable.exc_traceback
         late_callback = (
             isinstance(value, RuntimeError)
             and str(value) == "Event loop is closed"
             and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(tb))
         )
         if not late_callback:
-            self.previous(kind, value, tb)
+            self.previous(unraisable)
 
 
 def _quiet_disk_full_logs() -> None:
-    # orbax logs through absl's logger; a filter there sees every one of its records.
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropDiskFullRecords) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropDiskFullRecords())
-    if not isinstance(sys.excepthook, _DropClosedLoopCallbacks):
-        sys.excepthook = _DropClosedLoopCallbacks(sys.excepthook)
+    # orbax logs through absl's logger, asyncio its never-retrieved task errors through its
+    # own; a filter on each sees every one of their records.
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropDiskFullRecords) for f in logger.filters):
+            logger.addFilter(_DropDiskFullRecords())
+    if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
+        sys.unraisablehook = _DropClosedLoopCallbacks(sys.unraisablehook)
+
+
+def _join_orbax_writers(timeout_s: float = 120.0) -> None:
+    """Waits for orbax's writer threads that are still running when one of them failed.
+
+    orbax reports the first failed write while the others go on; left running, they would
+    race the removal of the partial directory and, at exit, fail with tracebacks of their
+    own ("cannot schedule new futures after interpreter shutdown")."""
+    deadline = time.monotonic() + timeout_s
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and type(t).__module__.startswith("orbax."):
+            # orbax's threads re-raise their error on join: already known, not raised again.
+            with contextlib.suppress(Exception):
+                t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _stored_struct(x: Any) -> jax.ShapeDtypeStruct:

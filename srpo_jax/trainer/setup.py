@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -56,7 +57,7 @@ from srpo_jax.model import hf_io
 from srpo_jax.model.qwen3 import Qwen3, create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
 from srpo_jax.sharding import make_mesh
-from srpo_jax.trainer import checkpoint, evaluation, probe, report
+from srpo_jax.trainer import checkpoint, disk, evaluation, probe, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.disk import DiskFullError
@@ -93,10 +94,25 @@ def _tokenizer(cfg: Config, workdir: pathlib.Path):
     if not path:
         path = workdir / "tokenizer"
         if multihost.is_leader() and not (path / "tokenizer.json").is_file():
-            tok_lib.build_tiny_tokenizer(path)
+            _build_tokenizer_whole(path)
         if jax.process_count() > 1:  # the others read what process 0 wrote
             multihost_utils.sync_global_devices("tokenizer written")
     return tok_lib.load_tokenizer(path)
+
+
+def _build_tokenizer_whole(path: pathlib.Path) -> None:
+    """The demo tokenizer, built beside `path` and renamed into place: a full disk leaves no
+    half-written tokenizer.json for the next run to load, and raises DiskFullError."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with disk.guard(path, None):
+            tok_lib.build_tiny_tokenizer(partial)
+    except disk.DiskFullError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)  # an older, incomplete one
+    partial.rename(path)
 
 
 def _examples(cfg: Config, split: str) -> list[datasets.Example]:
