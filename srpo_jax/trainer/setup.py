@@ -31,6 +31,12 @@ the learner; after optim.max_consecutive_skips such steps in a row the trainer c
 the last good state and raises TrainingAborted naming the step (main prints one line and
 exits 1).
 
+A full disk. Any write of the run (checkpoint, metrics, curves, config.json, the demo
+tokenizer) that runs out of space raises DiskFullError naming the path and the bytes it
+needed (main prints one line and exits 1); nothing is left half-written, and rerunning the
+same command once space is freed resumes from the last complete checkpoint
+(srpo_jax/trainer/disk.py; tests/e2e/test_disk_full.py).
+
 Testing aids (fault injection): srpo_jax/trainer/faults.py, read from the environment once, in
 `run`, never inside the loop.
 """
