@@ -111,9 +111,9 @@ def main(argv: list[str]) -> None:
         trainer.run(cfg, _WORKDIR.value)
     except _input_errors() as e:
         _fail(str(e))
-    except (trainer.TrainingAborted, trainer.RolloutError) as e:
-        # The run stopped for a reason the message explains (non-finite steps, engine down):
-        # one line, not a traceback; the last good state is in the checkpoint.
+    except (trainer.TrainingAborted, trainer.RolloutError, trainer.DiskFullError) as e:
+        # The run stopped for a reason the message explains (non-finite steps, engine down,
+        # a full disk): one line, not a traceback; the last good state is in the checkpoint.
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_TRAINING_ABORTED)
 

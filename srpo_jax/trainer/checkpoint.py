@@ -13,19 +13,37 @@ would pick up (tests/trainer/test_checkpoint.py kills a writer to check). A fina
 checkpoint that cannot be read (disk damage, files removed) is skipped with a warning
 naming it, and the previous one is used. A checkpoint of a different model shape is never
 silently loaded: `CheckpointMismatchError` names the first differing leaf paths and their shapes.
+
+A full disk. A save that runs out of space (found when it finishes: at the next `save`,
+`wait` or `close`) raises disk.DiskFullError naming the checkpoint's directory and the
+bytes it needed (the train state's size in memory plus its JSON record; orbax compresses,
+so the files may take less), and the last complete checkpoint. The failed step's partial
+directory is removed, so the previous checkpoint stays the latest and the space is
+returned. orbax's own error logs of that failure (tracebacks from its writer threads) are
+dropped, and so are the "Event loop is closed" tracebacks its abandoned writes print; its
+writer threads still running are waited for, so none fails later at exit. The one
+DiskFullError line says it all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import pathlib
+import shutil
+import sys
+import threading
+import time
+import traceback
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from srpo_jax.trainer import disk
 from srpo_jax.trainer.config import CheckpointConfig  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -126,33 +144,69 @@ class CheckpointManager:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
+        _quiet_disk_full_logs()
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(_STATE, _HOST)
         )
+        self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
 
     def save(self, step: int, state: Any, host_state: dict | None = None) -> None:
-        """Writes checkpoint `step`; returns once the arrays are copied off device (async)."""
+        """Writes checkpoint `step`; returns once the arrays are copied off device (async).
+
+        Raises disk.DiskFullError if the previous save, or this one, ran out of space."""
+        self.wait()  # orbax waits for the previous save anyway; its failure is reported first
         names, leaves, _ = _flatten(state)
         # Typed PRNG keys are stored as their raw uint32 data; the target says how to rewrap.
         stored = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
         record = dict(host_state or {})
         record[_TREE] = {"paths": names, "leaves": [_describe(x) for x in leaves]}
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardSave(_nest(names, stored)),
-                    _HOST: ocp.args.JsonSave(record),
-                }
-            ),
-        )
+        nbytes = sum(int(np.prod(np.shape(x))) * x.dtype.itemsize for x in stored)
+        self._pending = (step, nbytes + len(json.dumps(record)))
+        with self._disk_full_guard():
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        _STATE: ocp.args.StandardSave(_nest(names, stored)),
+                        _HOST: ocp.args.JsonSave(record),
+                    }
+                ),
+            )
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._disk_full_guard():
+            self._manager.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
+
+    def _disk_full_guard(self):
+        """A guard that, on a full disk, removes the pending step's partial directory and
+        raises DiskFullError naming it, its bytes and the last complete checkpoint."""
+        step, nbytes = self._pending if self._pending is not None else (None, None)
+        return _CheckpointDiskFull(self, step, nbytes)
+
+    def _disk_full_error(self, step: int | None, nbytes: int | None) -> disk.DiskFullError:
+        self._pending = None
+        _join_orbax_writers()
+        if step is not None and jax.process_index() == 0:
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)  # give the space back
+        try:
+            complete = self.all_steps()
+        except Exception:  # listing can fail on a broken disk too; the message still stands
+            complete = []
+        last = f"step {complete[-1]}" if complete else "none"
+        label = f"checkpoint step {step}" if step is not None else "checkpoint"
+        target = self.directory / str(step) if step is not None else self.directory
+        error = disk.DiskFullError(target, nbytes, what=label)
+        error.args = (
+            f"{error}; the last complete checkpoint: {last}. Free space and rerun the same "
+            "command to resume from it",
+        )
+        return error
 
     def all_steps(self) -> list[int]:
         """Finalised checkpoint steps, oldest first (half-written ones never appear)."""
@@ -239,6 +293,79 @@ class CheckpointManager:
                 f"checkpoint step {step} in {self.directory} does not match the train state "
                 f"(different model shape?): " + "; ".join(problems[:5]) + more
             )
+
+
+class _CheckpointDiskFull:
+    """Context manager of CheckpointManager._disk_full_guard."""
+
+    def __init__(self, manager: CheckpointManager, step: int | None, nbytes: int | None):
+        self.manager, self.step, self.nbytes = manager, step, nbytes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is not None and disk.is_disk_full(error):
+            raise self.manager._disk_full_error(self.step, self.nbytes) from error
+        return False
+
+
+class _DropDiskFullRecords(logging.Filter):
+    """Drops orbax's error records (with their writer threads' tracebacks) of a write that
+    ran out of space: CheckpointManager raises one DiskFullError line for it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            return not disk.is_disk_full(record.exc_info[1])
+        return not any(text in record.getMessage() for text in disk.NO_SPACE_TEXT)
+
+
+class _DropClosedLoopCallbacks:
+    """sys.unraisablehook without the "Event loop is closed" reports of late callbacks.
+
+    When one of orbax's parallel writes fails (a full disk), its event loop stops and
+    closes; the writes still in flight in tensorstore then complete into that closed loop,
+    and tensorstore reports each callback's RuntimeError as unraisable (a traceback on
+    stderr). They carry nothing: the failure itself is raised to the caller. Every other
+    unraisable exception goes to the previous hook."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        value, tb = unraisable.exc_value, unraisable.exc_traceback
+        late_callback = (
+            isinstance(value, RuntimeError)
+            and str(value) == "Event loop is closed"
+            and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(tb))
+        )
+        if not late_callback:
+            self.previous(unraisable)
+
+
+def _quiet_disk_full_logs() -> None:
+    # orbax logs through absl's logger, asyncio its never-retrieved task errors through its
+    # own; a filter on each sees every one of their records.
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropDiskFullRecords) for f in logger.filters):
+            logger.addFilter(_DropDiskFullRecords())
+    if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
+        sys.unraisablehook = _DropClosedLoopCallbacks(sys.unraisablehook)
+
+
+def _join_orbax_writers(timeout_s: float = 120.0) -> None:
+    """Waits for orbax's writer threads that are still running when one of them failed.
+
+    orbax reports the first failed write while the others go on; left running, they would
+    race the removal of the partial directory and, at exit, fail with tracebacks of their
+    own ("cannot schedule new futures after interpreter shutdown")."""
+    deadline = time.monotonic() + timeout_s
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and type(t).__module__.startswith("orbax."):
+            # orbax's threads re-raise their error on join: already known, not raised again.
+            with contextlib.suppress(Exception):
+                t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _stored_struct(x: Any) -> jax.ShapeDtypeStruct:

@@ -12,6 +12,11 @@ writes a checkpoint and returns normally, so the process exits 0 within one step
 Numerical faults. After optim.max_consecutive_skips steps in a row whose every update had a
 non-finite gradient norm, the loop checkpoints the last good state and raises
 TrainingAborted naming the step (main prints one line and exits 1).
+
+A full disk. Any write of the run that runs out of space raises disk.DiskFullError (one
+line naming the path and the bytes; main exits 1). A checkpoint is written in the
+background, so the disk may fill during its write and a metrics line fail first: the loop
+then waits for the checkpoint and, if it failed too, reports the checkpoint, the cause.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from absl import logging
 
 from srpo_jax import multihost
 from srpo_jax.config import to_dict
-from srpo_jax.trainer import evaluation, report
+from srpo_jax.trainer import disk, evaluation, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.faults import poison
@@ -90,8 +95,8 @@ def _evaluate(run, step_done: int) -> None:
     res["time/train_elapsed_s"] = resume.train_elapsed_s
     run.writer.write(step_done, res)
     if multihost.is_leader():  # per-question scores, for intervals over questions (compare_ci)
-        with open(run.workdir / EVAL_SCORES, "a") as f:
-            f.write(json.dumps({"step": step_done, "avg_at_k": run.evaluator.last_scores}) + "\n")
+        line = json.dumps({"step": step_done, "avg_at_k": run.evaluator.last_scores}) + "\n"
+        disk.append_whole(run.workdir / EVAL_SCORES, line.encode())
     resume.evals.append([resume.train_elapsed_s, res["eval/avg_at_k"]])
     run.log(
         f"step {step_done}: eval avg@{cfg.eval.num_samples} = {res['eval/avg_at_k']:.3f}, "
@@ -168,6 +173,15 @@ def train_loop(run, preempt: Preemption, progress: progress_lib.Progress) -> dic
     its `update(step, metrics)` is called once per step."""
     start_step = int(multihost.to_host(run.state.step))
     progress.start("rl", run.cfg.train.num_steps, initial=start_step)
+    try:
+        _steps(run, progress, start_step, preempt)
+    except disk.DiskFullError:
+        run.ckpt.wait()  # a checkpoint that filled the disk is the cause: it raises instead
+        raise
+    return _finish(run, progress, start_step)
+
+
+def _steps(run, progress: progress_lib.Progress, start_step: int, preempt: Preemption) -> None:
     if start_step == 0 and _eval_due(run.cfg, 0):
         _evaluate(run, 0)
     if run.resume.pending_eval == start_step and start_step > 0:
@@ -178,7 +192,6 @@ def train_loop(run, preempt: Preemption, progress: progress_lib.Progress) -> dic
         progress.update(step + 1, m)
         if _after_step(run, step + 1, m, preempt):
             break
-    return _finish(run, progress, start_step)
 
 
 def _finish(run, progress: progress_lib.Progress, start_step: int) -> dict:

@@ -2,10 +2,21 @@
 Biases, plots.
 
 workdir/metrics.jsonl holds one object per line: {"step": int, "<name>": float, ...}. Every
-write is flushed and fsynced, so a killed run loses at most the line being written; readers
-skip a torn last line. A resumed run passes `resume_step` and the lines written after that
-checkpoint are dropped (they will be produced again), so the log reads like one run.
-Non-finite values are written as JSON NaN/Infinity (Python's json reads them back).
+line is built first and then written whole and fsynced (trainer/disk.py), so a killed run
+loses at most the line being written; readers skip such a torn last line, and the next
+writer cuts it off before appending. Non-finite values are written as JSON NaN/Infinity
+(Python's json reads them back).
+
+One line per step after a resume. A resumed run passes `resume_step` (its checkpoint's
+step) and every line of a later step is dropped, torn last line included, before the first
+new line is written: the re-run of a step replaces the line the killed run wrote, so the
+log reads like one uninterrupted run (a training line per step, plus an evaluation line on
+evaluation steps). tests/e2e/test_resume.py checks this after a kill -9.
+
+A full disk. A line that does not fit is truncated away and the run stops with
+disk.DiskFullError naming metrics.jsonl and the line's bytes (one `error:` line, exit 1);
+so do TensorBoard's flush (bytes unknown) and curves.png (rendered in memory first, so its
+bytes are known; the old plot stays until the new one is written whole).
 
 Weights & Biases (config.log.wandb, off by default; `pip install srpo_jax[wandb]`) gets the
 same finite scalars. Its mode comes from the environment as wandb defines it: WANDB_MODE=
@@ -18,6 +29,7 @@ and exact resume reproduces the same values anyway.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -26,6 +38,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from srpo_jax.trainer import disk
 from srpo_jax.trainer.config import LogConfig  # noqa: F401
 
 FILENAME = "metrics.jsonl"
@@ -96,7 +109,9 @@ class MetricsWriter:
         already_sent = max((r["step"] for r in read_metrics(self.path)), default=-1)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
-        self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+        else:
+            _cut_torn_tail(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -109,35 +124,34 @@ class MetricsWriter:
             )
 
     def _truncate_after(self, step: int) -> None:
+        """Keeps the complete lines of steps <= `step`; a torn line goes as well."""
         kept = [r for r in read_metrics(self.path) if r["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)  # atomic: a crash here leaves the old or the new file
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        # Atomic: a crash (or a full disk) here leaves the old file or the new one.
+        disk.write_atomic(self.path, text.encode())
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         values = {name: _scalar(name, v) for name, v in metrics.items() if name != "step"}
-        self._file.write(json.dumps({"step": int(step), **values}) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = json.dumps({"step": int(step), **values}) + "\n"
+        disk.write_whole(self._fd, line.encode(), self.path)  # whole line, or none of it
         if self._tb is not None:
             for name, v in values.items():
                 if math.isfinite(v):
                     self._tb.add_scalar(name, v, global_step=int(step))
-            self._tb.flush()
+            with disk.guard(pathlib.Path(self._tb.logdir), None):
+                self._tb.flush()
         if self._wandb is not None and step > self._wandb_sent:
             self._wandb.log({k: v for k, v in values.items() if math.isfinite(v)}, step=int(step))
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        os.close(self._fd)
         if self._tb is not None:
-            self._tb.close()
+            with disk.guard(pathlib.Path(self._tb.logdir), None):
+                self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
 
@@ -146,6 +160,17 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _cut_torn_tail(path: pathlib.Path) -> None:
+    """Drops a last line without its newline (a kill mid-write), so the next line starts on
+    a line of its own instead of gluing onto the torn one."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _start_wandb(workdir: pathlib.Path, project: str, run_config, *, fresh: bool):
@@ -194,9 +219,10 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
     fig = curves_figure(read_metrics(metrics_jsonl_path))
     out_png = pathlib.Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    png = io.BytesIO()  # in memory first: a full disk then knows the bytes it needed
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return out_png
+    return disk.write_atomic(out_png, png.getvalue())
 
 
 def curves_figure(records: list[dict]):

@@ -19,6 +19,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 from srpo_jax.config import Config, to_dict
+from srpo_jax.trainer import disk
 from srpo_jax.trainer.progress import format_duration
 
 CONFIG_FILENAME = "config.json"
@@ -28,10 +29,9 @@ _WIDTH = 12  # label column
 def write_config(cfg: Config, workdir: str | os.PathLike) -> pathlib.Path:
     """workdir/config.json: the resolved config, replaced atomically (a resume rewrites it)."""
     path = pathlib.Path(workdir) / CONFIG_FILENAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"
+    # A full disk raises disk.DiskFullError naming the file and its bytes; the old file stays.
+    return disk.write_atomic(path, text.encode())
 
 
 def _rows(title: str, rows: Sequence[tuple[str, str]]) -> str:

@@ -36,6 +36,12 @@ the learner; after optim.max_consecutive_skips such steps in a row the trainer c
 the last good state and raises TrainingAborted naming the step (main prints one line and
 exits 1).
 
+A full disk. Any write of the run (checkpoint, metrics, curves, config.json, the demo
+tokenizer) that runs out of space raises DiskFullError naming the path and the bytes it
+needed (main prints one line and exits 1); nothing is left half-written, and rerunning the
+same command once space is freed resumes from the last complete checkpoint
+(srpo_jax/trainer/disk.py; tests/e2e/test_disk_full.py).
+
 Testing aids (fault injection): srpo_jax/trainer/faults.py, read from the environment once, in
 `run`, never inside the loop.
 """
@@ -63,15 +69,17 @@ from srpo_jax.model import hf_io
 from srpo_jax.model.qwen3 import create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
 from srpo_jax.sharding import make_mesh
-from srpo_jax.trainer import checkpoint, evaluation, probe, report
+from srpo_jax.trainer import checkpoint, disk, evaluation, probe, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
+from srpo_jax.trainer.disk import DiskFullError
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.loop import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
 from srpo_jax.trainer.step import generate_whole, prepare_step, stop_ids
 from srpo_jax.trainer.warmup import run_sft
 
 __all__ = [
+    "DiskFullError",
     "Run",
     "RolloutError",
     "TrainingAborted",
@@ -155,10 +163,25 @@ def _tokenizer(path: str, workdir: pathlib.Path):
     if not path:
         path = workdir / "tokenizer"
         if multihost.is_leader() and not (path / "tokenizer.json").is_file():
-            tok_lib.build_tiny_tokenizer(path)
+            _build_tokenizer_whole(path)
         if jax.process_count() > 1:  # the others read what process 0 wrote
             multihost_utils.sync_global_devices("tokenizer written")
     return tok_lib.load_tokenizer(path)
+
+
+def _build_tokenizer_whole(path: pathlib.Path) -> None:
+    """The demo tokenizer, built beside `path` and renamed into place: a full disk leaves no
+    half-written tokenizer.json for the next run to load, and raises DiskFullError."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with disk.guard(path, None):
+            tok_lib.build_tiny_tokenizer(partial)
+    except disk.DiskFullError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)  # an older, incomplete one
+    partial.rename(path)
 
 
 def _examples(cfg: Config, split: str) -> list[datasets.Example]:

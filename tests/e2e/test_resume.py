@@ -7,13 +7,15 @@ Faults are injected with the trainer's testing aids (srpo_jax/trainer/setup.py d
   metrics line but two steps past the last checkpoint, and (b) right after the checkpoint
   of step 4 is finalised, is restarted with the same command; every later metric, and the
   final params, EMA teacher and optimizer state, must be bit-identical to the
-  uninterrupted run's.
+  uninterrupted run's, and metrics.jsonl holds one training line per step (the re-run of a
+  step replaced the line the killed run wrote).
 - preemption: SIGTERM after the first step's metrics line -> the step finishes, a
   checkpoint of that step is written, exit code 0, within a bounded time.
 - numerical faults: injected non-finite gradients skip steps; max_consecutive_skips in a row
   stop the run with exit code 1 and one line naming the step (no traceback).
 """
 
+import json
 import os
 import pathlib
 import signal
@@ -92,10 +94,11 @@ def stable(records):
     ]
 
 
-def final_state(workdir: pathlib.Path) -> tuple[int, dict]:
-    """The latest checkpoint's arrays as {leaf path: numpy array}, read with orbax alone."""
+def final_state(workdir: pathlib.Path, step: int | None = None) -> tuple[int, dict]:
+    """A checkpoint's arrays (default: the latest) as {leaf path: numpy array}, read with
+    orbax alone."""
     mgr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "host"))
-    step = mgr.latest_step()
+    step = mgr.latest_step() if step is None else step
     tree = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     flat = {}
 
@@ -158,6 +161,13 @@ def test_restart_continues_exactly_as_the_uninterrupted_run(resume_runs, name, r
     rc, out, err = restarted[name]
     assert rc == 0, err[-3000:]
     assert f"resumed from checkpoint step {resumed_from}" in out
+    # One line per step: the killed run's lines after the checkpoint (a torn one included)
+    # were replaced by the re-run's, not kept beside them; every line parses.
+    lines = (dirs[name] / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    evals = [r["step"] for r in records if "eval/avg_at_k" in r]
+    assert evals == [0, 2, 4], evals
     full = stable(read_metrics(dirs["full"] / "metrics.jsonl"))
     again = stable(read_metrics(dirs[name] / "metrics.jsonl"))
     # Same lines in the same order (lines after the checkpoint were dropped, then redone),
