@@ -337,6 +337,31 @@ def search(
     return results, refused
 
 
+def _print_header(cfg, model_cfg, topo, mesh_cfg, base: StepShape, tp_len, layers, backend):
+    """What is planned: the model, the target, the mesh and the step's worst-case shape."""
+    usable = topo.usable_bytes
+    mini_rows = base.mini_batch_prompts * base.group_size
+    t = cfg.train
+    print(
+        f"SRPO train-step memory plan: {cfg.model.preset or cfg.model.hf_path} "
+        f"({model_cfg.num_layers} layers, remat={model_cfg.remat}), method {cfg.algo.method}\n"
+        f"topology {topo.name}: {topo.description}; {topo.num_devices} devices x "
+        f"{topo.device_bytes / GiB:.1f} GiB, usable {usable / GiB:.1f} GiB "
+        f"({topo.usable_fraction:.0%})\n"
+        f"mesh data={mesh_cfg.data} fsdp={mesh_cfg.fsdp} tensor={mesh_cfg.tensor}; step "
+        f"{base.prompts} prompts x {base.group_size} rollouts, {base.n_mini} update(s) of "
+        f"{mini_rows} rows; P={base.prompt_len} R={base.response_len} teacher Pt={tp_len}, "
+        f"teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
+        f"fused loss chunk {t.chunk_size} tokens\n"
+        f"figures: {backend}"
+    )
+    if layers:
+        print(
+            f"EXTRAPOLATED: compiled with {layers[0]} and {layers[1]} layers; params/teacher/"
+            f"optimizer exact for {model_cfg.num_layers} layers, temporaries fitted linearly"
+        )
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -381,33 +406,15 @@ def main(argv: list[str]) -> None:
         response_len=response_len,
         teacher_prompt_len=tp_len,
     )
-    usable = topo.usable_bytes
     layers = tuple(int(x) for x in f.layers.split(",")) if f.layers else ()
-    print(
-        f"SRPO train-step memory plan: {cfg.model.preset or cfg.model.hf_path} "
-        f"({model_cfg.num_layers} layers, remat={model_cfg.remat}), method {cfg.algo.method}\n"
-        f"topology {topo.name}: {topo.description}; {topo.num_devices} devices x "
-        f"{topo.device_bytes / GiB:.1f} GiB, usable {usable / GiB:.1f} GiB "
-        f"({topo.usable_fraction:.0%})\n"
-        f"mesh data={mesh_cfg.data} fsdp={mesh_cfg.fsdp} tensor={mesh_cfg.tensor}; step "
-        f"{base.prompts} prompts x {base.group_size} rollouts, {base.n_mini} update(s) of "
-        f"{mini_rows} rows; P={base.prompt_len} R={base.response_len} teacher Pt={tp_len}, "
-        f"teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
-        f"fused loss chunk {t.chunk_size} tokens\n"
-        f"figures: {backend}"
-    )
-    if layers:
-        print(
-            f"EXTRAPOLATED: compiled with {layers[0]} and {layers[1]} layers; params/teacher/"
-            f"optimizer exact for {model_cfg.num_layers} layers, temporaries fitted linearly"
-        )
+    _print_header(cfg, model_cfg, topo, mesh_cfg, base, tp_len, layers, backend)
     print("per-device GiB:\n" + HEADER, flush=True)
     tried = [int(x) for x in f.micro_batch_rows.split(",")] if f.micro_batch_rows else []
     results, refused = search(
-        cfg, model_cfg, mesh, base, usable, tried=tried, max_compiles=f.max_compiles,
+        cfg, model_cfg, mesh, base, topo.usable_bytes, tried=tried, max_compiles=f.max_compiles,
         layers=layers, compiler=compiler,
     )  # fmt: skip
-    _report(f, topo, mesh_cfg, usable, layers, results, refused, compiler)
+    _report(f, topo, mesh_cfg, topo.usable_bytes, layers, results, refused, compiler)
 
 
 DEFAULT_CONFIG = ("qwen3_8b_chem.py", "method=srpo")
