@@ -14,6 +14,7 @@ import pytest
 
 from srpo_jax import config as config_lib
 from srpo_jax.config import ConfigError, from_config_dict, to_dict
+from srpo_jax.learner.config import StepSettings
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix"]
@@ -256,3 +257,14 @@ def test_sections_are_frozen():
     cfg = resolve("demo.py")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.lr = 1.0
+
+
+def test_step_settings_from_config_holds_the_run_sections():
+    cfg = resolve("qwen3_8b_chem.py", "method=grpo", rollout__temperature=0.7)
+    settings = StepSettings.from_config(cfg)
+    assert settings.algo == cfg.algo and settings.train == cfg.train
+    assert settings.optim.lr == SPEC_LR["grpo"] and settings.optim == cfg.optim
+    assert settings.temperature == 0.7
+    # Greedy rollouts (temperature 0) are scored at temperature 1.
+    greedy = resolve("demo.py", "method=srpo", rollout__temperature=0.0)
+    assert StepSettings.from_config(greedy).temperature == 1.0

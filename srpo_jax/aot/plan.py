@@ -194,9 +194,7 @@ class Figures:
 def step_program_settings(cfg: Config):
     """(model config, learner config) of the train step main would run with `cfg`: the same
     resolution (hf_path's config.json included) and the trainer's own step settings."""
-    from srpo_jax.trainer.setup import step_settings
-
-    return cfg.model.architecture(), step_settings(cfg)
+    return cfg.model.architecture(), learner.StepSettings.from_config(cfg)
 
 
 def compile_step(
@@ -204,9 +202,7 @@ def compile_step(
 ) -> Figures:
     """Lowers and compiles the train step for abstract inputs on `mesh` (forced CPU devices
     or aot.target_mesh's compile-only ones, compiled by `compiler`); returns its figures."""
-    from srpo_jax.trainer.setup import step_settings
-
-    lcfg = step_settings(cfg)
+    lcfg = learner.StepSettings.from_config(cfg)
     graphdef, state = abstract_state(model_cfg, lcfg, mesh)
     batch = batch_struct(shape)
     b_shard = learner.batch_shardings(mesh, batch)
@@ -250,12 +246,10 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compile
     Parameter, teacher, optimizer and batch bytes are exact (computed from the full-depth
     abstract state); temporaries and outputs are fitted linearly in the layer count.
     """
-    from srpo_jax.trainer.setup import step_settings
-
     (la, lb), full = layers, model_cfg.num_layers
     fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape, compiler)
     fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape, compiler)
-    _, state = abstract_state(model_cfg, step_settings(cfg), mesh)
+    _, state = abstract_state(model_cfg, learner.StepSettings.from_config(cfg), mesh)
     if fb.temp < fa.temp:
         # XLA:GPU can schedule a deeper program into fewer temporaries; a line through two
         # such points goes negative at full depth, so there is no fit to report.

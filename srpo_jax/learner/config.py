@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from srpo_jax.algo import methods
 from srpo_jax.algo.config import AlgoConfig
 from srpo_jax.config_checks import in_unit, one_of, require
 from srpo_jax.kernels import options as kernel_options
+
+if TYPE_CHECKING:  # srpo_jax.config builds its tree from this module's sections
+    from srpo_jax.config import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,17 @@ class StepSettings:
 
     def __post_init__(self):
         require(self.optim.lr is not None, "optim.lr", "resolved (a float)", self.optim.lr)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> StepSettings:
+        """The learner's settings of the run `cfg` (its optim.lr already resolved to the
+        method's value when unset); log-probs at the sampling temperature (greedy: 1)."""
+        return cls(
+            algo=cfg.algo,
+            optim=cfg.optim,
+            train=cfg.train,
+            temperature=cfg.rollout.temperature or 1.0,
+        )
 
     @classmethod
     def of(cls, temperature: float = 1.0, **fields: Any) -> StepSettings:

@@ -72,15 +72,7 @@ __all__ = [
     "prepare_step",
     "run",
     "setup",
-    "step_settings",
 ]
-
-
-def step_settings(cfg: Config) -> learner.StepSettings:
-    """The sections the learner reads; log-probs at the sampling temperature (greedy: 1)."""
-    return learner.StepSettings(
-        algo=cfg.algo, optim=cfg.optim, train=cfg.train, temperature=cfg.rollout.temperature or 1.0
-    )
 
 
 # ----------------------------------------------------------------------------- setup
@@ -238,7 +230,7 @@ def _restore_or_start(
     cfg, wd, ckpt, sampler, seeds, graphdef, params, train_set, tokenizer, mesh, *, view
 ):
     """(state, resume state, metrics writer): from the latest checkpoint, else fresh."""
-    lcfg = step_settings(cfg)
+    lcfg = learner.StepSettings.from_config(cfg)
     restored = None
     if ckpt.latest_step() is not None:
         # The restore target carries the shardings the fresh state would be born with.
@@ -305,7 +297,7 @@ def setup(
         log=view.write,
         train_set=train_set,
         tokenizer=tokenizer,
-        learner=learner.Learner(step_settings(cfg), graphdef, mesh),
+        learner=learner.Learner(learner.StepSettings.from_config(cfg), graphdef, mesh),
         engine=engine,
         evaluator=evaluation.Evaluator(cfg.eval, test_set, tokenizer, cfg.data.max_response_len),
         ckpt=ckpt,
