@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from srpo_jax.algo import methods
 from srpo_jax.algo.config import AlgoConfig
 from srpo_jax.config_checks import in_unit, one_of, require
 from srpo_jax.kernels import options as kernel_options
-
-if TYPE_CHECKING:  # srpo_jax.config builds its tree from this module's sections
-    from srpo_jax.config import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +92,10 @@ class StepSettings:
         require(self.optim.lr is not None, "optim.lr", "resolved (a float)", self.optim.lr)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> StepSettings:
-        """The learner's settings of the run `cfg` (its optim.lr already resolved to the
-        method's value when unset); log-probs at the sampling temperature (greedy: 1)."""
+    def from_config(cls, cfg: Any) -> StepSettings:
+        """The learner's settings of the run `cfg`, a srpo_jax.config.Config (not imported:
+        that module is built from this one's sections), whose optim.lr is already resolved to
+        the method's value when unset; log-probs at the sampling temperature (greedy: 1)."""
         return cls(
             algo=cfg.algo,
             optim=cfg.optim,
