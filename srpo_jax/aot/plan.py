@@ -60,6 +60,7 @@ def _force_host_devices(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Before the imports below load jax: the forced CPU device count, then a quiet import.
     _force_host_devices(sys.argv)
     jax_startup.import_jax()
 

@@ -29,6 +29,7 @@ from typing import Any
 from srpo_jax.trainer.config import LogConfig  # noqa: F401
 
 FILENAME = "metrics.jsonl"
+EVAL_SCORES = "eval_scores.jsonl"  # one line per evaluation: the per-question avg@k
 WANDB_ID_FILENAME = "wandb_run_id"
 
 
