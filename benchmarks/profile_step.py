@@ -89,7 +89,7 @@ class Loop:
             trainer._examples(cfg, "train"), self.tok, cfg.data.max_prompt_len
         )
         graphdef, params = trainer._initial_params(cfg, model_cfg, self.mesh)
-        self.lcfg = trainer.step_settings(cfg)
+        self.lcfg = learner.StepSettings.from_config(cfg)
         self.state = learner.init_state(params, self.lcfg, self.mesh)
         self.lrn = learner.Learner(self.lcfg, graphdef, self.mesh)
         self.engine = trainer._make_engine(

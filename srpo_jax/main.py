@@ -10,8 +10,10 @@ every --log_every steps when stdout is not a terminal) and an end-of-run summary
 INFO logs (orbax, jax's backend probing) are hidden; --verbosity=1 shows them, and warnings
 always show.
 
-Any invalid value or unknown key fails before anything heavy, with one line naming the
-dotted key and the bad value and exit code 2 (no traceback). Multi-host: pass
+The config tree imports no JAX, so --print_config and a bad flag finish without loading
+it; JAX starts (quietly, srpo_jax/jax_startup.py) once the run does. Any invalid value or
+unknown key fails before anything heavy, with one line naming the dotted key and the bad
+value and exit code 2 (no traceback). Multi-host: pass
 --coordinator_address/--num_processes/--process_id, or run under SLURM, where
 jax.distributed.initialize reads them from the environment.
 """
@@ -26,15 +28,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from srpo_jax import jax_startup
-
-jax_startup.import_jax()  # first: the config modules below import jax
-
-from srpo_jax import config as config_lib  # noqa: E402
-from srpo_jax import log_levels  # noqa: E402
-from srpo_jax.cli import fail as _fail  # noqa: E402
-from srpo_jax.cli import last_error_line as _last_error_line  # noqa: E402
-from srpo_jax.cli import parse_flags as _parse_flags  # noqa: E402
+from srpo_jax import config as config_lib
+from srpo_jax import jax_startup, log_levels
+from srpo_jax.cli import fail as _fail
+from srpo_jax.cli import last_error_line as _last_error_line
+from srpo_jax.cli import parse_flags as _parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
@@ -98,6 +96,8 @@ def main(argv: list[str]) -> None:
     if _WORKDIR.value is None:
         _fail("--workdir is required (checkpoints and metrics go there)")
 
+    # JAX only now that there is a run: --print_config and config errors never load it.
+    jax_startup.import_jax()
     _init_distributed()
     try:
         config_lib.check_mesh(cfg, jax_startup.device_count())

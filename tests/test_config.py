@@ -8,12 +8,15 @@ import importlib.util
 import inspect
 import json
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import pytest
 
 from srpo_jax import config as config_lib
 from srpo_jax.config import ConfigError, from_config_dict, to_dict
+from srpo_jax.learner.config import StepSettings
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["grpo", "sdpo", "srpo", "srpo_no_dw", "advantage_mix"]
@@ -25,6 +28,8 @@ SPEC_LR = {
     "srpo_no_dw": 5.5e-6,
     "advantage_mix": 5.5e-6,
 }
+# What the config tree must not import (each costs seconds, or starts a backend).
+HEAVY_LIBRARIES = {"jax", "jaxlib", "optax", "orbax", "flax", "transformers"}
 SPEC_MINI = {"grpo": 8, "sdpo": 32, "srpo": 32, "srpo_no_dw": 32, "advantage_mix": 32}
 
 
@@ -256,3 +261,42 @@ def test_sections_are_frozen():
     cfg = resolve("demo.py")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.lr = 1.0
+
+
+def test_config_tree_imports_no_jax():
+    """Building every config (the defaults, each config file for each method, the learner's
+    settings) imports none of the heavy libraries: --print_config and a config error never
+    load them. In a fresh interpreter, since this one has jax loaded already."""
+    script = f"""
+import json, pathlib, sys
+from srpo_jax import config as config_lib
+from srpo_jax.learner.config import StepSettings
+
+config_lib.Config()
+for path in sorted(pathlib.Path({str(CONFIGS)!r}).glob("*.py")):
+    for method in {METHODS!r}:
+        cd = config_lib.load_config_file(f"{{path}}:method={{method}}")
+        if path.name.startswith("qwen3"):
+            cd.model.hf_path = "/models/qwen3"
+        cfg = config_lib.from_config_dict(cd)
+        StepSettings.from_config(cfg)
+        json.dumps(config_lib.to_dict(cfg))
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = set(json.loads(proc.stdout))
+    assert "srpo_jax" in loaded  # the script did import the package under test
+    assert loaded.isdisjoint(HEAVY_LIBRARIES), sorted(loaded & HEAVY_LIBRARIES)
+
+
+def test_step_settings_from_config_holds_the_run_sections():
+    cfg = resolve("qwen3_8b_chem.py", "method=grpo", rollout__temperature=0.7)
+    settings = StepSettings.from_config(cfg)
+    assert settings.algo == cfg.algo and settings.train == cfg.train
+    assert settings.optim.lr == SPEC_LR["grpo"] and settings.optim == cfg.optim
+    assert settings.temperature == 0.7
+    # Greedy rollouts (temperature 0) are scored at temperature 1.
+    greedy = resolve("demo.py", "method=srpo", rollout__temperature=0.0)
+    assert StepSettings.from_config(greedy).temperature == 1.0

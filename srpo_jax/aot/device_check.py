@@ -40,7 +40,6 @@ from srpo_jax.learner import train_step as learner
 from srpo_jax.model import attention as attn
 from srpo_jax.model.qwen3 import create_sharded_model
 from srpo_jax.sharding import MeshConfig, make_mesh
-from srpo_jax.trainer import setup as trainer
 
 
 def _timed(fn, *args, repeats=3):
@@ -143,7 +142,7 @@ def check_srpo_step(tiny: bool) -> dict:
     the trainer's step settings), on random weights and a random all-routed batch."""
     cfg = _srpo_step_config(tiny)
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
-    lcfg, model_cfg = trainer.step_settings(cfg), cfg.model.architecture()
+    lcfg, model_cfg = learner.StepSettings.from_config(cfg), cfg.model.architecture()
     graphdef, params = nnx.split(create_sharded_model(model_cfg, mesh, seed=0), nnx.Param)
     state = learner.init_state(params, lcfg, mesh)
     rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * cfg.algo.group_size

@@ -60,6 +60,7 @@ def _force_host_devices(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Before the imports below load jax: the forced CPU device count, then a quiet import.
     _force_host_devices(sys.argv)
     jax_startup.import_jax()
 
@@ -152,9 +153,7 @@ class Figures:
 def step_program_settings(cfg: Config):
     """(model config, learner config) of the train step main would run with `cfg`: the same
     resolution (hf_path's config.json included) and the trainer's own step settings."""
-    from srpo_jax.trainer.setup import step_settings
-
-    return cfg.model.architecture(), step_settings(cfg)
+    return cfg.model.architecture(), learner.StepSettings.from_config(cfg)
 
 
 def compile_step(
@@ -162,9 +161,7 @@ def compile_step(
 ) -> Figures:
     """Lowers and compiles the train step for abstract inputs on `mesh` (forced CPU devices
     or aot.target_mesh's compile-only ones, compiled by `compiler`); returns its figures."""
-    from srpo_jax.trainer.setup import step_settings
-
-    lcfg = step_settings(cfg)
+    lcfg = learner.StepSettings.from_config(cfg)
     graphdef, state = learner.abstract_state(model_cfg, lcfg, mesh)
     batch = batch_struct(shape)
     batch = jax.tree.map(
@@ -203,12 +200,10 @@ def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compile
     Parameter, teacher, optimizer and batch bytes are exact (computed from the full-depth
     abstract state); temporaries and outputs are fitted linearly in the layer count.
     """
-    from srpo_jax.trainer.setup import step_settings
-
     (la, lb), full = layers, model_cfg.num_layers
     fa = compile_step(cfg, model_cfg.replace(num_layers=la), mesh, shape, compiler)
     fb = compile_step(cfg, model_cfg.replace(num_layers=lb), mesh, shape, compiler)
-    _, state = learner.abstract_state(model_cfg, step_settings(cfg), mesh)
+    _, state = learner.abstract_state(model_cfg, learner.StepSettings.from_config(cfg), mesh)
     if fb.temp < fa.temp:
         # XLA:GPU can schedule a deeper program into fewer temporaries; a line through two
         # such points goes negative at full depth, so there is no fit to report.

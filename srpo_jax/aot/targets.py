@@ -30,6 +30,7 @@ import sys
 
 import jax
 
+from srpo_jax import jax_startup
 from srpo_jax.aot import chips, topologies
 
 EXTRA = "pip install -e '.[aot]'"
@@ -67,11 +68,12 @@ def compile_devices(topology_name: str) -> tuple[jax.Device, ...]:
     chip = chips.CHIPS[topo.chip]
     if topo.platform == "gpu":
         try:
-            desc = jtopo.get_topology_desc(
-                platform="cuda",
-                topology=topo.compile_topology,
-                target_config=chips.gpu_target_config(chip),
-            )
+            with jax_startup.driver_probe_filtered():  # the plugin's driver probe, on first use
+                desc = jtopo.get_topology_desc(
+                    platform="cuda",
+                    topology=topo.compile_topology,
+                    target_config=chips.gpu_target_config(chip),
+                )
         except NotImplementedError:  # the CUDA plugin tried a driver, failed, and left
             raise AotUnavailable(
                 "the CUDA plugin initialised as a runtime (no GPU here) instead of compile-only:"
@@ -79,12 +81,15 @@ def compile_devices(topology_name: str) -> tuple[jax.Device, ...]:
             ) from None
     else:
         # libtpu reads these on start-up; unset, it logs two harmless warnings per process.
+        # With them it still logs that it cannot tell this host's accelerator type (there is
+        # no TPU here; the topology is named): jax_startup's filter drops that line.
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
         # No chip is opened, so concurrent compile-only processes (pytest-xdist workers, a
         # bench beside the tests) need not take libtpu's one-process lock.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        desc = jtopo.get_topology_desc(topology_name=topo.compile_topology, platform="tpu")
+        with jax_startup.driver_probe_filtered():
+            desc = jtopo.get_topology_desc(topology_name=topo.compile_topology, platform="tpu")
     devices = tuple(desc.devices)
     if len(devices) != topo.num_devices:
         raise AotUnavailable(

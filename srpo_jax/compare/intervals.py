@@ -25,7 +25,7 @@ import pathlib
 import numpy as np
 
 from srpo_jax.compare import report as compare_report
-from srpo_jax.trainer.loop import EVAL_SCORES
+from srpo_jax.trainer.metrics import EVAL_SCORES
 
 B = 2000
 MIN_SEEDS = 3  # per-run statistics get a verdict only from this many seeds

@@ -50,17 +50,13 @@ import shutil
 import sys
 import time
 
-from srpo_jax import jax_startup
-
-jax_startup.import_jax()  # first: the config modules below import jax
-
-from srpo_jax import config as config_lib  # noqa: E402
-from srpo_jax import log_levels  # noqa: E402
-from srpo_jax.algo import methods  # noqa: E402
-from srpo_jax.compare import intervals as compare_ci  # noqa: E402
-from srpo_jax.compare import plot as compare_plot  # noqa: E402
-from srpo_jax.compare import report as compare_report  # noqa: E402
-from srpo_jax.trainer import metrics as metrics_lib  # noqa: E402
+from srpo_jax import config as config_lib
+from srpo_jax import jax_startup, log_levels
+from srpo_jax.algo import methods
+from srpo_jax.compare import intervals as compare_ci
+from srpo_jax.compare import plot as compare_plot
+from srpo_jax.compare import report as compare_report
+from srpo_jax.trainer import metrics as metrics_lib
 
 DEFAULT_METHODS = methods.names()  # every entry of the method table
 DEFAULT_BUDGET_STEPS = 40  # 5 methods x 3 seeds in under 30 min of an idle 2-core CPU
@@ -411,8 +407,10 @@ def main(argv: list[str] | None = None) -> None:
     plan, out, report_only, verbosity = parse_args(sys.argv[1:] if argv is None else argv)
     log_levels.apply(verbosity)  # the runs' library INFO chatter stays off the console
     if report_only:
-        write_reports(plan, out)
+        write_reports(plan, out)  # reads the runs' files: no JAX
     else:
+        jax_startup.import_jax()  # quietly, with the platforms this host has
+        jax_startup.device_count()  # the first backend start, probe lines filtered
         run_all(plan, out)
 
 

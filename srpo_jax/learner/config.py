@@ -92,6 +92,18 @@ class StepSettings:
         require(self.optim.lr is not None, "optim.lr", "resolved (a float)", self.optim.lr)
 
     @classmethod
+    def from_config(cls, cfg: Any) -> StepSettings:
+        """The learner's settings of the run `cfg`, a srpo_jax.config.Config (not imported:
+        that module is built from this one's sections), whose optim.lr is already resolved to
+        the method's value when unset; log-probs at the sampling temperature (greedy: 1)."""
+        return cls(
+            algo=cfg.algo,
+            optim=cfg.optim,
+            train=cfg.train,
+            temperature=cfg.rollout.temperature or 1.0,
+        )
+
+    @classmethod
     def of(cls, temperature: float = 1.0, **fields: Any) -> StepSettings:
         """Section defaults with `fields` replaced, each name routed to the one section that
         has it (algo, optim or train); optim.lr None takes the method's SPEC 10 value."""

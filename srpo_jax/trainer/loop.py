@@ -34,9 +34,8 @@ from srpo_jax.trainer import disk, evaluation, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.faults import poison
+from srpo_jax.trainer.metrics import EVAL_SCORES
 from srpo_jax.trainer.step import learn_and_sync, prepare_step
-
-EVAL_SCORES = "eval_scores.jsonl"  # one line per evaluation: the per-question avg@k
 
 
 class TrainingAborted(RuntimeError):

@@ -42,6 +42,7 @@ from srpo_jax.trainer import disk
 from srpo_jax.trainer.config import LogConfig  # noqa: F401
 
 FILENAME = "metrics.jsonl"
+EVAL_SCORES = "eval_scores.jsonl"  # one line per evaluation: the per-question avg@k
 WANDB_ID_FILENAME = "wandb_run_id"
 
 

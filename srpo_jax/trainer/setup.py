@@ -87,15 +87,7 @@ __all__ = [
     "prepare_step",
     "run",
     "setup",
-    "step_settings",
 ]
-
-
-def step_settings(cfg: Config) -> learner.StepSettings:
-    """The sections the learner reads; log-probs at the sampling temperature (greedy: 1)."""
-    return learner.StepSettings(
-        algo=cfg.algo, optim=cfg.optim, train=cfg.train, temperature=cfg.rollout.temperature or 1.0
-    )
 
 
 # ----------------------------------------------------------------------------- setup
@@ -355,7 +347,7 @@ def _fresh_state(cfg: Config, model_cfg, mesh, train_set, tokenizer, view):
     teacher and the optimizer laid out as learner.abstract_state says."""
     graphdef, params = _initial_params(cfg, model_cfg, mesh)
     params, _ = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
-    return learner.init_state(params, step_settings(cfg), mesh)
+    return learner.init_state(params, learner.StepSettings.from_config(cfg), mesh)
 
 
 def setup(
@@ -373,7 +365,8 @@ def setup(
         report.write_config(cfg, wd)
     # Printed before the weights load (parameter count from the abstract state), so a bad
     # checkpoint's error line follows the data counts instead of replacing them.
-    graphdef, abstract = learner.abstract_state(model_cfg, step_settings(cfg), mesh)
+    settings = learner.StepSettings.from_config(cfg)
+    graphdef, abstract = learner.abstract_state(model_cfg, settings, mesh)
     view.write(report.config_summary(cfg, wd, model_cfg, abstract.params, train_set, test_set))
     ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
@@ -405,7 +398,7 @@ def setup(
         log=view.write,
         train_set=train_set,
         tokenizer=tokenizer,
-        learner=learner.Learner(step_settings(cfg), graphdef, mesh),
+        learner=learner.Learner(settings, graphdef, mesh),
         engine=engine,
         evaluator=evaluation.Evaluator(cfg.eval, test_set, tokenizer, cfg.data.max_response_len),
         ckpt=ckpt,

@@ -253,7 +253,6 @@ def hf_dir(tmp_path_factory, tiny_tok_dir):
 @pytest.fixture(scope="module")
 def heavy_runs(tmp_path_factory, tiny_tok_dir, hf_dir):
     """Runs of the demo that fail at start-up, after the trainer has begun loading things."""
-    import srpo_jax.trainer.setup as trainer
     from srpo_jax.learner import train_step as learner
 
     root = tmp_path_factory.mktemp("heavy")
@@ -268,7 +267,7 @@ def heavy_runs(tmp_path_factory, tiny_tok_dir, hf_dir):
     _, params = nnx.split(
         create_sharded_model(narrow.model.architecture(), mesh, seed=0), nnx.Param
     )
-    state = learner.init_state(params, trainer.step_settings(narrow), mesh)
+    state = learner.init_state(params, learner.StepSettings.from_config(narrow), mesh)
     manager = checkpoint.CheckpointManager(root / "wd_ckpt" / "checkpoints", async_save=False)
     manager.save(1, state, {"weight_version": 1})
     manager.close()

@@ -15,6 +15,7 @@ from flax import nnx
 
 from srpo_jax import config as config_lib
 from srpo_jax.aot import plan
+from srpo_jax.learner.config import StepSettings
 from srpo_jax.model import Qwen3, save_hf
 from srpo_jax.model.config import tiny
 from srpo_jax.sharding import make_mesh
@@ -53,11 +54,11 @@ def test_hf_path_learner_model_equals_resolved_config(tmp_path):
 
 
 def test_plan_and_main_build_the_same_model_and_learner():
-    # main: config file -> Config -> architecture + step_settings (the trainer's start-up).
+    # main: config file -> Config -> architecture + StepSettings.from_config (its start-up).
     cd = config_lib.load_config_file(str(CONFIGS / "qwen3_8b_chem.py") + ":method=srpo")
     cd.model.random_init = True
     cfg = config_lib.from_config_dict(cd)
-    main_model, main_learner = cfg.model.architecture(), trainer.step_settings(cfg)
+    main_model, main_learner = cfg.model.architecture(), StepSettings.from_config(cfg)
     plan_model, plan_learner = plan.step_program_settings(cfg)
     assert plan_model == main_model
     assert plan_learner == main_learner

@@ -18,6 +18,7 @@ from flax import nnx
 
 from srpo_jax import config as config_lib
 from srpo_jax.data import tokenizer as tok_lib
+from srpo_jax.learner.config import StepSettings
 from srpo_jax.model import Qwen3, hf_io, save_hf
 from srpo_jax.trainer import checkpoint
 from srpo_jax.trainer import progress as progress_lib
@@ -105,7 +106,7 @@ def test_resume_restores_into_the_abstract_state_alone(tmp_path, monkeypatch):
     # workdir's copy of the HF directory's config.json.
     copied = dataclasses.replace(cfg.model, hf_path=str(wd / trainer.MODEL_FILES))
     _, abstract = trainer.learner.abstract_state(
-        copied.architecture(), trainer.step_settings(cfg), run.learner.mesh
+        copied.architecture(), StepSettings.from_config(cfg), run.learner.mesh
     )
     for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(run.state), strict=True):
         assert a.sharding.is_equivalent_to(x.sharding, x.ndim)
