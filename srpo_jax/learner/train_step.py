@@ -139,7 +139,7 @@ def _apply_if_finite(cfg: StepSettings, opt, lr, grads, params, opt_state):
     (params and optimizer state untouched) when the norm is not finite.
 
     Hand-written rather than optax.clip_by_global_norm + optax.apply_if_finite: the clip
-    factor min(1, c / (|g| + 1e-6)) is the one the published runs (README figures) used,
+    factor min(1, c / (|g| + 1e-6)) is the one the published runs (docs/performance.md) used,
     and apply_if_finite counts non-finite updates and, past its limit, applies them anyway,
     while SPEC 10 wants every non-finite update skipped and the run aborted after
     optim.max_consecutive_skips whole steps in a row (TrainState.consecutive_skips).

@@ -259,7 +259,7 @@ def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Prog
         on_step=on_step,
     )
     result = None
-    # The step-0 copy probe (issue 17); its scorer feeds host arrays, so one process only.
+    # The step-0 copy probe; its scorer feeds host arrays, so one process only.
     if cfg.data.task == "synthetic" and jax.process_count() == 1:
         result = copy_probe(cfg, graphdef, params, tokenizer)
         view.write(result.line())
