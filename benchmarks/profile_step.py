@@ -83,7 +83,7 @@ class Loop:
     def __init__(self, cfg, workdir: pathlib.Path):
         self.cfg = cfg
         self.mesh = make_mesh(cfg.mesh)
-        self.tok = trainer._tokenizer(cfg, workdir)
+        self.tok = trainer._tokenizer(cfg.tokenizer.path, workdir)
         model_cfg = cfg.model.architecture()
         self.train_set = datasets.PromptSet(
             trainer._examples(cfg, "train"), self.tok, cfg.data.max_prompt_len

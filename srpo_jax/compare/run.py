@@ -166,7 +166,7 @@ def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path) -> None:
         shutil.rmtree(warm_dir)
     warm_dir.mkdir(parents=True)
     mesh = make_mesh(cfg.mesh)
-    tokenizer = trainer._tokenizer(cfg, warm_dir)
+    tokenizer = trainer._tokenizer(cfg.tokenizer.path, warm_dir)
     model_cfg = cfg.model.architecture()
     train_set = datasets.PromptSet(
         trainer._examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len

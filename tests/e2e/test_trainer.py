@@ -72,7 +72,7 @@ def cfg_for(method, **over):
 warm = out / "warm"
 warm.mkdir(parents=True)
 cfg = cfg_for("srpo", warmup__steps=300, warmup__lr=3e-3)
-tok = trainer._tokenizer(cfg, warm)
+tok = trainer._tokenizer(cfg.tokenizer.path, warm)
 train_set = datasets.PromptSet(trainer._examples(cfg, "train"), tok, cfg.data.max_prompt_len)
 model_cfg = cfg.model.architecture()
 graphdef, params = trainer._initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
