@@ -97,9 +97,9 @@ if [ "$gpus_per_node" -eq 0 ]; then
     echo "error: slurm_gpu.sh: --gpus-per-node 0 (CPU mode) runs no SGLang pool; use --learner-nodes ${#nodes[@]}" >&2
     exit 2
   fi
-  devices=$learner_nodes
+  devices=$learner_nodes unit="CPU devices"
 else
-  devices=$((learner_nodes * gpus_per_node))
+  devices=$((learner_nodes * gpus_per_node)) unit=GPUs
 fi
 workdir="$shared_dir/workdir"
 urls_file="$shared_dir/sglang_urls.txt"
@@ -156,7 +156,7 @@ pool_cmd=(bash "$here/sglang_pool.sh" --model-path "$model_path" --tp "$sglang_t
   --log-dir "$shared_dir/sglang_logs" --python "$python")
 
 if [ "$dry_run" -eq 1 ]; then
-  echo "# learner: ${learners[*]} ($devices GPUs, coordinator $coordinator)"
+  echo "# learner: ${learners[*]} ($devices $unit, coordinator $coordinator)"
   if [ ${#rollout[@]} -gt 0 ]; then
     echo "# rollout pool: ${rollout[*]}"
     printf '%q ' "${pool_cmd[@]}" --dry-run; echo
