@@ -33,7 +33,8 @@
 #   --model-path PATH      HF checkpoint dir on the shared file system (required)
 #   --shared-dir DIR       shared directory: workdir, weight export, SGLang URL list (required)
 #   --learner-nodes N      nodes for the learner (default: all nodes)
-#   --gpus-per-node N      default $SLURM_GPUS_ON_NODE, else 8
+#   --gpus-per-node N      default $SLURM_GPUS_ON_NODE, else 8; 0 = CPU mode: JAX on the CPU,
+#                          one device per learner process (to try the script without GPUs)
 #   --sglang-tp N          GPUs per SGLang server (default 1)
 #   --mesh D,F,T           mesh data,fsdp,tensor (default: data=learner nodes, rest from config)
 #   --port P               coordinator port (default 12355)
@@ -62,13 +63,13 @@ while [ $# -gt 0 ]; do
     --dry-run) dry_run=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-    *) echo "slurm_gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) echo "error: slurm_gpu.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 for name in config model_path shared_dir; do
   if [ -z "${!name}" ]; then
-    echo "slurm_gpu.sh: --${name//_/-} is required (see --help)" >&2; exit 2
+    echo "error: slurm_gpu.sh: --${name//_/-} is required (see --help)" >&2; exit 2
   fi
 done
 
@@ -79,19 +80,27 @@ elif [ "$dry_run" -eq 1 ] || [ "$num_nodes" -gt 0 ]; then
   nodes=()
   for ((i = 0; i < num_nodes; i++)); do nodes+=("node$i"); done
 else
-  echo "slurm_gpu.sh: not inside a SLURM allocation (run it with sbatch/salloc, or --dry-run)" >&2
+  echo "error: slurm_gpu.sh: not inside a SLURM allocation (run it with sbatch/salloc, or --dry-run)" >&2
   exit 2
 fi
 
 [ "$learner_nodes" -gt 0 ] || learner_nodes=${#nodes[@]}
 if [ "$learner_nodes" -gt "${#nodes[@]}" ]; then
-  echo "slurm_gpu.sh: --learner-nodes $learner_nodes > ${#nodes[@]} nodes in the allocation" >&2
+  echo "error: slurm_gpu.sh: --learner-nodes $learner_nodes > ${#nodes[@]} nodes in the allocation" >&2
   exit 2
 fi
 learners=("${nodes[@]:0:$learner_nodes}")
 rollout=("${nodes[@]:$learner_nodes}")
 coordinator="${learners[0]}:$port"
-devices=$((learner_nodes * gpus_per_node))
+if [ "$gpus_per_node" -eq 0 ]; then
+  if [ ${#rollout[@]} -gt 0 ]; then
+    echo "error: slurm_gpu.sh: --gpus-per-node 0 (CPU mode) runs no SGLang pool; use --learner-nodes ${#nodes[@]}" >&2
+    exit 2
+  fi
+  devices=$learner_nodes unit="CPU devices"
+else
+  devices=$((learner_nodes * gpus_per_node)) unit=GPUs
+fi
 workdir="$shared_dir/workdir"
 urls_file="$shared_dir/sglang_urls.txt"
 
@@ -102,7 +111,7 @@ main_args=(
 if [ -n "$mesh" ]; then
   IFS=, read -r mesh_d mesh_f mesh_t <<< "$mesh"
   if [ $((mesh_d * mesh_f * mesh_t)) -ne "$devices" ]; then
-    echo "slurm_gpu.sh: --mesh $mesh has $((mesh_d * mesh_f * mesh_t)) devices, not $devices" >&2
+    echo "error: slurm_gpu.sh: --mesh $mesh has $((mesh_d * mesh_f * mesh_t)) devices, not $devices" >&2
     exit 2
   fi
   main_args+=("--config.mesh.data=$mesh_d" "--config.mesh.fsdp=$mesh_f" "--config.mesh.tensor=$mesh_t")
@@ -119,8 +128,12 @@ if [ ${#rollout[@]} -gt 0 ]; then
 fi
 main_args+=("${extra[@]}")
 
-learner_env="XLA_PYTHON_CLIENT_MEM_FRACTION=0.95"
-learner_env+=" XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true"
+if [ "$gpus_per_node" -eq 0 ]; then
+  learner_env="JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=1"
+else
+  learner_env="XLA_PYTHON_CLIENT_MEM_FRACTION=0.95"
+  learner_env+=" XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true"
+fi
 nodelist="$(IFS=,; echo "${learners[*]}")"
 
 squote() {  # one shell word in single quotes (readable in dry runs, safe for eval)
@@ -143,7 +156,7 @@ pool_cmd=(bash "$here/sglang_pool.sh" --model-path "$model_path" --tp "$sglang_t
   --log-dir "$shared_dir/sglang_logs" --python "$python")
 
 if [ "$dry_run" -eq 1 ]; then
-  echo "# learner: ${learners[*]} ($devices GPUs, coordinator $coordinator)"
+  echo "# learner: ${learners[*]} ($devices $unit, coordinator $coordinator)"
   if [ ${#rollout[@]} -gt 0 ]; then
     echo "# rollout pool: ${rollout[*]}"
     printf '%q ' "${pool_cmd[@]}" --dry-run; echo
@@ -168,7 +181,7 @@ if [ ${#rollout[@]} -gt 0 ]; then
   pool_pid=$!
   # sglang_pool.sh writes the URL list only once every server answers /health.
   until [ -s "$urls_file" ]; do
-    kill -0 "$pool_pid" 2>/dev/null || { echo "slurm_gpu.sh: the SGLang pool failed" >&2; exit 1; }
+    kill -0 "$pool_pid" 2>/dev/null || { echo "error: slurm_gpu.sh: the SGLang pool failed" >&2; exit 1; }
     sleep 10
   done
   urls="($(sed "s/.*/'&',/" "$urls_file" | tr -d '\n'))"

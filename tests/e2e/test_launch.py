@@ -235,3 +235,20 @@ def test_shellcheck_clean():
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout
+
+
+def test_slurm_cpu_mode_one_cpu_device_per_process_and_no_pool():
+    srun = slurm_dry("--num-nodes", "2", "--gpus-per-node", "0").strip().splitlines()[-1]
+    cmd = inner_command(srun)
+    assert cmd[:5] == [
+        "exec", "env", "JAX_PLATFORMS=cpu",
+        "XLA_FLAGS=--xla_force_host_platform_device_count=1", "python",
+    ]  # fmt: skip
+    assert "--config.mesh.data=2" in cmd and "--num_processes=2" in cmd
+    proc = run(SLURM, "--dry-run", "--num-nodes", "2", "--learner-nodes", "1",
+               "--gpus-per-node", "0", "--model-path", "/m", "--shared-dir", "/s",
+               "--config", CONFIG, check=False)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(
+        "error: slurm_gpu.sh: --gpus-per-node 0 (CPU mode) runs no SGLang"
+    )
