@@ -34,8 +34,16 @@
 #   --shared-dir DIR       shared directory: workdir, weight export, SGLang URL list (required)
 #   --learner-nodes N      nodes for the learner (default: all nodes)
 #   --gpus-per-node N      default $SLURM_GPUS_ON_NODE, else 8; 0 = CPU mode: JAX on the CPU,
-#                          one device per learner process (to try the script without GPUs)
+#                          one device per learner process, and a pool of one sglang-jax server
+#                          per rollout node (to try the script without GPUs)
 #   --sglang-tp N          GPUs per SGLang server (default 1)
+#   --sglang-server KIND   sglang | sglang-jax (default sglang; sglang-jax in CPU mode).
+#                          sglang-jax has no weight-update route: its servers keep the
+#                          starting weights (rollout.sglang.sync=none), a launch check only
+#   --sglang-python PY     python with the server kind installed (default: --python)
+#   --sglang-port P        first server port on every rollout node (default 30000)
+#   --sglang-args "..."    more arguments for every SGLang server (split on whitespace)
+#   --deterministic        every server gets its kind's deterministic-sampling flag
 #   --mesh D,F,T           mesh data,fsdp,tensor (default: data=learner nodes, rest from config)
 #   --port P               coordinator port (default 12355)
 #   --python PY            python with srpo_jax installed (default python)
@@ -45,8 +53,16 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ ! -f "$here/sglang_pool.sh" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+  # sbatch runs a copy of this script in slurmd's spool directory; sglang_pool.sh is beside
+  # the original, which the job's Command names (relative to the submit directory).
+  original="$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')"
+  [[ "$original" == /* ]] || original="${SLURM_SUBMIT_DIR:-.}/$original"
+  here="$(cd "$(dirname "$original")" && pwd)"
+fi
 config="" model_path="" shared_dir="" learner_nodes=0 gpus_per_node="${SLURM_GPUS_ON_NODE:-8}"
-sglang_tp=1 mesh="" port=12355 python="python" num_nodes=0 dry_run=0 extra=()
+sglang_tp=1 sglang_server="" sglang_python="" sglang_port=30000 sglang_args="" deterministic=0
+mesh="" port=12355 python="python" num_nodes=0 dry_run=0 extra=()
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +72,11 @@ while [ $# -gt 0 ]; do
     --learner-nodes) learner_nodes="$2"; shift 2 ;;
     --gpus-per-node) gpus_per_node="$2"; shift 2 ;;
     --sglang-tp) sglang_tp="$2"; shift 2 ;;
+    --sglang-server) sglang_server="$2"; shift 2 ;;
+    --sglang-python) sglang_python="$2"; shift 2 ;;
+    --sglang-port) sglang_port="$2"; shift 2 ;;
+    --sglang-args) sglang_args="$2"; shift 2 ;;
+    --deterministic) deterministic=1; shift ;;
     --mesh) mesh="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
@@ -92,11 +113,11 @@ fi
 learners=("${nodes[@]:0:$learner_nodes}")
 rollout=("${nodes[@]:$learner_nodes}")
 coordinator="${learners[0]}:$port"
+if [ -z "$sglang_server" ]; then
+  sglang_server=sglang
+  [ "$gpus_per_node" -eq 0 ] && sglang_server=sglang-jax
+fi
 if [ "$gpus_per_node" -eq 0 ]; then
-  if [ ${#rollout[@]} -gt 0 ]; then
-    echo "error: slurm_gpu.sh: --gpus-per-node 0 (CPU mode) runs no SGLang pool; use --learner-nodes ${#nodes[@]}" >&2
-    exit 2
-  fi
   devices=$learner_nodes unit="CPU devices"
 else
   devices=$((learner_nodes * gpus_per_node)) unit=GPUs
@@ -125,6 +146,8 @@ if [ ${#rollout[@]} -gt 0 ]; then
     "--config.rollout.sglang.export_dir=$shared_dir/weights"
     "--config.rollout.sglang.urls=@URLS@"
   )
+  # sglang-jax cannot load new weights: the run would stop at the first push.
+  [ "$sglang_server" = sglang-jax ] && main_args+=("--config.rollout.sglang.sync=none")
 fi
 main_args+=("${extra[@]}")
 
@@ -151,9 +174,11 @@ learner_cmd() {  # $1: the python tuple literal of SGLang URLs (or empty)
     "$(squote "exec env $learner_env ${quoted}--process_id=\$SLURM_PROCID")"
 }
 
-pool_cmd=(bash "$here/sglang_pool.sh" --model-path "$model_path" --tp "$sglang_tp"
-  --gpus-per-node "$gpus_per_node" --nodes "${rollout[*]}" --urls-file "$urls_file"
-  --log-dir "$shared_dir/sglang_logs" --python "$python")
+pool_cmd=(bash "$here/sglang_pool.sh" --model-path "$model_path" --server "$sglang_server"
+  --tp "$sglang_tp" --gpus-per-node "$gpus_per_node" --nodes "${rollout[*]}" --base-port "$sglang_port"
+  --urls-file "$urls_file" --log-dir "$shared_dir/sglang_logs"
+  --python "${sglang_python:-$python}" --sglang-args "$sglang_args")
+[ "$deterministic" -eq 1 ] && pool_cmd+=(--deterministic)
 
 if [ "$dry_run" -eq 1 ]; then
   echo "# learner: ${learners[*]} ($devices $unit, coordinator $coordinator)"
@@ -182,7 +207,7 @@ if [ ${#rollout[@]} -gt 0 ]; then
   # sglang_pool.sh writes the URL list only once every server answers /health.
   until [ -s "$urls_file" ]; do
     kill -0 "$pool_pid" 2>/dev/null || { echo "error: slurm_gpu.sh: the SGLang pool failed" >&2; exit 1; }
-    sleep 10
+    sleep 2
   done
   urls="($(sed "s/.*/'&',/" "$urls_file" | tr -d '\n'))"
 fi

@@ -11,7 +11,7 @@ import dataclasses
 
 from srpo_jax.config_checks import ConfigError, one_of, require
 
-SYNC_STRATEGIES = ("update_from_disk", "restart")
+SYNC_STRATEGIES = ("update_from_disk", "restart", "none")
 WEIGHTS_DTYPES = ("", "auto", "float32", "bfloat16", "float16")
 PAUSE_MODES = ("abort", "retract", "in_place")
 _KEY = "rollout.sglang"
@@ -43,7 +43,10 @@ class SGLangConfig:
     backoff_s: float = 1.0  # first retry waits this, then doubles
     max_concurrency: int = 8  # requests in flight at once (over all servers)
     rows_per_request: int = 64  # rollout rows per POST /generate
-    sync: str = "update_from_disk"  # how new weights reach the servers
+    # How new weights reach the servers. "none": they keep the weights they started on, so
+    # every rollout after the first step is off-policy; only for servers given by URL that
+    # cannot load weights (sglang-jax has no update route), to check a launch end to end.
+    sync: str = "update_from_disk"
     pause_mode: str = "abort"
     load_format: str | None = None
     export_dir: str = ""  # shared-file-system dir for weight export

@@ -19,6 +19,8 @@ update_weights_from_disk {model_path, load_format, weight_version} -> continue_g
 the version it reports (/model_info, or /get_weight_version on older servers) is checked, or
 (sync="restart") the locally launched servers are relaunched on the new checkpoint, for
 servers without an update route. Only the newest `keep_exports` checkpoints are kept.
+sync="none" exports and pushes nothing: the servers keep their starting weights and the
+rollouts report that version (a launch check over servers that cannot load weights).
 
 Dead servers. A launched server whose process has exited (crash, OOM kill, SIGKILL) fails
 its requests at once instead of after the retry back-off, so the generation in flight raises
@@ -132,6 +134,11 @@ class SGLangEngine:
             self.urls = tuple(s.url for s in self._servers)
         else:
             self.urls = tuple(u.rstrip("/") for u in config.urls)
+        if config.sync == "none":
+            logging.warning(
+                "rollout.sglang.sync='none': the SGLang servers keep the weights they started "
+                "on; rollouts after the first step come from those, not from the learner"
+            )
 
     # ---------------------------------------------------------------- HTTP
     def _request(self, method: str, url: str, route: str, body=None, *, retry=True) -> Any:
@@ -301,6 +308,8 @@ class SGLangEngine:
         Single controller: the engine lives in one process. In a multi-process learner, export
         with hf_io.save_hf_params on every process (it gathers; process 0 writes) and pass
         the written directory here from process 0."""
+        if self.config.sync == "none":  # the rollouts keep reporting the served version
+            return {"sync/total_s": 0.0, "sync/num_servers": float(len(self.urls))}
         t0 = time.perf_counter()
         if isinstance(params, (str, os.PathLike)):
             path = pathlib.Path(params)

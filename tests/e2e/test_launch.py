@@ -169,8 +169,9 @@ def test_pool_real_path_starts_each_server_with_its_gpus(tmp_path):
         assert lines[0] == f"CUDA_VISIBLE_DEVICES={gpus}"
         assert lines[1] == str(bin_dir / "python")  # the PATH's python, started by exec
         assert lines[2:] == [
-            "-m", "sglang.launch_server", "--model-path", "/m", "--host", "n1",
-            "--port", str(port), "--tp-size", "2", "--mem-fraction-static", "0.5",
+            "-m", "sglang.launch_server", "--model-path", "/m", "--skip-tokenizer-init",
+            "--host", "n1", "--port", str(port), "--tp-size", "2",
+            "--mem-fraction-static", "0.5",
         ]  # fmt: skip
 
 
@@ -237,7 +238,7 @@ def test_shellcheck_clean():
     assert proc.returncode == 0, proc.stdout
 
 
-def test_slurm_cpu_mode_one_cpu_device_per_process_and_no_pool():
+def test_slurm_cpu_mode_one_cpu_device_per_process_and_a_sglang_jax_pool():
     srun = slurm_dry("--num-nodes", "2", "--gpus-per-node", "0").strip().splitlines()[-1]
     cmd = inner_command(srun)
     assert cmd[:5] == [
@@ -245,10 +246,82 @@ def test_slurm_cpu_mode_one_cpu_device_per_process_and_no_pool():
         "XLA_FLAGS=--xla_force_host_platform_device_count=1", "python",
     ]  # fmt: skip
     assert "--config.mesh.data=2" in cmd and "--num_processes=2" in cmd
-    proc = run(SLURM, "--dry-run", "--num-nodes", "2", "--learner-nodes", "1",
-               "--gpus-per-node", "0", "--model-path", "/m", "--shared-dir", "/s",
-               "--config", CONFIG, check=False)  # fmt: skip
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith(
-        "error: slurm_gpu.sh: --gpus-per-node 0 (CPU mode) runs no SGLang"
+    # With a node left over, CPU mode runs the pool as one sglang-jax server on it; those
+    # cannot load new weights, so the learner keeps them on their starting weights.
+    lines = slurm_dry("--num-nodes", "2", "--learner-nodes", "1", "--gpus-per-node", "0",
+                      "--sglang-python", "/venv/bin/python").strip().splitlines()  # fmt: skip
+    servers = [server_command(ln) for ln in lines if ln.startswith("#   srun")]
+    assert len(servers) == 1
+    assert servers[0][:7] == [
+        "exec", "env", "JAX_PLATFORMS=cpu", "XLA_FLAGS=--xla_force_host_platform_device_count=1",
+        "/venv/bin/python", "-m", "sgl_jax.launch_server",
+    ]  # fmt: skip
+    assert "--device" in servers[0] and "--host" in servers[0]
+    learner = inner_command(lines[-1])
+    assert learner[4] == "python"  # --sglang-python is the servers' python only
+    assert "--config.rollout.sglang.sync=none" in learner
+    assert "--config.rollout.engine=sglang" in learner
+
+
+def server_command(dry_line: str) -> list[str]:
+    """The server command of a pool dry-run line (printed bare, or under slurm_gpu's '#   ')."""
+    return inner_command(dry_line.removeprefix("#   "))
+
+
+def pool_dry(*args):
+    return run(POOL, "--model-path", "/m", "--dry-run", *args).stdout.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "kind, gpus, module, flag",
+    [
+        ("sglang", "4", "sglang.launch_server", "--enable-deterministic-inference"),
+        ("sglang-jax", "4", "sgl_jax.launch_server", "--enable-deterministic-sampling"),
+        ("sglang-jax", "0", "sgl_jax.launch_server", "--enable-deterministic-sampling"),
+    ],
+)
+def test_pool_sglang_args_and_deterministic_reach_every_server(kind, gpus, module, flag):
+    """Each kind's own deterministic flag (sglang 0.5.23: enable_deterministic_inference;
+    sglang-jax: enable_deterministic_sampling), --skip-tokenizer-init (the learner sends ids;
+    exports carry no tokenizer), then --sglang-args, then what follows `--`."""
+    lines = pool_dry("--server", kind, "--gpus-per-node", gpus, "--tp", "2", "--nodes", "a b",
+                     "--sglang-args", "--mem-fraction-static 0.7  --dtype bfloat16",
+                     "--deterministic", "--", "--log-level", "warning")  # fmt: skip
+    servers = [server_command(ln) for ln in lines if ln.startswith("srun")]
+    assert len(servers) == (2 if gpus == "0" else 4)  # CPU mode: one server per node
+    for cmd in servers:
+        assert cmd[cmd.index("-m") + 1] == module
+        assert cmd.count(flag) == 1 and "--skip-tokenizer-init" in cmd
+        assert ("--device" in cmd) == (gpus == "0")
+        assert cmd[cmd.index("--tp-size") + 2 :] == [
+            "--mem-fraction-static", "0.7", "--dtype", "bfloat16", flag,
+            "--log-level", "warning",
+        ]  # fmt: skip
+    lines = pool_dry("--server", kind, "--gpus-per-node", gpus, "--nodes", "a")
+    plain = [server_command(ln) for ln in lines if ln.startswith("srun")]
+    assert plain and not any(f.startswith("--enable-deterministic") for c in plain for f in c)
+
+
+def test_slurm_sglang_args_and_deterministic_reach_every_pool_server():
+    lines = slurm_dry("--num-nodes", "3", "--learner-nodes", "1", "--sglang-tp", "4",
+                      "--sglang-args", "--mem-fraction-static 0.7", "--deterministic",
+                      "--sglang-port", "31000").strip().splitlines()  # fmt: skip
+    servers = [server_command(ln) for ln in lines if ln.startswith("#   srun")]
+    assert len(servers) == 4  # 2 pool nodes x 8 GPUs / tp 4
+    for cmd in servers:
+        assert cmd[cmd.index("-m") + 1] == "sglang.launch_server"
+        assert cmd[-3:] == ["--mem-fraction-static", "0.7", "--enable-deterministic-inference"]
+        assert cmd[cmd.index("--port") + 1] in ("31000", "31001")
+    learner = inner_command(lines[-1])
+    assert not any("sync=" in a for a in learner)  # mainline SGLang loads weights from disk
+
+
+def test_pool_refuses_a_bad_server_kind_and_sglang_on_cpu():
+    proc = run(POOL, "--model-path", "/m", "--dry-run", "--server", "vllm", check=False)
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: sglang_pool.sh: --server vllm is not sglang or sglang-jax\n"
     )
+    proc = run(POOL, "--model-path", "/m", "--dry-run", "--gpus-per-node", "0", "--server",
+               "sglang", check=False)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: sglang_pool.sh: --gpus-per-node 0 (CPU mode)")

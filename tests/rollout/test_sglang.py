@@ -231,6 +231,17 @@ def test_stale_reported_version_is_an_error(tmp_path):
         engine.update_weights(10, version=3)
 
 
+def test_sync_none_pushes_nothing_and_keeps_the_served_version(tmp_path):
+    """sync="none" (servers that cannot load weights): no export, no request, and the
+    rollouts keep reporting the version the servers started on."""
+    with StandIn("ok") as s, _engine(s.url, tmp_path, sync="none") as engine:
+        metrics = engine.update_weights(10, version=4)
+        assert engine._version == 0
+    assert s.requests == []
+    assert not (tmp_path / "exports").exists() or not any((tmp_path / "exports").iterdir())
+    assert metrics == {"sync/total_s": 0.0, "sync/num_servers": 1.0}
+
+
 # ---------------------------------------------------------------- launch/sglang_pool.sh
 def test_pool_script_dry_run_lays_out_servers_over_gpus():
     script = pathlib.Path(__file__).resolve().parents[2] / "launch" / "sglang_pool.sh"
