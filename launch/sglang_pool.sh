@@ -80,8 +80,9 @@ if [ "$gpus_per_node" -eq 0 ]; then
 elif [ "$tp" -lt 1 ] || [ $((gpus_per_node % tp)) -ne 0 ]; then
   echo "error: sglang_pool.sh: --tp $tp must divide --gpus-per-node $gpus_per_node" >&2; exit 2
 fi
-# Whitespace-split, no quoting: server arguments are flags and paths without spaces.
-read -r -a user_args <<< "$sglang_args"
+# Split on any whitespace, newlines included (read -d '' ends at the input's end, status 1);
+# no quoting: server arguments are flags and paths without spaces.
+read -r -d '' -a user_args <<< "$sglang_args" || true
 [ "$deterministic" -eq 1 ] && user_args+=("$determinism")
 user_args+=("${extra[@]}")
 if [ -z "$nodes" ]; then

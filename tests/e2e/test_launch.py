@@ -285,7 +285,7 @@ def test_pool_sglang_args_and_deterministic_reach_every_server(kind, gpus, modul
     sglang-jax: enable_deterministic_sampling), --skip-tokenizer-init (the learner sends ids;
     exports carry no tokenizer), then --sglang-args, then what follows `--`."""
     lines = pool_dry("--server", kind, "--gpus-per-node", gpus, "--tp", "2", "--nodes", "a b",
-                     "--sglang-args", "--mem-fraction-static 0.7  --dtype bfloat16",
+                     "--sglang-args", "--mem-fraction-static 0.7\n  --dtype bfloat16",
                      "--deterministic", "--", "--log-level", "warning")  # fmt: skip
     servers = [server_command(ln) for ln in lines if ln.startswith("srun")]
     assert len(servers) == (2 if gpus == "0" else 4)  # CPU mode: one server per node
