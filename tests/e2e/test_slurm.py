@@ -10,7 +10,8 @@ with one error: line and exit 2, through the same SLURM.
 
 The pool test: one learner node (n1) and the SGLang pool on the other (n2), the pool being
 launch/sglang_pool.sh in CPU mode, a real sglang-jax server started through srun. The
-learner starts once the pool wrote its URL file, trains 2 steps over the server
+learner starts once the pool wrote its URL file (the server started with --deterministic:
+the flag name must be one sglang-jax accepts), trains 2 steps over the server
 (rollout.sglang.sync=none: sglang-jax cannot load new weights), and when the job ends no
 process of it is left, the server's included.
 """
@@ -247,7 +248,7 @@ def test_slurm_script_runs_a_learner_node_and_an_sglang_pool_node(tmp_path):
         f"sbatch -N 2 --wait -o {tmp_path}/job.out {SLURM} --learner-nodes 1 --gpus-per-node 0 "
         f"--model-path {ckpt} --shared-dir {shared} --config {config} --python {sys.executable} "
         f"--port {coordinator} --sglang-python {server_python} --sglang-port {server_port} "
-        f"--sglang-args '{_cpu_server_args()}'; echo $? > {tmp_path}/job.rc\n"
+        f"--sglang-args '{_cpu_server_args()}' --deterministic; echo $? > {tmp_path}/job.rc\n"
         # sbatch --wait is back: the job is over, the daemons still run. The check runs on
         # its own (this module imports jax), so that its start-up delays nothing.
         f"{sys.executable} -c {shlex.quote(_LEFT_OVER)} {tmp_path}/slurm/slurm.conf "
@@ -278,6 +279,8 @@ def test_slurm_script_runs_a_learner_node_and_an_sglang_pool_node(tmp_path):
     # The rollouts came from the pool's server: its log shows the learner's requests.
     log = (shared / "sglang_logs" / f"sglang_n2_{server_port}.log").read_text()
     assert log.count("POST /generate") >= 2, log[-3000:]
+    # --deterministic reached the real server under the flag name sglang-jax knows.
+    assert "enable_deterministic_sampling=True" in log
     left = (tmp_path / "left.txt").read_text().strip()
     assert left == "", f"left after the job ended:\n{left}"
     assert _job_processes(tmp_path / "slurm" / "slurm.conf") == []
