@@ -62,6 +62,8 @@ def _checked_flags() -> tuple[pathlib.Path, RunDir | None]:
         fail("--out is required (the directory to write evaluation.json to)")
     if _HF_PATH.value and _CONFIG.value is None:
         fail("--config is required with --hf_path (data, eval and rollout settings)")
+    if _HF_PATH.value and flags.FLAGS["step"].present:
+        fail("--step picks a checkpoint of --workdir; an --hf_path model has none")
     out = pathlib.Path(_OUT.value)
     try:
         check_out_dir(out, _FORCE.value)
@@ -74,7 +76,12 @@ def _checked_flags() -> tuple[pathlib.Path, RunDir | None]:
 def _config(rundir: RunDir | None) -> config_lib.Config:
     """The config (the run's own without --config), with --k and --tasks checked."""
     try:
-        cfg = rundir.cfg if _CONFIG.value is None else config_lib.from_config_dict(_CONFIG.value)
+        if _CONFIG.value is None:
+            cfg = rundir.cfg
+        else:
+            if _HF_PATH.value:  # the model to evaluate: what model.hf_path names in training
+                _CONFIG.value.model.hf_path = _HF_PATH.value
+            cfg = config_lib.from_config_dict(_CONFIG.value)
         if _K.value is not None:
             cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, num_samples=_K.value))
     except (config_lib.ConfigError, OSError) as e:
@@ -96,9 +103,9 @@ def _model(cfg: config_lib.Config, rundir: RunDir | None, mesh):
         step = rundir.choose_step(_STEP.value)
         model_cfg, tokenizer = rundir.architecture(), rundir.tokenizer()
         return model_cfg, rundir.restore_tree(step, "policy", mesh), tokenizer, step
-    hf_path = _HF_PATH.value
+    hf_path = cfg.model.hf_path  # --hf_path (_config)
     try:
-        model_cfg = dataclasses.replace(cfg.model, hf_path=hf_path).architecture()
+        model_cfg = cfg.model.architecture()
         tokenizer = tok_lib.load_tokenizer(cfg.tokenizer.path or hf_path)
     except FileNotFoundError as e:
         raise RunDirError(f"--hf_path={hf_path}: {e}") from None

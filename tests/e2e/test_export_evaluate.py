@@ -13,7 +13,8 @@ directory is deleted, so that export and evaluate read the workdir alone; the ex
 Checks: transformers loads the export and its logits equal the JAX model built from the
 checkpoint's arrays (read with orbax alone) within 1e-4; the teacher export equals the
 checkpoint's EMA tree bit for bit; the evaluation of a checkpoint gives exactly the avg@k,
-maj@k and mean response length the run logged at that step; the SLURM command is the
+maj@k and mean response length the run logged at that step, and an HF directory (the
+export) evaluates with --config and --hf_path; the SLURM command is the
 script tests/e2e/test_slurm.py runs, and its options pass the script's dry run; bad input is
 one `error:` line, exit 2, nothing written to --out (BAD_INPUT).
 """
@@ -235,6 +236,14 @@ def _check_evaluation(real_run):
         assert lo <= got["avg_at_k"] <= hi
     assert 1 < logged["eval/response_len_mean"] < 16  # varied lengths: samplers told apart
     assert report["k"] == 4 and "avg@4 [95% CI]" in real_run["evaluated"].stdout
+    # An HF directory (here the export) evaluates with a config of its own.
+    out = real_run["root"] / "hf_eval"
+    argv = ["python", "-m", "srpo_jax.evaluate", "--config=configs/demo.py", *DEMO[1:],
+            f"--hf_path={real_run['export']}", f"--out={out}"]  # fmt: skip
+    _ok(cli(argv))
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["model"] == {"hf_path": str(real_run["export"])} and report["k"] == 4
+    assert report["results"]["overall"]["num_questions"] == 8
 
 
 def _check_slurm_command(real_run):
