@@ -75,6 +75,12 @@ def ci(reps: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def question_interval(x_Q, rng: np.random.Generator) -> tuple[float, float]:
+    """95% interval of the mean of one run's per-question scores, questions resampled."""
+    x_SEQ = np.asarray(x_Q, np.float64)[None, None, :]
+    return ci(boot_acc(x_SEQ, _draws(1, x_SEQ.shape[2], rng))[:, 0])
+
+
 def verdict(reps: np.ndarray, direction: int) -> str:
     lo, hi = ci(reps * direction)
     return "holds" if lo > 0 else ("does not hold" if hi < 0 else "unresolved")

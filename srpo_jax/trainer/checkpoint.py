@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -135,15 +136,24 @@ class CheckpointManager:
     the primary process). `wait()` blocks until an asynchronous save has been finalised.
     """
 
-    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | pathlib.Path,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        """read_only: only restores, and touches nothing in `directory` (an export or an
+        evaluation reading a run that may still be training and writing its next step)."""
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            create=True,
+            max_to_keep=None if read_only else keep,
+            create=not read_only,
             # Leftovers of a killed write are never listed as steps; remove them at start-up.
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
-        )
+        )  # not orbax's own read_only: it logs a warning for every reader
         _quiet_disk_full_logs()
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(_STATE, _HOST)
@@ -223,12 +233,19 @@ class CheckpointManager:
         )
         return dict(restored[_HOST])
 
-    def restore(self, target: Any, *, step: int | None = None) -> Restored | None:
+    def restore(
+        self, target: Any, *, step: int | None = None, only: Sequence[str] = ()
+    ) -> Restored | None:
         """Restores into `target` (arrays or ShapeDtypeStructs with shardings; see abstract_like).
 
         step=None: the latest finalised checkpoint, falling back to older ones (with a
         warning) when the latest cannot be read. Returns None when there is no checkpoint.
-        Raises CheckpointMismatchError when the checkpoint's tree differs from the target.
+        Raises CheckpointMismatchError when the checkpoint's tree differs from the target
+        (the whole tree is checked, `only` or not).
+
+        only: top-level fields of the state (e.g. ("params",)) whose leaves alone are read;
+        every other leaf comes back as None, so an export of one tree never holds the
+        optimizer's moments in memory. Empty: every leaf.
         """
         self.wait()
         available = self.all_steps()
@@ -236,7 +253,20 @@ class CheckpointManager:
             raise FileNotFoundError(f"no finalised checkpoint for step {step} in {self.directory}")
         steps = [step] if step is not None else available[::-1]
         names, targets, treedef = _flatten(target)
-        abstract = _nest(names, [_stored_struct(x) for x in targets])
+        wanted = [not only or name.split("/")[0] in only for name in names]
+        # orbax skips reading a leaf whose target is its PLACEHOLDER (a PyTreeRestore only).
+        abstract = _nest(
+            names,
+            [
+                _stored_struct(x) if w else ocp.PLACEHOLDER
+                for x, w in zip(targets, wanted, strict=True)
+            ],
+        )
+        restore_args = (
+            ocp.args.PyTreeRestore(abstract, ocp.checkpoint_utils.construct_restore_args(abstract))
+            if only
+            else ocp.args.StandardRestore(abstract)
+        )
         for i, s in enumerate(steps):
             try:
                 host = self.read_host_state(s)
@@ -247,14 +277,15 @@ class CheckpointManager:
             self._check_match(s, tree, names, targets)
             try:
                 restored = self._manager.restore(
-                    s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+                    s, args=ocp.args.Composite(**{_STATE: restore_args})
                 )
             except Exception as e:  # unreadable: damaged or missing array files
                 self._skip(s, e, steps[i + 1 :], explicit=step is not None)
                 continue
+            values = _unnest(restored[_STATE], names)
             leaves = [
-                jax.random.wrap_key_data(v, impl=_key_impl(t)) if _is_key(t) else v
-                for v, t in zip(_unnest(restored[_STATE], names), targets, strict=True)
+                (jax.random.wrap_key_data(v, impl=_key_impl(t)) if _is_key(t) else v) if w else None
+                for v, t, w in zip(values, targets, wanted, strict=True)
             ]
             state = jax.tree_util.tree_unflatten(treedef, leaves)
             return Restored(step=s, state=state, host_state=host)

@@ -52,6 +52,7 @@ class Evaluator:
         self.batch_prompts = batch_prompts
         self.stop_ids = _stop_ids(tokenizer)
         self.last_scores: list[float] = []  # per-question avg@k of the last run
+        self.last_majority: list[float] = []  # per-question maj@k of the last run
 
     def run(self, engine, *, step: int, seed: int = 0) -> dict[str, float]:
         k = self.cfg.num_samples
@@ -78,7 +79,8 @@ class Evaluator:
                 per = [rewards.reward(ex.kind, t, ex.answer) for t in texts]
                 scores.append(float(np.mean(per)))
                 majority.append(_majority_score(ex, texts, per))
-        self.last_scores = scores  # for confidence intervals over questions (tools/compare_ci)
+        # For confidence intervals over questions (compare/intervals.py, srpo_jax.evaluate).
+        self.last_scores, self.last_majority = scores, majority
         return {
             "eval/avg_at_k": float(np.mean(scores)),
             "eval/maj_at_k": float(np.mean(majority)),

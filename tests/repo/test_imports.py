@@ -2,9 +2,10 @@
 
 The layers, lowest first (docs/architecture.md): config_checks, sharding, multihost and
 process plumbing -> model, data, kernels -> algo, rollout -> learner -> the config tree ->
-trainer -> cli -> main, plan, aot, compare. A module imports only its own layer or lower,
-except the section configs (every package's config.py, algo/methods.py, kernels/options.py),
-which any layer may import and which themselves import only each other and config_checks.
+trainer -> cli -> main, plan, aot, compare, export, evaluate. A module imports only its own
+layer or lower, except the section configs (every package's config.py, algo/methods.py,
+kernels/options.py), which any layer may import and which themselves import only each other
+and config_checks.
 There is no import cycle anywhere in the package (imports inside functions count too: a
 cycle through a lazy import is still a cycle in the design).
 """
@@ -104,6 +105,8 @@ LAYER = {
     "plan": 7,
     "aot": 7,
     "compare": 7,
+    "export": 7,
+    "evaluate": 7,
 }
 SECTION_CONFIG_EXTRAS = (
     "srpo_jax.config_checks",
@@ -159,6 +162,7 @@ def test_sharding_imports_nothing_of_ours_and_the_model_only_low_layers():
 def test_the_library_never_imports_the_tools():
     # aot (the plan, the device check) and compare sit on top of the library.
     tools = ("srpo_jax.aot", "srpo_jax.compare", "srpo_jax.plan", "srpo_jax.main")
+    tools += ("srpo_jax.export", "srpo_jax.evaluate")
     for name, deps in _graph().items():
         if not name.startswith(tools):
             assert not any(d.startswith(tools) for d in deps), (name, deps)

@@ -74,6 +74,33 @@ def test_roundtrip_bit_exact_sharded(tmp_path):
     _assert_bit_equal(state, again.state)
 
 
+def test_read_only_restore_of_one_tree_reads_it_alone_and_touches_nothing(tmp_path):
+    state = _state()
+    CheckpointManager(tmp_path, async_save=False).save(7, state, {"step": 7})
+    in_flight = tmp_path / "8.orbax-checkpoint-tmp-1"  # a writer's next step, still open
+    in_flight.mkdir()
+    reader = CheckpointManager(tmp_path, read_only=True)
+    restored = reader.restore(abstract_like(state), step=7, only=("teacher",))
+    _assert_bit_equal(state["teacher"], restored.state["teacher"])
+    for field in ("params", "opt_state", "step", "rng"):
+        assert all(x is None for x in jax.tree.leaves(restored.state[field], is_leaf=_none))
+    assert jax.tree.structure(restored.state["opt_state"], is_leaf=_none) == jax.tree.structure(
+        jax.tree.map(lambda _: None, state["opt_state"]), is_leaf=_none
+    )
+    reader.close()
+    assert in_flight.is_dir()  # a writable manager removes it at start-up
+    CheckpointManager(tmp_path).close()
+    assert not in_flight.exists()
+    # The whole tree is still checked against the target.
+    other = dict(state, step=jnp.zeros((2,), jnp.int32))
+    with pytest.raises(CheckpointMismatchError, match="leaf step"):
+        CheckpointManager(tmp_path, read_only=True).restore(other, only=("teacher",))
+
+
+def _none(x) -> bool:
+    return x is None
+
+
 def test_keeps_last_n_and_explicit_step(tmp_path):
     ck = CheckpointManager(tmp_path, keep=2, async_save=False)
     for step in range(1, 6):
