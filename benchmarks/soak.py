@@ -1,0 +1,207 @@
+"""A soak: the CPU demo run for many RL steps, with evaluation and checkpoints on, sampled
+every few steps for what grows over a long run.
+
+    python benchmarks/soak.py --steps=2000 --every=50 --out=docs/soak   # about 1 h idle
+
+It trains configs/demo.py in this process through `trainer.setup.run` (the same path as
+`python -m srpo_jax.main`) and, every --every steps, records:
+- rss_mb: this process's resident memory (VmRSS in /proc/self/status);
+- live_buffers / live_mb: the jax arrays alive on the devices (jax.live_arrays());
+- compiles: XLA compilations so far (jax's backend-compile events), so a cache that keeps
+  growing shows as a count that keeps climbing;
+- step_s: the median step time over the window (time/step_s from the metrics).
+
+It prints a markdown table, writes it to OUT.md with the goals checked (after the first
+--settle steps: RSS and live bytes grow < 5%, the compile count is constant, the step time
+drifts < 10%) and plots the four series to OUT.png. The warm-up is the demo's, so that
+rollouts succeed and every path of the step (routing, the teacher pass) runs in the soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import pathlib
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.monitoring
+
+from srpo_jax.config import from_config_dict, load_config_file
+from srpo_jax.trainer import progress as progress_lib
+from srpo_jax.trainer import setup as trainer_setup
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@dataclasses.dataclass
+class Sample:
+    step: int
+    rss_mb: float
+    live_buffers: int
+    live_mb: float
+    compiles: int
+    step_s: float
+
+
+def rss_mb() -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class SoakView(progress_lib.Progress):
+    """The console view of the run, which also samples the process every `every` steps."""
+
+    def __init__(self, every: int, compiles: list[int], report):
+        super().__init__(log_every=every, bar=False)
+        self.every, self.compiles, self.report = every, compiles, report
+        self.samples: list[Sample] = []
+        self._window: list[float] = []
+
+    def update(self, step: int, metrics) -> None:
+        super().update(step, metrics)
+        if "time/step_s" in metrics:  # an RL step (the warm-up reports its loss only)
+            self._window.append(float(metrics["time/step_s"]))
+            if step % self.every == 0:
+                self._sample(step)
+
+    def _sample(self, step: int) -> None:
+        arrays = jax.live_arrays()
+        self.samples.append(
+            Sample(
+                step=step,
+                rss_mb=rss_mb(),
+                live_buffers=len(arrays),
+                live_mb=sum(a.nbytes for a in arrays) / 2**20,
+                compiles=self.compiles[0],
+                step_s=statistics.median(self._window),
+            )
+        )
+        self._window = []
+        self.report(self.samples)  # written as it goes: a long soak cut short keeps its table
+
+
+def goals(samples: list[Sample], settle: int) -> list[tuple[str, float, str, bool]]:
+    """(goal, measured, limit, met) after the first `settle` steps."""
+    after = [s for s in samples if s.step >= settle]
+    if len(after) < 2:
+        return []
+    first, last = after[0], after[-1]
+    grow = lambda a, b: (b - a) / a if a else 0.0
+    times = [s.step_s for s in after]
+    drift = (max(times) - min(times)) / min(times)
+    return [
+        (
+            "RSS growth",
+            grow(first.rss_mb, last.rss_mb),
+            "< 5%",
+            grow(first.rss_mb, last.rss_mb) < 0.05,
+        ),
+        (
+            "live bytes growth",
+            grow(first.live_mb, last.live_mb),
+            "< 5%",
+            grow(first.live_mb, last.live_mb) < 0.05,
+        ),
+        ("compiles added", last.compiles - first.compiles, "0", last.compiles == first.compiles),
+        ("step time drift (max-min)/min", drift, "< 10%", drift < 0.10),
+    ]
+
+
+def table(samples: list[Sample], settle: int) -> str:
+    lines = [
+        "| step | RSS MB | live buffers | live MB | compiles | median step s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in samples:
+        lines.append(
+            f"| {s.step} | {s.rss_mb:.1f} | {s.live_buffers} | {s.live_mb:.2f} | "
+            f"{s.compiles} | {s.step_s:.3f} |"
+        )
+    lines += ["", f"Goals, from step {settle} on:", "", "| goal | measured | limit | met |"]
+    lines.append("|---|---:|---|---|")
+    for name, value, limit, met in goals(samples, settle):
+        shown = f"{value:+.1%}" if "%" in limit else f"{value:.0f}"
+        lines.append(f"| {name} | {shown} | {limit} | {'yes' if met else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(samples: list[Sample], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s.step for s in samples]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    series = [
+        ("RSS MB", "rss_mb"),
+        ("live MB", "live_mb"),
+        ("compiles", "compiles"),
+        ("step s", "step_s"),
+    ]
+    for ax, (title, field) in zip(axes, series, strict=True):
+        ax.plot(steps, [getattr(s, field) for s in samples], marker=".")
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)  # the soak measures its own RSS: no figure may pile up
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--settle", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=400)  # the demo's: rollouts succeed
+    p.add_argument("--workdir", default="")
+    p.add_argument("--out", default="soak")
+    args = p.parse_args()
+
+    compiles = [0]
+
+    def on_event(event: str, duration_s: float, **_) -> None:
+        if event == COMPILE_EVENT:
+            compiles[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = load_config_file(str(root / "configs/demo.py"))
+    with config.unlocked():
+        config.train.num_steps = args.steps
+        config.warmup.steps = args.warmup
+        config.eval.max_examples = 64  # evaluation every 10 steps stays a small part
+        config.log.progress = False
+    cfg = from_config_dict(config)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    def report(samples: list[Sample]) -> None:
+        head = (
+            f"Soak of configs/demo.py, {samples[-1].step} of {args.steps} RL steps (warm-up "
+            f"{args.warmup}, eval every {cfg.eval.every_steps} steps on "
+            f"{cfg.eval.max_examples} questions, checkpoints every "
+            f"{cfg.checkpoint.every_steps}), {datetime.date.today()}, {platform.node()} "
+            f"({jax.devices()[0].platform}), {(time.perf_counter() - t0) / 60:.1f} min of "
+            "wall time.\n\n"
+        )
+        out.with_suffix(".md").write_text(head + table(samples, args.settle))
+        plot(samples, out.with_suffix(".png"))
+
+    view = SoakView(args.every, compiles, report)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="srpo_soak_")
+    trainer_setup.run(cfg, workdir, progress=view)
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
