@@ -31,8 +31,8 @@ DETERMINISTIC_FLAGS = {
 
 
 def server_kind(launch_command: str) -> str | None:
-    """ "sglang-jax", "sglang" or None (not recognised) for a launch command template, from
-    the module or program it runs (sgl_jax.launch_server, sglang.launch_server, `sglang`)."""
+    """Which server a launch command template starts, from the module or program it runs:
+    "sglang-jax" (sgl_jax.launch_server), "sglang" (sglang.launch_server, `sglang`) or None."""
     try:
         words = shlex.split(launch_command)
     except ValueError:  # unbalanced quotes: not a command we can read
