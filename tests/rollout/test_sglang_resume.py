@@ -8,7 +8,8 @@ and beside it the same run SIGKILLed during step 4 (after step 3's metrics line,
 past the step-2 checkpoint; its orphaned server is killed by the test), then resumed with the
 same command. The resumed run redraws steps 3 and 4 on servers with another history (the
 uninterrupted run's step-3 server first served the step-2 eval; without the flag that moves
-its random state and step 3 draws other tokens), and every metric of every step must equal
+its random state and step 3 draws other tokens: this test, run with the mode off, failed on
+step 3's logp_gap/mean and logp_gap/max), and every metric of every step must equal
 the uninterrupted run's bit for bit; only wall-clock and compile counters may differ.
 
 Rows go one per request, one request at a time: sglang-jax's deterministic flag fixes the
