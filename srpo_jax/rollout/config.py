@@ -8,13 +8,40 @@ the one SGLang settings class: the run config's section and what `SGLangEngine` 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import shlex
 
 from srpo_jax.config_checks import ConfigError, one_of, require
 
 SYNC_STRATEGIES = ("update_from_disk", "restart", "none")
 WEIGHTS_DTYPES = ("", "auto", "float32", "bfloat16", "float16")
-PAUSE_MODES = ("abort", "retract", "in_place")
+# SGLang's /pause_generation modes that leave /flush_cache able to run: "in_place" keeps the
+# running requests (and their KV) in the batch, and the server then refuses the flush the
+# weight sync needs (managers/io_struct.py PauseGenerationReqInput in SGLang 0.5.23).
+PAUSE_MODES = ("abort", "retract")
 _KEY = "rollout.sglang"
+
+# The server-wide flag that makes each server kind sample from `sampling_seed`; without it
+# both ignore the seed (sampling/sampling_batch_info.py in SGLang 0.5.23 and in sglang-jax
+# 0.1.0rc0 pass no seeds to the sampler unless it is set).
+DETERMINISTIC_FLAGS = {
+    "sglang": "--enable-deterministic-inference",
+    "sglang-jax": "--enable-deterministic-sampling",
+}
+
+
+def server_kind(launch_command: str) -> str | None:
+    """Which server a launch command template starts, from the module or program it runs:
+    "sglang-jax" (sgl_jax.launch_server), "sglang" (sglang.launch_server, `sglang`) or None."""
+    try:
+        words = shlex.split(launch_command)
+    except ValueError:  # unbalanced quotes: not a command we can read
+        return None
+    if any("sgl_jax" in w for w in words):
+        return "sglang-jax"
+    if any(w.startswith("sglang.") or pathlib.PurePath(w).name == "sglang" for w in words):
+        return "sglang"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +79,11 @@ class SGLangConfig:
     export_dir: str = ""  # shared-file-system dir for weight export
     keep_exports: int = 2
     max_restarts: int = 5  # relaunches of dead launched servers per run (then the run stops)
+    # Exact resume over SGLang: launched servers get their kind's flag that makes them honour
+    # sampling_seed (SGLang: --enable-deterministic-inference, sglang-jax:
+    # --enable-deterministic-sampling). Off by default: the seeded samplers trade faithful
+    # samples for reproducible ones (docs/rollout.md).
+    deterministic: bool = False
 
     def __post_init__(self):
         require(not isinstance(self.urls, str), f"{_KEY}.urls", "a tuple of URLs", self.urls)
@@ -93,6 +125,12 @@ class SGLangConfig:
         if self.launch_command and self.base_port and last_port > 65535:
             raise ConfigError(
                 f"config.{_KEY}.base_port + num_servers - 1 must be <= 65535, got {last_port}"
+            )
+        if self.deterministic and self.launch_command and not server_kind(self.launch_command):
+            raise ConfigError(
+                f"config.{_KEY}.deterministic needs a launch_command that runs "
+                "sglang.launch_server or sgl_jax.launch_server (to know which flag makes it "
+                f"honour sampling_seed), got {self.launch_command!r}"
             )
         if self.sync == "restart" and not self.launch_command:
             raise ConfigError(

@@ -8,9 +8,11 @@ and its own `sampling_seed` (folded from seed, step, p, j) rather than as one pr
 `n`: SGLang takes one seed per request, so this is the only way to give every sample its own
 reproducible noise, and it makes the output order (row p*n+j) explicit instead of relying on
 how the server expands `n`. The shared prompt is still computed once thanks to the server's
-prefix cache. Rows are chunked into requests spread round-robin over the server URLs, with a
-bounded thread pool, per-request timeouts, and retries with exponential backoff; a server
-that stays down raises RolloutError naming its URL.
+prefix cache. The servers draw from the seed only when launched with their deterministic flag
+(rollout.sglang.deterministic, docs/rollout.md); otherwise they ignore it. Rows are chunked
+into requests spread round-robin over the server URLs, with a bounded thread pool,
+per-request timeouts, and retries with exponential backoff; a server that stays down raises
+RolloutError naming its URL.
 
 Weight sync after each training step (`update_weights`): the learner's params are exported as
 an HF safetensors checkpoint (bf16 + config.json) under `export_dir/step_<version>`, then
@@ -46,7 +48,7 @@ import requests
 from absl import logging
 
 from srpo_jax.rollout import sglang_server
-from srpo_jax.rollout.config import SGLangConfig
+from srpo_jax.rollout.config import DETERMINISTIC_FLAGS, SGLangConfig
 from srpo_jax.rollout.engine import (
     FINISH_ABORT,
     FINISH_LENGTH,
@@ -86,6 +88,24 @@ def default_exporter(model_config=None) -> Callable[[Any, pathlib.Path], None]:
             hf_io.save_hf_params(params, model_config, path, dtype="bfloat16")
 
     return export
+
+
+_warned_unchecked = False
+
+
+def _warn_unchecked_determinism(urls: tuple[str, ...]) -> None:
+    """Once per process: servers given by URL were started by someone else, and whether they
+    run with the deterministic flag cannot be told from their answers."""
+    global _warned_unchecked
+    if _warned_unchecked:
+        return
+    _warned_unchecked = True
+    flags = " or ".join(f"{v} ({k})" for k, v in DETERMINISTIC_FLAGS.items())
+    logging.warning(
+        "rollout.sglang.deterministic is on but the servers %s were not launched here: check "
+        "that they run with %s, or sampling_seed is ignored and a resumed run draws other samples",
+        ", ".join(urls), flags,
+    )  # fmt: skip
 
 
 class SGLangEngine:
@@ -134,6 +154,8 @@ class SGLangEngine:
             self.urls = tuple(s.url for s in self._servers)
         else:
             self.urls = tuple(u.rstrip("/") for u in config.urls)
+            if config.deterministic:
+                _warn_unchecked_determinism(self.urls)
         if config.sync == "none":
             logging.warning(
                 "rollout.sglang.sync='none': the SGLang servers keep the weights they started "
@@ -344,7 +366,8 @@ class SGLangEngine:
         try:
             self._request("POST", url, "/flush_cache")
             body = {
-                "model_path": str(path),
+                # Absolute: a relative path would be resolved in the server's working directory.
+                "model_path": str(path.resolve()),
                 "weight_version": str(version),
                 "abort_all_requests": False,
             }
@@ -423,13 +446,17 @@ class SGLangEngine:
         cfg = self.config
         return sglang_server.launch_servers(
             cfg.launch_command,
-            model_path=model_path,
+            # Absolute: the server may run in another working directory (or on another node).
+            model_path=str(pathlib.Path(model_path).resolve()),
             host=cfg.host,
             ports=ports,
             first_index=first_index,
             log_dir=self.log_dir,
             startup_timeout_s=cfg.startup_timeout_s,
             env={**os.environ, **dict(cfg.launch_env)},
+            extra_flags=sglang_server.launch_flags(
+                cfg.launch_command, deterministic=cfg.deterministic
+            ),
         )
 
     @property

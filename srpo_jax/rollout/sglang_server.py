@@ -19,9 +19,30 @@ import time
 
 import requests
 
+from srpo_jax.rollout.config import DETERMINISTIC_FLAGS, server_kind
 from srpo_jax.rollout.engine import RolloutError
 
 LOG_TAIL_LINES = 40
+
+# The engine sends token ids and exports no tokenizer files: a server started on an export
+# would fail loading a tokenizer from it unless told to skip it (or given one).
+_TOKENIZER_FLAGS = ("--skip-tokenizer-init", "--tokenizer-path")
+
+
+def launch_flags(template: str, *, deterministic: bool) -> tuple[str, ...]:
+    """Flags appended to every launched server's command line: --skip-tokenizer-init unless
+    the template sets a tokenizer, and the kind's deterministic flag when asked for. Flags the
+    template already has are not repeated; an unrecognised server gets nothing."""
+    kind = server_kind(template)
+    if kind is None:
+        return ()
+    words = shlex.split(template)
+    flags = []
+    if not any(w.split("=")[0] in _TOKENIZER_FLAGS for w in words):
+        flags.append("--skip-tokenizer-init")
+    if deterministic and DETERMINISTIC_FLAGS[kind] not in words:
+        flags.append(DETERMINISTIC_FLAGS[kind])
+    return tuple(flags)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,9 +53,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def render_command(
-    template: str, *, model_path: str, host: str, port: int, index: int
+    template: str, *, model_path: str, host: str, port: int, index: int, extra=()
 ) -> list[str]:
-    """The argv for one server: the template with its placeholders filled, split like a shell."""
+    """The argv for one server: the template with its placeholders filled, split like a shell,
+    then the `extra` flags."""
     try:
         line = template.format(model_path=model_path, host=host, port=port, index=index)
     except (KeyError, IndexError) as e:
@@ -42,7 +64,7 @@ def render_command(
             f"launch command template {template!r} uses unknown placeholder {e}; "
             "allowed: {model_path} {host} {port} {index}"
         ) from e
-    return shlex.split(line)
+    return shlex.split(line) + list(extra)
 
 
 def _tail(path: pathlib.Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -143,16 +165,20 @@ def launch_servers(
     startup_timeout_s: float,
     env=None,
     first_index: int = 0,
+    extra_flags: tuple[str, ...] = (),
 ) -> list[ServerProcess]:
     """Starts one server per port (all at once, they boot in parallel) and waits for all.
 
-    Server k gets index first_index + k (the template's `{index}`, and its log file name).
+    Server k gets index first_index + k (the template's `{index}`, and its log file name);
+    `extra_flags` go at the end of every command line.
     If any fails to come up, every server started here is stopped before the error propagates.
     """
     servers = []
     try:
         for i, port in enumerate(ports, start=first_index):
-            argv = render_command(template, model_path=model_path, host=host, port=port, index=i)
+            argv = render_command(
+                template, model_path=model_path, host=host, port=port, index=i, extra=extra_flags
+            )
             url = f"http://{host}:{port}"
             log = pathlib.Path(log_dir) / f"sglang_{i}_{port}.log"
             server = ServerProcess(argv, url, log, env=env)

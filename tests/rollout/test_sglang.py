@@ -55,6 +55,10 @@ def _engine(url, tmp_path, **kw) -> SGLangEngine:
         (dict(urls=("http://a:1",), sync="nccl"), "sync"),
         (dict(urls=("http://a:1",), sync="restart"), "sync"),
         (dict(urls=("http://a:1",), pause_mode="later"), "pause_mode"),
+        # in_place keeps requests in the batch: the server then refuses the flush of a sync.
+        (dict(urls=("http://a:1",), pause_mode="in_place"), "pause_mode"),
+        # Not a server we know the deterministic flag of.
+        (dict(launch_command="python serve.py {port}", deterministic=True), "deterministic"),
         (dict(launch_command="x", num_servers=2, base_port=65535), "base_port"),
     ],
 )
@@ -91,6 +95,44 @@ def test_render_command_fills_placeholders_and_rejects_unknown():
     assert argv[6:] == ["--port", "5", "--host", "127.0.0.1", "--i", "1"]
     with pytest.raises(ValueError, match="unknown placeholder"):
         sglang_server.render_command("x {gpu}", model_path="m", host="h", port=1, index=0)
+
+
+@pytest.mark.parametrize(
+    "template, deterministic, flags",
+    [
+        # SGLang 0.5.23 and sglang-jax 0.1.0rc0 spell the flag differently (their server_args).
+        ("python -m sglang.launch_server --port {port}", True,
+         ("--skip-tokenizer-init", "--enable-deterministic-inference")),
+        ("sglang serve --port {port}", False, ("--skip-tokenizer-init",)),
+        ("/v/bin/python -m sgl_jax.launch_server --port {port}", True,
+         ("--skip-tokenizer-init", "--enable-deterministic-sampling")),
+        # What the template already says is not repeated.
+        ("python -m sglang.launch_server --tokenizer-path=/t --enable-deterministic-inference",
+         True, ()),
+        ("python -m sgl_jax.launch_server --skip-tokenizer-init", False, ()),
+        ("python serve.py --port {port}", False, ()),  # unknown server: left as written
+    ],
+)  # fmt: skip
+def test_launch_flags_per_server_kind(template, deterministic, flags):
+    assert sglang_server.launch_flags(template, deterministic=deterministic) == flags
+    argv = sglang_server.render_command(
+        template, model_path="/m", host="h", port=1, index=0, extra=flags
+    )
+    assert argv[len(argv) - len(flags) :] == list(flags)
+
+
+def test_servers_given_by_url_warn_once_that_determinism_is_unchecked(tmp_path, caplog):
+    from srpo_jax.rollout import sglang
+
+    sglang._warned_unchecked = False
+    for _ in range(2):
+        with _engine("http://127.0.0.1:9", tmp_path, deterministic=True):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if "deterministic" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "http://127.0.0.1:9" in warnings[0]
+    assert "--enable-deterministic-inference" in warnings[0]
+    assert "--enable-deterministic-sampling" in warnings[0]
 
 
 # ---------------------------------------------------------------- process lifecycle
@@ -191,6 +233,17 @@ def test_given_checkpoint_dir_is_used_as_is(tmp_path):
     body = next(b for m, p, b in s.requests if p == "/update_weights_from_disk")
     assert body["model_path"] == str(ckpt)
     assert ckpt.is_dir()
+
+
+def test_relative_export_dir_is_sent_resolved(tmp_path, monkeypatch):
+    # The server resolves a relative path in its own working directory, not ours.
+    monkeypatch.chdir(tmp_path)
+    with StandIn("ok") as s:
+        cfg = SGLangConfig(urls=(s.url,), export_dir="rel/exports")
+        with SGLangEngine(cfg, exporter=_fake_exporter) as engine:
+            engine.update_weights(10, version=2)
+    body = next(b for m, p, b in s.requests if p == "/update_weights_from_disk")
+    assert body["model_path"] == str(tmp_path.resolve() / "rel" / "exports" / "step_00000002")
 
 
 def test_old_exports_are_removed(tmp_path):
