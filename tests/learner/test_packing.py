@@ -42,7 +42,7 @@ def mixed_rows(seed, method, rewards, *, empty=(), prompts=4) -> batching.StepRo
     )
 
 
-MIXED = [1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1]  # group 2 has no teacher
+MIXED = [1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1]  # group 1: no success, no teacher
 
 
 def _padded(rows, n_mini=1):
