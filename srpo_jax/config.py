@@ -41,6 +41,7 @@ from typing import Any
 from srpo_jax.algo import methods
 from srpo_jax.algo.config import AlgoConfig
 from srpo_jax.config_checks import ConfigError, one_of, require
+from srpo_jax.data.buckets import worst_case_lengths
 from srpo_jax.data.datasets import DataConfig, TokenizerConfig
 from srpo_jax.learner.config import OptimConfig, TrainConfig
 from srpo_jax.model.config import ModelConfig
@@ -126,10 +127,47 @@ class Config:
                 f"config.train.micro_batch_rows (rows per micro-batch = {rows}) must be divisible "
                 f"by mesh.data * mesh.fsdp = {batch_shards}"
             )
+        self._check_packing()
+
+    def _check_packing(self) -> None:
+        """train.packed: resolve pack_len (0 = the longest padded row, student or teacher) and
+        check that every row fits one stream and a micro-batch holds at least one stream."""
+        t, d, a = self.train, self.data, self.algo
+        if not t.packed:
+            if t.micro_batch_tokens or t.pack_len:
+                raise ConfigError(
+                    "config.train.micro_batch_tokens and config.train.pack_len are read only "
+                    "with config.train.packed=True"
+                )
+            return
+        if not t.pack_len:
+            object.__setattr__(self, "train", dataclasses.replace(t, pack_len=pack_len_of(self)))
+            t = self.train
+        for name, longest in (
+            ("data.max_prompt_len + config.data.max_response_len", d.max_prompt_len),
+            ("algo.max_reprompt_len + config.data.max_response_len", a.max_reprompt_len),
+        ):
+            if longest + d.max_response_len > t.pack_len:
+                raise ConfigError(
+                    f"config.{name} = {longest + d.max_response_len} is longer than "
+                    f"config.train.pack_len = {t.pack_len}: a row must fit one packed stream"
+                )
+        if t.micro_batch_tokens and t.micro_batch_tokens < t.pack_len:
+            raise ConfigError(
+                f"config.train.micro_batch_tokens = {t.micro_batch_tokens} is less than "
+                f"config.train.pack_len = {t.pack_len}: a micro-batch must hold one stream"
+            )
 
     @property
     def num_updates_per_step(self) -> int:
         return self.train.prompts_per_step // self.train.mini_batch_prompts
+
+
+def pack_len_of(cfg: Config) -> int:
+    """The default train.pack_len: the longest row the padded layout would hold, student
+    (prompt + response buckets) or teacher (reprompt + response buckets)."""
+    p, r, pt = worst_case_lengths(cfg)
+    return max(p, pt) + r
 
 
 def check_mesh(cfg: Config, num_devices: int) -> None:

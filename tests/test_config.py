@@ -235,6 +235,26 @@ def test_rows_must_split_over_batch_mesh_axes():
         resolve("qwen3_8b_chem.py", "method=srpo", mesh__fsdp=32)
 
 
+def test_packing_resolves_pack_len_and_refuses_rows_or_budgets_that_do_not_fit():
+    # The demo's longest padded row is the teacher's: a 256-token reprompt bucket + 16.
+    assert resolve("demo.py", train__packed=True).train.pack_len == 272
+    assert resolve("demo.py").train.pack_len == 0  # padded runs resolve nothing
+    with pytest.raises(
+        ConfigError,
+        match=r"config.data.max_prompt_len \+ config.data.max_response_len = 144 is longer "
+        r"than config.train.pack_len = 100",
+    ):
+        resolve("demo.py", train__packed=True, train__pack_len=100, algo__max_reprompt_len=64)
+    with pytest.raises(ConfigError, match=r"config.algo.max_reprompt_len \+ config.data"):
+        resolve("demo.py", train__packed=True, train__pack_len=200)
+    with pytest.raises(
+        ConfigError, match="config.train.micro_batch_tokens = 100 is less than .*pack_len = 272"
+    ):
+        resolve("demo.py", train__packed=True, train__micro_batch_tokens=100)
+    with pytest.raises(ConfigError, match="read only with config.train.packed=True"):
+        resolve("demo.py", train__micro_batch_tokens=4096)
+
+
 def test_full_size_model_without_weights_is_refused():
     cd = load("qwen3_8b_chem.py", "method=srpo")
     with pytest.raises(ConfigError, match="config.model.hf_path is empty for preset 'qwen3_8b'"):

@@ -41,6 +41,7 @@ lambda * sg(log pi_phi - log pi_theta), 0 for rollouts without a teacher).
 import dataclasses
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -77,22 +78,48 @@ def sdpo_scale(entropy_BT, routed_mask_BT, tau: float = 1.0) -> jnp.ndarray:
     return jnp.where(z > 0, count / jnp.where(z > 0, z, 1.0), 0.0)
 
 
-def aggregation(response_mask_BT, loss_agg: str = "token-mean", dtype=jnp.float32):
+# Packed layout: the per-token arrays are [K, L] streams of rows laid end to end and
+# row_ids_BT gives each token's row (an index into the [B] arrays; masked tokens may carry any
+# row). Without row_ids_BT, axis 0 is the row and axis -1 the token, as everywhere else.
+
+
+def rows_to_tokens(x_B, row_ids_BT=None):
+    """A per-row array at every token: [B, 1] (rows layout) or [K, L] (packed)."""
+    x_B = jnp.asarray(x_B)
+    return x_B[:, None] if row_ids_BT is None else jnp.take(x_B, row_ids_BT, axis=0)
+
+
+def row_sums(x_BT, row_ids_BT=None, num_rows: int | None = None):
+    """Per-row sums [B] of a per-token array (segment sums over the packed rows)."""
+    if row_ids_BT is None:
+        return jnp.sum(x_BT, axis=-1)
+    return jax.ops.segment_sum(x_BT.reshape(-1), row_ids_BT.reshape(-1), num_rows)
+
+
+def aggregation(
+    response_mask_BT, loss_agg: str = "token-mean", dtype=jnp.float32, row_ids_BT=None, rows=None
+):
     """(factor_BT, denominator): token-mean -> (mask, #tokens); seq-mean-token-mean ->
-    (mask / |y_i|, #non-empty sequences). Padding rows (|y_i| = 0) count in neither."""
+    (mask / |y_i|, #non-empty sequences). Padding rows (|y_i| = 0) count in neither.
+    Packed (row_ids_BT, `rows` rows): the same per row, with |y_i| a segment sum."""
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGGS}")
     mask = (jnp.asarray(response_mask_BT) > 0).astype(dtype)
     if loss_agg == "token-mean":
         return mask, jnp.sum(mask)
+    if row_ids_BT is not None:
+        length_B = row_sums(mask, row_ids_BT, rows)
+        factor = mask / jnp.maximum(rows_to_tokens(length_B, row_ids_BT), 1.0)
+        return factor, jnp.sum((length_B > 0).astype(dtype))
     length_B1 = jnp.sum(mask, axis=-1, keepdims=True)
     factor = mask / jnp.maximum(length_B1, 1.0)
     return factor, jnp.sum((length_B1 > 0).astype(dtype))
 
 
-def routed_token_mask(response_mask_BT, sdpo_mask_B) -> jnp.ndarray:
+def routed_token_mask(response_mask_BT, sdpo_mask_B, row_ids_BT=None) -> jnp.ndarray:
     """S as a [B, T] 0/1 float mask: valid response tokens of routed rollouts."""
-    mask = (jnp.asarray(response_mask_BT) > 0) & (jnp.asarray(sdpo_mask_B)[:, None] > 0)
+    routed = rows_to_tokens(jnp.asarray(sdpo_mask_B) > 0, row_ids_BT)
+    mask = (jnp.asarray(response_mask_BT) > 0) & routed
     return mask.astype(jnp.float32)
 
 
@@ -105,9 +132,12 @@ def sdpo_token_multiplier(
     loss_agg="token-mean",
     is_clip=2.0,
     tis_cap=2.0,
+    row_ids_BT=None,
+    rows=None,
 ) -> jnp.ndarray:
     """Stop-gradient per-token factor c_t * min(sg ratio, is_clip) * w_IS (fused token_weight_N)."""
-    factor, _ = aggregation(response_mask_BT, loss_agg, losses.as_wide(logp_BT).dtype)
+    dtype = losses.as_wide(logp_BT).dtype
+    factor, _ = aggregation(response_mask_BT, loss_agg, dtype, row_ids_BT, rows)
     w = losses.sdpo_token_weight(
         logp_BT, old_logp_BT, rollout_logp_BT, is_clip=is_clip, tis_cap=tis_cap
     )
@@ -152,6 +182,7 @@ class ObjectiveInputs(NamedTuple):
     has_teacher_B: Any = None
     correct_B: Any = None
     fused_sdpo: Any = None
+    row_ids_BT: Any = None  # packed layout: each token's row (see rows_to_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +229,8 @@ def _sdpo_sum(x: ObjectiveInputs, o: ObjectiveOptions, m, routed, u, z, dtype):
         loss_agg=o.loss_agg,
         is_clip=o.is_clip,
         tis_cap=o.tis_cap,
+        row_ids_BT=x.row_ids_BT,
+        rows=jnp.shape(x.adv_B)[0],
     )
     d = jnp.where(routed > 0, losses.as_wide(x.sdpo_divergence_BT), 0.0)
     return jnp.sum(u * mult * d), z
@@ -210,20 +243,22 @@ def objective_parts(
     o, m = options, methods_lib.get(options.method)
     dtype = losses.as_wide(x.logp_BT).dtype
     valid = (jnp.asarray(x.response_mask_BT) > 0).astype(dtype)
-    factor, denominator = aggregation(x.response_mask_BT, o.loss_agg, dtype)
-    sdpo_B = jnp.asarray(x.sdpo_mask_B) > 0 if m.sdpo else jnp.zeros(valid.shape[0], bool)
-    routed = routed_token_mask(x.response_mask_BT, sdpo_B)
+    rows, row_ids = jnp.shape(x.adv_B)[0], x.row_ids_BT
+    factor, denominator = aggregation(x.response_mask_BT, o.loss_agg, dtype, row_ids, rows)
+    sdpo_B = jnp.asarray(x.sdpo_mask_B) > 0 if m.sdpo else jnp.zeros(rows, bool)
+    routed = routed_token_mask(x.response_mask_BT, sdpo_B, row_ids)
     grpo_tokens = valid * (1.0 - routed) if m.grpo else jnp.zeros_like(valid)
     metrics: dict[str, jnp.ndarray] = {}
 
-    adv = losses.as_wide(x.adv_B)[:, None]
+    adv = rows_to_tokens(losses.as_wide(x.adv_B), row_ids)
     if m.teacher_advantage:
         if x.teacher_logp_BT is None or x.has_teacher_B is None:
             raise ValueError(
                 f"{m.name} mixes teacher advantages: pass teacher_logp_BT and has_teacher_B"
             )
+        has_t = rows_to_tokens(jnp.asarray(x.has_teacher_B) > 0, row_ids)
         adv, metrics["sdpo_advantage_mean"] = _mixed_advantage(
-            adv, x.logp_BT, x.teacher_logp_BT, x.has_teacher_B, valid, o.mix_lambda
+            adv, x.logp_BT, x.teacher_logp_BT, has_t, valid, o.mix_lambda
         )
     grpo_sum = _grpo_sum(x, o, adv, factor, grpo_tokens, metrics)
 
@@ -236,27 +271,31 @@ def objective_parts(
     sdpo_sum, z = _sdpo_sum(x, o, m, routed, u, z, dtype)
     parts = ObjectiveParts(grpo_sum, sdpo_sum, z, count, denominator)
 
+    has_tokens_B = row_sums(valid, row_ids, rows) > 0
     metrics.update(
-        _routing_metrics(valid, sdpo_B, routed, x.correct_B, x.has_teacher_B, x.entropy_BT)
+        _routing_metrics(has_tokens_B, valid, sdpo_B, routed, x.correct_B, x.has_teacher_B)
     )
+    if x.entropy_BT is not None:
+        stats = _masked_stats(lax.stop_gradient(losses.as_wide(x.entropy_BT)), routed, "t")
+        metrics["teacher_entropy_mean"] = stats["t_mean"]
+        metrics["teacher_entropy_std"] = stats["t_std"]
     if m.sdpo:
         metrics.update(_masked_stats(sdpo_scale_from(parts) * u, routed, "sdpo_weight"))
     return parts, metrics
 
 
-def _mixed_advantage(adv_B1, logp_BT, teacher_logp_BT, has_teacher_B, valid_BT, mix_lambda):
+def _mixed_advantage(adv_B1, logp_BT, teacher_logp_BT, has_t, valid_BT, mix_lambda):
     """SPEC 8: A_i + lambda * sg(log pi_phi - log pi_theta) per token (0 without a teacher);
-    returns (advantage [B, T], mean teacher advantage over the tokens that have one)."""
-    has_t = (jnp.asarray(has_teacher_B) > 0)[:, None]
+    has_t: whether the token's row has a teacher ([B, 1], or [K, L] packed). Returns
+    (advantage [B, T], mean teacher advantage over the tokens that have one)."""
     a_sdpo = lax.stop_gradient(losses.as_wide(teacher_logp_BT) - losses.as_wide(logp_BT))
     a_sdpo = jnp.where(has_t & (valid_BT > 0), a_sdpo, 0.0)
     mean = jnp.sum(a_sdpo) / jnp.maximum(jnp.sum(valid_BT * has_t), 1.0)
     return adv_B1 + mix_lambda * a_sdpo, mean
 
 
-def _routing_metrics(valid, sdpo_B, routed, correct_B, has_teacher_B, entropy_BT) -> dict:
+def _routing_metrics(has_tokens_B, valid, sdpo_B, routed, correct_B, has_teacher_B) -> dict:
     metrics = {}
-    has_tokens_B = jnp.sum(valid, axis=-1) > 0
     n_seq = jnp.maximum(jnp.sum(has_tokens_B), 1)
     metrics["routed_fraction"] = jnp.sum(sdpo_B & has_tokens_B) / n_seq
     metrics["routed_token_fraction"] = jnp.sum(routed) / jnp.maximum(jnp.sum(valid), 1.0)
@@ -264,11 +303,6 @@ def _routing_metrics(valid, sdpo_B, routed, correct_B, has_teacher_B, entropy_BT
         fail = (jnp.asarray(correct_B) <= 0) & has_tokens_B
         lone = fail & (jnp.asarray(has_teacher_B) <= 0)
         metrics["failures_without_teacher_frac"] = jnp.sum(lone) / jnp.maximum(jnp.sum(fail), 1)
-    if entropy_BT is not None:
-        h = lax.stop_gradient(losses.as_wide(entropy_BT))
-        stats = _masked_stats(h, routed, "teacher_entropy")
-        metrics["teacher_entropy_mean"] = stats["teacher_entropy_mean"]
-        metrics["teacher_entropy_std"] = stats["teacher_entropy_std"]
     return metrics
 
 

@@ -51,7 +51,13 @@ class TrainConfig:
 
     prompts_per_step: int = 32
     mini_batch_prompts: int | None = None  # None = the method's SPEC 10 value
-    micro_batch_rows: int = 0  # rows per gradient-accumulation micro-batch; 0 = whole mini-batch
+    micro_batch_rows: int = 0  # padded layout: rows per micro-batch; 0 = whole mini-batch
+    # Packed layout (learner/packing.py): rows end to end in streams of pack_len tokens
+    # (0 = the longest padded row), micro-batches of at most micro_batch_tokens stream
+    # tokens (0 = one micro-batch per mini-batch); micro_batch_rows is then not read.
+    packed: bool = False
+    pack_len: int = 0
+    micro_batch_tokens: int = 0
     num_steps: int = 1000
     seed: int = 0
     fused_implementation: str = "auto"
@@ -64,6 +70,13 @@ class TrainConfig:
         mb = self.mini_batch_prompts
         require(mb is None or mb >= 1, "train.mini_batch_prompts", ">= 1", mb)
         require(self.micro_batch_rows >= 0, "train.micro_batch_rows", ">= 0", self.micro_batch_rows)
+        require(self.pack_len >= 0, "train.pack_len", ">= 0", self.pack_len)
+        require(
+            self.micro_batch_tokens >= 0,
+            "train.micro_batch_tokens",
+            ">= 0",
+            self.micro_batch_tokens,
+        )
         require(self.num_steps >= 1, "train.num_steps", ">= 1", self.num_steps)
         one_of(
             "train.fused_implementation", self.fused_implementation, kernel_options.IMPLEMENTATIONS

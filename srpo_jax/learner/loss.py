@@ -20,6 +20,8 @@ from flax import nnx
 from srpo_jax.algo import objective
 from srpo_jax.kernels import chunked_vocab
 from srpo_jax.kernels.fused_distill import api as fused_api
+from srpo_jax.learner import packed_loss
+from srpo_jax.learner.packing import PackedBatch
 
 
 def _forward_hidden(graphdef, params, ids_BS, mask_BS, prompt_len: int, resp_len: int):
@@ -44,6 +46,10 @@ def _dims(mb):
 
 
 def student_logp(cfg, graphdef, params, mb):
+    """(log-probs of the sampled tokens, hidden states, unembedding): [B, R] per row, or
+    [K, L] per stream position for a packed micro-batch (packed_loss)."""
+    if isinstance(mb, PackedBatch):
+        return packed_loss.student_logp(cfg, graphdef, params, mb)
     p_len, r_len, _, _ = _dims(mb)
     h_BRD, w_DV = _forward_hidden(
         graphdef, params, mb.input_ids_BS, mb.attention_mask_BS, p_len, r_len
@@ -81,6 +87,8 @@ def _teacher_token_mask(mb):
 
 def teacher_entropy_sum(cfg, graphdef, teacher_params, mb) -> tuple[jax.Array, jax.Array]:
     """(Z, |S|) of one micro-batch: sum of exp(-H/tau) and count over routed SDPO tokens."""
+    if isinstance(mb, PackedBatch):
+        return packed_loss.teacher_entropy_sum(cfg, graphdef, teacher_params, mb)
     _, _, _, m_rows = _dims(mb)
     if m_rows == 0 or not cfg.method.sdpo:
         return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
@@ -196,6 +204,28 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
     micro-batch's own Z (exact when the mini-batch is one micro-batch).
     Returns (numerator, metrics).
     """
+    if isinstance(mb, PackedBatch):
+        inputs = packed_loss.objective_inputs(
+            cfg, graphdef, params, teacher_params, mb, old_logp_BR
+        )
+    else:
+        inputs = _objective_inputs(cfg, graphdef, params, teacher_params, mb, old_logp_BR)
+    parts, metrics = objective.objective_parts(inputs, objective_options(cfg))
+    if sdpo_scale is None:
+        numerator, _ = objective.combine(parts)
+    else:
+        numerator = parts.grpo_sum + jax.lax.stop_gradient(sdpo_scale) * parts.sdpo_sum
+    # The routed fraction of rows is the host's route/sdpo_frac; not logged twice.
+    metrics = {f"loss/{k}": v for k, v in metrics.items() if k != "routed_fraction"}
+    metrics.update(
+        _gap_metrics(inputs.old_logp_BT, inputs.rollout_logp_BT, inputs.response_mask_BT)
+    )
+    metrics.update({"sdpo/tokens": parts.sdpo_count, "sdpo/z": parts.sdpo_z})
+    return numerator, metrics
+
+
+def _objective_inputs(cfg, graphdef, params, teacher_params, mb, old_logp_BR):
+    """The objective's per-token inputs of one padded micro-batch."""
     method = cfg.method
     _, _, _, m_rows = _dims(mb)
     logp_BR, h_BRD, w_DV = student_logp(cfg, graphdef, params, mb)
@@ -217,7 +247,7 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
             fused, entropy_BR = _fused_sdpo(
                 cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, sdpo_B
             )
-    inputs = objective.ObjectiveInputs(
+    return objective.ObjectiveInputs(
         logp_BR,
         old_BR,
         mb.rollout_logprobs_BR,
@@ -229,19 +259,11 @@ def micro_objective(cfg, graphdef, params, teacher_params, mb, old_logp_BR, sdpo
         has_teacher_B=has_teacher_B,
         fused_sdpo=fused,
     )
-    parts, metrics = objective.objective_parts(inputs, objective_options(cfg))
-    if sdpo_scale is None:
-        numerator, _ = objective.combine(parts)
-    else:
-        numerator = parts.grpo_sum + jax.lax.stop_gradient(sdpo_scale) * parts.sdpo_sum
-    # The routed fraction of rows is the host's route/sdpo_frac; not logged twice.
-    metrics = {f"loss/{k}": v for k, v in metrics.items() if k != "routed_fraction"}
-    metrics.update(_gap_metrics(old_BR, mb.rollout_logprobs_BR, resp_BR))
-    metrics.update({"sdpo/tokens": parts.sdpo_count, "sdpo/z": parts.sdpo_z})
-    return numerator, metrics
 
 
 def denominator(cfg, mini):
     """One denominator per optimisation batch (SPEC 7), from the mini-batch's masks."""
+    if isinstance(mini, PackedBatch):
+        return packed_loss.denominator(cfg, mini)
     resp = mini.response_mask_BR
     return objective.aggregation(resp.reshape(-1, resp.shape[-1]), cfg.algo.loss_agg)[1]

@@ -77,7 +77,7 @@ def _select(pred, new, old):
 
 def _num_micro(mini: TrainBatch) -> int:
     """Micro-batches in one mini-batch (its fields are [n_micro, ...])."""
-    return mini.input_ids_BS.shape[0]
+    return mini.advantages_B.shape[0]
 
 
 def _old_logprobs(cfg: StepSettings, graphdef, params, batch: TrainBatch):
@@ -286,7 +286,9 @@ class Learner:
         self._compiled: dict[tuple, Any] = {}
 
     def train_step(self, state: TrainState, batch: TrainBatch) -> tuple[TrainState, dict]:
-        key = tuple((v.shape, str(v.dtype)) for v in jax.tree.leaves(batch))
+        key = (type(batch).__name__,) + tuple(
+            (v.shape, str(v.dtype)) for v in jax.tree.leaves(batch)
+        )
         fn = self._compiled.get(key)
         if fn is None:
             fn = jit_train_step(self.cfg, self.graphdef, state, batch, self.mesh)

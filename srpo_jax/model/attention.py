@@ -21,7 +21,9 @@ been applied, so the rotation changes nothing but where the row sits. Splash tak
 ids (valid 1, pad 0) with its causal mask, so pads never mix with tokens. Pad rows' outputs
 differ between implementations (they attend to nothing meaningful) and are never read:
 pad keys are masked out for every valid query. The KV-cache path (dense slot masks) always
-takes "xla".
+takes "xla". Packed streams (`CausalSegments`, the learner's train.packed) run on "xla"
+(the block-diagonal causal mask built per query block) and "splash" (segment ids); cuDNN
+has no packed layout in the pinned jax (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ class CausalPadding(NamedTuple):
         return causal_TT[None] & self.valid_BT.astype(jnp.bool_)[:, None, :]
 
 
+class CausalSegments(NamedTuple):
+    """Causal self-attention within packed segments: rows laid end to end in one stream,
+    segment_BT numbering them (0 for the stream's tail padding). A query sees the keys at or
+    before it in its own segment only (block-diagonal causal); tail pads see tail pads."""
+
+    segment_BT: jax.Array
+
+    def dense(self) -> jax.Array:
+        t = self.segment_BT.shape[1]
+        causal_TT = jnp.tril(jnp.ones((t, t), jnp.bool_))
+        seg = self.segment_BT
+        return causal_TT[None] & (seg[:, :, None] == seg[:, None, :])
+
+
 def current_platform() -> str:
     """ "gpu" | "tpu" | "cpu": the platform of the mesh set by jax.set_mesh, else the default."""
     device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
@@ -76,13 +92,27 @@ def resolve(impl: str, platform: str) -> str:
 def attention(q_BTNH, k_BSKH, v_BSKH, mask, dtype, *, impl: str = "xla", query_chunk: int = 0):
     """Grouped-query attention; q head n reads kv head n // (N // K), as in transformers.
 
-    mask: a CausalPadding (self-attention) or a dense bool allowed_BTS (any pattern; "xla").
-    impl "auto" on a GPU takes cuDNN for bf16/fp16 compute and the XLA path for fp32.
+    mask: a CausalPadding or CausalSegments (self-attention) or a dense bool allowed_BTS
+    (any pattern; "xla"). impl "auto" on a GPU takes cuDNN for bf16/fp16 compute and the XLA
+    path for fp32. Packed segments on cuDNN are refused: the pinned jax's public
+    dot_product_attention has no packed layout (docs/architecture.md), so GPU runs pad.
     """
     requested = impl
     impl = resolve(impl, current_platform())
     if impl == "cudnn" and requested == "auto" and jnp.dtype(dtype).itemsize > 2:
         impl = "xla"  # cuDNN's fused kernel is half precision only; auto keeps fp32 exact
+    if isinstance(mask, CausalSegments) and impl == "splash":
+        from srpo_jax.model import splash
+
+        return splash.splash_attention(q_BTNH, k_BSKH, v_BSKH, mask.segment_BT, dtype)
+    if isinstance(mask, CausalSegments) and impl == "cudnn":
+        raise AttentionUnavailable(
+            "packed sequences (train.packed) cannot run on model.attention_impl='cudnn': the "
+            "pinned jax exposes no packed cuDNN layout; set train.packed=False on GPU"
+        )
+    if isinstance(mask, CausalSegments):
+        # Built per query block from the segment ids: no [B, T, T] mask is materialised.
+        return xla_attention(q_BTNH, k_BSKH, v_BSKH, mask, dtype, query_chunk)
     if impl == "xla" or not isinstance(mask, CausalPadding):
         allowed_BTS = mask.dense() if isinstance(mask, CausalPadding) else mask
         return xla_attention(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype, query_chunk)
@@ -98,22 +128,46 @@ def xla_attention(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype, query_chunk: int =
     (lax.scan), each block rematerialised in the backward, so one block's fp32 scores
     [B, K, G, query_chunk, S] are live instead of all T rows of them. Exact: every query
     row's softmax is over its whole key range either way.
+
+    allowed_BTS may be a CausalSegments: each block's mask is then formed from the segment
+    ids and positions inside the block.
     """
     t = q_BTNH.shape[1]
+    segments = isinstance(allowed_BTS, CausalSegments)
     if query_chunk <= 0 or t <= query_chunk:
-        return _attention_block(q_BTNH, k_BSKH, v_BSKH, allowed_BTS, dtype)
+        allowed = allowed_BTS.dense() if segments else allowed_BTS
+        return _attention_block(q_BTNH, k_BSKH, v_BSKH, allowed, dtype)
     b, _, n, h = q_BTNH.shape
     n_blocks = -(-t // query_chunk)
     pad = n_blocks * query_chunk - t
     # Padded query rows attend to nothing (finite, uniform weights) and are dropped below.
     q_BPNH = jnp.pad(q_BTNH, [(0, 0), (0, pad), (0, 0), (0, 0)])
-    allowed_BPS = jnp.pad(allowed_BTS, [(0, 0), (0, pad), (0, 0)])
     q_nBCNH = q_BPNH.reshape(b, n_blocks, query_chunk, n, h).swapaxes(0, 1)
-    allowed_nBCS = allowed_BPS.reshape(b, n_blocks, query_chunk, -1).swapaxes(0, 1)
-    block = jax.checkpoint(
-        lambda q_BCNH, allowed_BCS: _attention_block(q_BCNH, k_BSKH, v_BSKH, allowed_BCS, dtype)
-    )
-    _, out_nBCNH = jax.lax.scan(lambda _, xs: (None, block(*xs)), None, (q_nBCNH, allowed_nBCS))
+    if segments:
+        seg_BT = allowed_BTS.segment_BT
+        # Padded query rows: segment -1 matches no key.
+        seg_BP = jnp.pad(seg_BT, [(0, 0), (0, pad)], constant_values=-1)
+        idx_nC = jnp.arange(n_blocks * query_chunk, dtype=jnp.int32).reshape(n_blocks, -1)
+        seg_nBC = seg_BP.reshape(b, n_blocks, query_chunk).swapaxes(0, 1)
+        mask_xs = (seg_nBC, idx_nC)
+
+        def block_mask(seg_BC, idx_C):
+            causal_CS = idx_C[:, None] >= jnp.arange(t, dtype=jnp.int32)[None]
+            return causal_CS[None] & (seg_BC[:, :, None] == seg_BT[:, None, :])
+    else:
+        allowed_BPS = jnp.pad(allowed_BTS, [(0, 0), (0, pad), (0, 0)])
+        mask_xs = allowed_BPS.reshape(b, n_blocks, query_chunk, -1).swapaxes(0, 1)
+
+        def block_mask(allowed_BCS):
+            return allowed_BCS
+
+    def one_block(q_BCNH, xs):
+        return _attention_block(q_BCNH, k_BSKH, v_BSKH, block_mask(*xs), dtype)
+
+    if not segments:
+        mask_xs = (mask_xs,)
+    block = jax.checkpoint(one_block)
+    _, out_nBCNH = jax.lax.scan(lambda _, xs: (None, block(*xs)), None, (q_nBCNH, mask_xs))
     return out_nBCNH.swapaxes(0, 1).reshape(b, n_blocks * query_chunk, n, h)[:, :t]
 
 

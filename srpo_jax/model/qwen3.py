@@ -206,14 +206,25 @@ class Qwen3(nnx.Module):
         )
 
     # ----- public forward paths -----------------------------------------------------------
-    def hidden_states(self, input_ids_BT, *, attention_mask_BT=None, positions_BT=None):
-        """[B, T, D] hidden states after the final RMSNorm, in the compute dtype."""
-        if attention_mask_BT is None:
-            attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
-        if positions_BT is None:
-            positions_BT = default_positions(attention_mask_BT)
-        # Causal over each row's real tokens; the attention implementation builds its own mask.
-        mask = attn.CausalPadding(attention_mask_BT.astype(jnp.bool_))
+    def hidden_states(
+        self, input_ids_BT, *, attention_mask_BT=None, positions_BT=None, segment_ids_BT=None
+    ):
+        """[B, T, D] hidden states after the final RMSNorm, in the compute dtype.
+
+        segment_ids_BT: packed rows (the learner's packed streams): attention stays within
+        each segment (attention.CausalSegments) and positions_BT, which then must be given,
+        restart at 0 in every segment; attention_mask_BT is not read."""
+        if segment_ids_BT is not None:
+            if positions_BT is None:
+                raise ValueError("hidden_states: packed segments need their positions_BT")
+            mask = attn.CausalSegments(segment_ids_BT.astype(jnp.int32))
+        else:
+            if attention_mask_BT is None:
+                attention_mask_BT = jnp.ones(input_ids_BT.shape, jnp.int32)
+            if positions_BT is None:
+                positions_BT = default_positions(attention_mask_BT)
+            # Causal over each row's real tokens; the attention implementation builds its mask.
+            mask = attn.CausalPadding(attention_mask_BT.astype(jnp.bool_))
 
         def kv_fn(_i, extra, k, v):
             return k, v, mask, extra

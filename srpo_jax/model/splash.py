@@ -3,7 +3,8 @@
 The kernel (jax.experimental.pallas.ops.tpu.splash_attention) is the MQA form applied per kv
 head: q [G, T, H] against one kv head's k, v [T, H], vmapped over kv heads and rows. Padding
 is segment ids (valid 1, pad 0) and-ed with the causal mask, so no valid query sees a pad
-key, and every row, pads included, keeps at least its own diagonal (no empty softmax). T is
+key, and every row, pads included, keeps at least its own diagonal (no empty softmax).
+Packed streams pass their own segment ids (row slot + 1, tail pad 0) the same way. T is
 padded up to a multiple of the kernel's block with pad tokens; the kernel does not scale
 the scores, so k is scaled by H^-0.5 first.
 
@@ -87,7 +88,8 @@ def _axes_that_divide(mesh, names, size):
 
 
 def splash_attention(q_BTNH, k_BTKH, v_BTKH, valid_BT, dtype):
-    """Causal GQA over each row's valid tokens with the splash kernel (see module doc)."""
+    """Causal GQA over each row's valid tokens with the splash kernel (see module doc);
+    valid_BT may also be packed segment ids (int, 0 = pad)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return _local(q_BTNH, k_BTKH, v_BTKH, valid_BT, dtype)

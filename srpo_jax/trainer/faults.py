@@ -112,8 +112,10 @@ def _arm_server_kill(engine: Any, step: int) -> None:
 
 def poison(batch):
     """SRPO_DEBUG_NAN_STEPS: NaN advantages and rollout log-probs -> non-finite gradients.
-    `batch` is a batching.TrainBatch (not imported: this module stays free of JAX)."""
+    `batch` is a batching.TrainBatch or packing.PackedBatch (not imported: this module
+    stays free of JAX); its rollout log-probs field is [.., R] or [.., N] by layout."""
+    lp = "rollout_logprobs_BR" if hasattr(batch, "rollout_logprobs_BR") else "rollout_logprobs_N"
     return batch.replace(
         advantages_B=np.full_like(batch.advantages_B, np.nan),
-        rollout_logprobs_BR=np.full_like(batch.rollout_logprobs_BR, np.nan),
+        **{lp: np.full_like(getattr(batch, lp), np.nan)},
     )

@@ -28,6 +28,8 @@ from srpo_jax.algo import advantages as adv_lib
 from srpo_jax.algo import routing
 from srpo_jax.data import datasets, rewards
 from srpo_jax.learner import batch as batching
+from srpo_jax.learner import packing
+from srpo_jax.model import attention
 from srpo_jax.rollout.engine import FINISH_ABORT, RolloutError, SamplingParams
 from srpo_jax.trainer.faults import FaultInjection
 
@@ -153,6 +155,14 @@ def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id
         teacher_prompt_ids_BL=teacher_ids,
         teacher_prompt_lens_B=teacher_lens,
     )
+    if packs(cfg):
+        return packing.build_packed_batch(
+            rows,
+            num_minibatches=cfg.num_updates_per_step,
+            pack_len=cfg.train.pack_len,
+            micro_batch_tokens=cfg.train.micro_batch_tokens,
+            pad_id=pad_id,
+        )
     micro_rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * g
     return batching.build_train_batch(
         rows,
@@ -164,6 +174,13 @@ def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id
         # train step compiles a bounded number of variants whatever the routed fraction.
         min_teacher_rows=max(1, micro_rows // 4),
     )
+
+
+def packs(cfg) -> bool:
+    """train.packed, except where attention resolves to cuDNN: the pinned jax has no packed
+    cuDNN layout, so GPU runs keep the padded batch (docs/architecture.md)."""
+    impl = attention.resolve(cfg.model.attention_impl, attention.current_platform())
+    return cfg.train.packed and impl != "cudnn"
 
 
 def _route_metrics(cfg, ro, rew, info, sdpo_mask, teacher_idx, keep) -> dict:

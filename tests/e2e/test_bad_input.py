@@ -78,6 +78,8 @@ def config_runs(tmp_path_factory):
         "mini_batch": [DEMO, "--config.train.mini_batch_prompts=3"],
         "mesh_rows": [DEMO, "--config.mesh.fsdp=3"],
         "mesh_devices": [DEMO, "--config.mesh.fsdp=2"],
+        "pack_budget": [DEMO, "--config.train.packed=true", "--config.train.micro_batch_tokens=64"],
+        "pack_len": [DEMO, "--config.train.packed=true", "--config.train.pack_len=128"],
     }
     return run_all({k: [*v, f"--workdir={wd}"] for k, v in cases.items()}), wd
 
@@ -102,6 +104,19 @@ def test_config_mini_batch_not_dividing(config_runs):
     assert_clean_error(
         runs["mini_batch"],
         "config.train.mini_batch_prompts must divide config.train.prompts_per_step (16), got 3",
+    )
+
+
+def test_config_packing_budget_and_row_length(config_runs):
+    runs, _ = config_runs
+    assert_clean_error(
+        runs["pack_budget"],
+        "config.train.micro_batch_tokens = 64 is less than config.train.pack_len = 272",
+    )
+    assert_clean_error(
+        runs["pack_len"],
+        "config.data.max_prompt_len + config.data.max_response_len = 144 is longer than "
+        "config.train.pack_len = 128",
     )
 
 

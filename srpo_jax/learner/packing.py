@@ -1,0 +1,277 @@
+"""Host-side packing of one step's rollouts into token streams (train.packed).
+
+The padded batch (batch.py) gives every row of a micro-batch the micro-batch's longest
+prompt and response; with RL's wide spread of response lengths most of those positions are
+padding. Here rows go end to end instead, into streams of `pack_len` tokens:
+
+    stream k: [prompt_a | response_a | prompt_b | response_b | ... | tail pad]
+
+with segment ids (row slot + 1, tail pad 0) so attention never crosses a row
+(model.attention.CausalSegments) and positions that restart at 0 in every row (RoPE sees
+each row exactly as in the padded layout). Only the positions that predict a response token
+go through the loss head, so they are listed compactly, N of them: their flat stream
+position, target token, response mask, rollout log-prob and row (row_ids index the
+mini-batch's rows, so the per-row arrays advantages_B and sdpo_rows_B are the same in every
+micro-batch of a mini-batch). The routed rows' teacher sequences [teacher prompt | response]
+are packed the same way into J streams of their own, with their Q scored positions and, for
+each, the index among the N student tokens of the same token (the fused kernel pairs them).
+
+Token-budget micro-batches: rows go to streams first-fit-decreasing by length, streams to
+micro-batches round-robin, at most micro_batch_tokens // pack_len streams each, in the
+fewest micro-batches that hold the fullest mini-batch. The counts K, J, N and Q are
+bucketed (bucket_length with STEPS_PER_OCTAVE steps per doubling; J and Q are 0 when
+nothing needs the teacher, and then no teacher forward is compiled), which bounds the
+compiled variants (docs/performance.md). Rows with an empty response have nothing to score
+and take no tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import numpy as np
+
+from srpo_jax.data.buckets import bucket_length
+from srpo_jax.learner.batch import StepRows
+
+# Stream and token counts round up to one of this many steps per doubling: at most 1/8
+# padding from the rounding, 8 shapes per doubling of the step's size.
+STEPS_PER_OCTAVE = 8
+
+
+def _bucket(n: int) -> int:
+    return 0 if n == 0 else bucket_length(n, minimum=1, per_octave=STEPS_PER_OCTAVE)
+
+
+@flax.struct.dataclass
+class PackedBatch:
+    """One step's rows packed into streams, [n_mini, n_micro, ...] per field: K student
+    and J teacher streams of L tokens, N student and Q teacher scored tokens, b rows."""
+
+    input_ids_KL: Any  # int32 tokens
+    segment_ids_KL: Any  # int32: row slot + 1 within the stream, 0 for the tail padding
+    positions_KL: Any  # int32: position within the row (RoPE restarts at 0)
+    score_pos_N: Any  # int32: flat K * L index of a position that predicts a response token
+    target_ids_N: Any  # int32: the response token it predicts
+    response_mask_N: Any  # float32: 1 for a real token, 0 for the bucket's tail
+    rollout_logprobs_N: Any  # float32: the engine's log-prob of that token
+    row_ids_N: Any  # int32: the mini-batch row of that token (0 on the tail)
+    advantages_B: Any  # float32 [b]
+    sdpo_rows_B: Any  # bool [b]
+    teacher_input_ids_JL: Any
+    teacher_segment_ids_JL: Any
+    teacher_positions_JL: Any
+    teacher_pos_Q: Any  # int32: flat J * L index of a teacher position scoring a token
+    teacher_src_Q: Any  # int32: the index among the N student tokens of the same token
+    teacher_mask_Q: Any  # float32: 1 for a real token, 0 for the bucket's tail
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.input_ids_KL.shape[0]
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.input_ids_KL.shape[1]
+
+    @property
+    def num_rows(self) -> int:
+        return self.advantages_B.shape[-1]
+
+
+def _ffd(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """First-fit-decreasing: indices of `lengths` (> 0 each) into bins of `capacity`."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(np.flatnonzero(lengths > 0), key=lambda i: (-lengths[i], i)):
+        n = int(lengths[i])
+        for j, r in enumerate(room):
+            if n <= r:
+                bins[j].append(int(i))
+                room[j] -= n
+                break
+        else:
+            bins.append([int(i)])
+            room.append(capacity - n)
+    return bins
+
+
+def _fill(streams, seqs_of_row, out, k_offset: int, score):
+    """Writes rows into streams [k_offset + s]: ids, segment ids, positions; then
+    score(row, k, start, n_r) for the n_r positions from `start` that predict the row's
+    response tokens."""
+    ids, seg, pos = out
+    for s, stream in enumerate(streams):
+        k, at = k_offset + s, 0
+        for slot, row in enumerate(stream):
+            prompt, response = seqs_of_row(row)
+            n_p, n_r = len(prompt), len(response)
+            ids[k, at : at + n_p] = prompt
+            ids[k, at + n_p : at + n_p + n_r] = response
+            seg[k, at : at + n_p + n_r] = slot + 1
+            pos[k, at : at + n_p + n_r] = np.arange(n_p + n_r)
+            score(row, k, at + n_p - 1, n_r)
+            at += n_p + n_r
+
+
+def _layout(rows: StepRows, mini: int, n_mini: int, pack_len: int, cap: int):
+    """Per mini-batch: its student streams (lists of row indices) split over micro-batches
+    round-robin; returns (per_micro[i][m] = streams, n_micro, K)."""
+    lengths = rows.prompt_lens_B + rows.response_lens_B
+    lengths = np.where(rows.response_lens_B > 0, lengths, 0)
+    streams = [_ffd(lengths[i * mini : (i + 1) * mini], pack_len) for i in range(n_mini)]
+    most = max(1, max(len(s) for s in streams))
+    n_micro = -(-most // cap)
+    k = min(_bucket(-(-most // n_micro)), cap)
+    per_micro = [
+        [[[i * mini + r for r in st] for st in s[m::n_micro]] for m in range(n_micro)]
+        for i, s in enumerate(streams)
+    ]
+    return per_micro, n_micro, k
+
+
+def check_fits(rows: StepRows, pack_len: int) -> None:
+    """ValueError if a row or a teacher row is longer than a stream, or a row with a
+    response has no prompt token to predict its first token from."""
+    lone = np.flatnonzero((rows.response_lens_B > 0) & (rows.prompt_lens_B == 0))
+    if lone.size:
+        raise ValueError(f"row {lone[0]} has a response but an empty prompt")
+    student = rows.prompt_lens_B + rows.response_lens_B
+    teacher = np.where(rows.teacher_rows_B, rows.teacher_prompt_lens_B + rows.response_lens_B, 0)
+    for name, lens in (("prompt + response", student), ("teacher prompt + response", teacher)):
+        if lens.size and int(lens.max()) > pack_len:
+            r = int(np.argmax(lens))
+            raise ValueError(
+                f"row {r}: {name} is {int(lens[r])} tokens, longer than train.pack_len={pack_len}"
+            )
+
+
+def build_packed_batch(
+    rows: StepRows,
+    *,
+    num_minibatches: int,
+    pack_len: int,
+    micro_batch_tokens: int = 0,
+    pad_id: int = 0,
+    min_teacher_streams: int = 1,
+) -> PackedBatch:
+    """Packs `rows` into the learner's PackedBatch of numpy arrays (see the module doc).
+    micro_batch_tokens 0: one micro-batch per mini-batch."""
+    n = rows.num_rows
+    if num_minibatches < 1 or n % num_minibatches:
+        raise ValueError(f"{n} rows cannot be split into {num_minibatches} mini-batches")
+    if micro_batch_tokens and micro_batch_tokens < pack_len:
+        raise ValueError(
+            f"train.micro_batch_tokens={micro_batch_tokens} is less than "
+            f"train.pack_len={pack_len}: a micro-batch must hold one stream"
+        )
+    check_fits(rows, pack_len)
+    mini = n // num_minibatches
+    cap = micro_batch_tokens // pack_len if micro_batch_tokens else n
+    per_micro, n_micro, k = _layout(rows, mini, num_minibatches, pack_len, cap)
+    teacher_streams, j = _teacher_layout(rows, per_micro, pack_len, min_teacher_streams)
+    lead = (num_minibatches, n_micro)
+    n, q = _scored_counts(rows, per_micro, teacher_streams)
+    out = _empty(lead, (k, j, n, q), mini, pack_len, pad_id)
+    for i in range(num_minibatches):
+        for m in range(n_micro):
+            _fill_micro(rows, out, (i, m, i * mini), per_micro[i][m], teacher_streams[i][m])
+    out["advantages_B"][:] = np.asarray(rows.advantages_B, np.float32).reshape(
+        num_minibatches, 1, mini
+    )
+    out["sdpo_rows_B"][:] = np.asarray(rows.sdpo_rows_B, bool).reshape(num_minibatches, 1, mini)
+    return PackedBatch(**out)
+
+
+def _teacher_layout(rows: StepRows, per_micro, pack_len: int, min_streams: int):
+    """Each micro-batch's teacher rows, FFD-packed into teacher streams, and J."""
+    lens = np.where(
+        np.asarray(rows.teacher_rows_B, bool) & (rows.response_lens_B > 0),
+        rows.teacher_prompt_lens_B + rows.response_lens_B,
+        0,
+    )
+    layout = []
+    for mini_streams in per_micro:
+        layout.append([])
+        for streams in mini_streams:
+            members = np.asarray([r for st in streams for r in st], np.int64)
+            bins = _ffd(lens[members], pack_len) if members.size else []
+            layout[-1].append([[int(members[x]) for x in b] for b in bins])
+    most = max(len(t) for per in layout for t in per)
+    return layout, max(_bucket(most), min_streams) if most else 0
+
+
+def _scored_counts(rows: StepRows, per_micro, teacher_streams) -> tuple[int, int]:
+    """(N, Q): the bucketed most response tokens a micro-batch scores, student and teacher."""
+    r = rows.response_lens_B
+    n = max(sum(int(r[x]) for st in micro for x in st) for mini in per_micro for micro in mini)
+    q = max(
+        sum(int(r[x]) for st in micro for x in st) for mini in teacher_streams for micro in mini
+    )
+    return max(_bucket(n), 1), _bucket(q)
+
+
+def _empty(lead, counts, b: int, length: int, pad_id: int) -> dict:
+    k, j, n, q = counts
+
+    def full(shape, value, dtype):
+        return np.full((*lead, *shape), value, dtype)
+
+    return dict(
+        input_ids_KL=full((k, length), pad_id, np.int32),
+        segment_ids_KL=full((k, length), 0, np.int32),
+        positions_KL=full((k, length), 0, np.int32),
+        score_pos_N=full((n,), 0, np.int32),
+        target_ids_N=full((n,), 0, np.int32),
+        response_mask_N=full((n,), 0, np.float32),
+        rollout_logprobs_N=full((n,), 0, np.float32),
+        row_ids_N=full((n,), 0, np.int32),
+        advantages_B=np.zeros((*lead, b), np.float32),
+        sdpo_rows_B=np.zeros((*lead, b), bool),
+        teacher_input_ids_JL=full((j, length), pad_id, np.int32),
+        teacher_segment_ids_JL=full((j, length), 0, np.int32),
+        teacher_positions_JL=full((j, length), 0, np.int32),
+        teacher_pos_Q=full((q,), 0, np.int32),
+        teacher_src_Q=full((q,), 0, np.int32),
+        teacher_mask_Q=full((q,), 0, np.float32),
+    )
+
+
+def _fill_micro(rows: StepRows, out: dict, where, streams, teacher_streams) -> None:
+    """One micro-batch's student and teacher streams into `out` at [i, m]."""
+    i, m, first_row = where
+    length = out["input_ids_KL"].shape[-1]
+    at = (i, m)
+    student_at: dict[int, int] = {}  # row -> index of its first token among the N
+    n_at = [0, 0]  # scored tokens written so far: student, teacher
+
+    def prompt_response(row, teacher=False):
+        ids = rows.teacher_prompt_ids_BL if teacher else rows.prompt_ids_BL
+        lens = rows.teacher_prompt_lens_B if teacher else rows.prompt_lens_B
+        n_r = int(rows.response_lens_B[row])
+        return ids[row, : int(lens[row])], rows.response_ids_BL[row, :n_r]
+
+    def score_student(row, k, start, n_r):
+        span = slice(n_at[0], n_at[0] + n_r)
+        out["score_pos_N"][at][span] = k * length + start + np.arange(n_r)
+        out["target_ids_N"][at][span] = rows.response_ids_BL[row, :n_r]
+        out["response_mask_N"][at][span] = 1.0
+        out["rollout_logprobs_N"][at][span] = rows.rollout_logprobs_BL[row, :n_r]
+        out["row_ids_N"][at][span] = row - first_row
+        student_at[row] = n_at[0]
+        n_at[0] += n_r
+
+    def score_teacher(row, k, start, n_r):
+        span = slice(n_at[1], n_at[1] + n_r)
+        out["teacher_pos_Q"][at][span] = k * length + start + np.arange(n_r)
+        out["teacher_src_Q"][at][span] = student_at[row] + np.arange(n_r)
+        out["teacher_mask_Q"][at][span] = 1.0
+        n_at[1] += n_r
+
+    student = tuple(out[f][at] for f in ("input_ids_KL", "segment_ids_KL", "positions_KL"))
+    _fill(streams, prompt_response, student, 0, score_student)
+    teacher = tuple(
+        out[f][at]
+        for f in ("teacher_input_ids_JL", "teacher_segment_ids_JL", "teacher_positions_JL")
+    )
+    _fill(teacher_streams, lambda r: prompt_response(r, True), teacher, 0, score_teacher)
