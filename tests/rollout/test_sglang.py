@@ -179,8 +179,8 @@ def test_update_from_disk_follows_pause_flush_update_continue(tmp_path):
     assert body["load_format"] == "safetensors"
     assert pathlib.Path(body["model_path"]) == tmp_path / "exports" / "step_00000007"
     assert ("GET", "/model_info", None) in s.requests  # the reported version was checked
-    assert metrics["sync/checkpoint_bytes"] == 1000 + 2
-    assert metrics["sync/total_s"] >= metrics["sync/export_s"] >= 0
+    assert metrics["sync/bytes"] == 1000 + 2
+    assert metrics["sync/seconds"] >= metrics["sync/export_s"] >= 0
 
 
 def test_given_checkpoint_dir_is_used_as_is(tmp_path):
