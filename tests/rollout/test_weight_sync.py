@@ -9,7 +9,9 @@ computes from the received weights."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import pathlib
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from srpo_jax.rollout.weight_buckets import make_buckets
 
 HERE = pathlib.Path(__file__).resolve().parent
 RECEIVER = HERE / "weight_receiver.py"
+WORKER = HERE / "weight_sync_worker.py"
 MODEL_CFG = tiny(vocab_size=160)
 BUCKET_MB = 0.01  # 10 KiB: several buckets, and the embedding (20 KiB) grows its own
 IDS = [[3, 17, 42, 99, 5, 8, 150, 1]]
@@ -258,3 +261,35 @@ def test_a_bucket_smaller_than_a_tensor_grows_to_fit_it():
 
 def test_bf16_is_what_the_export_holds(checkpoints):
     assert all(v.dtype == ml_dtypes.bfloat16 for v in _tensors(checkpoints["B"][1]).values())
+
+
+def test_a_two_process_learner_sends_params_sharded_across_processes(checkpoints, tmp_path):
+    """Two JAX processes (one CPU device each) hold params sharded over fsdp=2; both gather
+    every bucket, process 0 broadcasts it; the receiver holds what save_hf_params writes
+    from the same params."""
+    rec = Receiver(checkpoints["A"][1], tmp_path)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(HERE.parents[1])
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for i, log in enumerate(logs):
+            with open(log, "w") as out:
+                cmd = [sys.executable, str(WORKER), str(i), str(port), rec.url, str(tmp_path)]
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
+        for proc, log in zip(procs, logs, strict=True):
+            assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert result["spans_processes"]
+        assert result["metrics"]["sync/route"] == weight_sync.ROUTE_CODES["distributed"]
+        assert rec.version() == "1"
+        _assert_same_bytes(
+            _tensors(rec.dump(tmp_path / "d"), "rank0.safetensors"),
+            _tensors(tmp_path / "reference"),
+        )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        rec.kill()
