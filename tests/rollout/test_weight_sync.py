@@ -241,6 +241,18 @@ def test_distributed_sync_needs_the_sglang_engine():
         RolloutConfig(engine="jax", sglang=SGLangConfig(sync="distributed"))
 
 
+def test_main_with_distributed_sync_and_the_jax_engine_is_one_error_line(tmp_path):
+    cmd = [sys.executable, "-m", "srpo_jax.main", "--config=configs/demo.py",
+           "--config.rollout.sglang.sync=distributed", f"--workdir={tmp_path}"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]))
+    run = subprocess.run(
+        cmd, cwd=HERE.parents[1], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config.rollout.sglang.sync"), lines
+
+
 def test_a_learner_without_torch_is_told_which_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     monkeypatch.setitem(sys.modules, "torch.distributed", None)
