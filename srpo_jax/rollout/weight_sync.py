@@ -163,6 +163,7 @@ class DistributedSync:
         self.spec: GroupSpec | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * len(urls)))
         self._begin_routes: dict[str, bool] = {}  # url -> has /begin_weight_update
+        self.broadcast_s = 0.0  # this step's time inside the broadcasts (the benchmark's split)
 
     # ------------------------------------------------------------ the group
     def master_address(self) -> str:
@@ -234,6 +235,7 @@ class DistributedSync:
         """Forms the group if needed, then pauses every server and opens its update."""
         if self.group is None:
             self.form_group()
+        self.broadcast_s = 0.0
         self._each("/pause_generation", {"mode": self.config.pause_mode})
         for url in self.urls:
             if self._begin_routes.get(url, True):
@@ -264,8 +266,10 @@ class DistributedSync:
         tensors = payload if isinstance(payload, list) else [payload]
 
         def broadcast():
+            t0 = time.perf_counter()
             for t in tensors:
                 torch.distributed.broadcast(t, src=0, group=self.group)
+            self.broadcast_s += time.perf_counter() - t0
 
         _run_bounded(broadcast, replies, timeout + 5)
 

@@ -11,6 +11,7 @@ with the group name, a process group of the requested backend), receives every b
 broadcast per tensor, in names order) and loads the tensors by name. Updates only run
 between /begin_weight_update and /end_weight_update, as SGLang 0.5.x requires.
 
+Without --model-path it is a sink (the benchmark): buckets are received, then dropped.
 Test-only routes: POST /test/dump {dir, input_ids} makes each tp rank write its weights
 (rank<r>.safetensors) and the fp32 logits of a float32 copy of its model (rank<r>_logits.npy).
 --reject-bucket K answers the K-th /update_weights_from_distributed with HTTP 400 without
@@ -117,14 +118,17 @@ class Rank:
 
     def __init__(self, tp_rank: int, model_path: str, group_timeout_s: float):
         import torch
-        import transformers
 
         self.torch = torch
         self.tp_rank = tp_rank
         self.timeout = datetime.timedelta(seconds=group_timeout_s)
-        self.model = transformers.Qwen3ForCausalLM.from_pretrained(
-            model_path, dtype=torch.bfloat16, attn_implementation="eager"
-        ).eval()
+        self.model = None  # --sink (the benchmark): receive, then drop
+        if model_path:
+            import transformers
+
+            self.model = transformers.Qwen3ForCausalLM.from_pretrained(
+                model_path, dtype=torch.bfloat16, attn_implementation="eager"
+            ).eval()
         self.groups = {}
 
     def init(self, b):
@@ -181,6 +185,8 @@ class Rank:
         return self._load(dict(zip(b["names"], tensors, strict=True)))
 
     def _load(self, named):
+        if self.model is None:
+            return True, "Succeeded to update parameter online."
         params = dict(self.model.named_parameters())
         for name, t in named.items():
             if name not in params or tuple(params[name].shape) != tuple(t.shape):
@@ -231,7 +237,9 @@ class Receiver:
 
     def __init__(self, args):
         import torch  # noqa: F401 - imported once here, inherited by the forked ranks
-        import transformers  # noqa: F401
+
+        if args.model_path:
+            import transformers  # noqa: F401
 
         ctx = multiprocessing.get_context("fork")
         self.conns, self.procs = [], []
@@ -351,7 +359,7 @@ def _handler(receiver: Receiver):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-path", default="", help="empty: a sink without a model")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--reject-bucket", type=int, default=0)
     p.add_argument("--group-timeout-s", type=float, default=30.0)
