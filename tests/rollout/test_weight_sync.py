@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -61,7 +62,9 @@ class Receiver:
         cmd = [sys.executable, str(RECEIVER), f"--port={self.port}", f"--model-path={model_path}",
                f"--tp={tp}", *extra]  # fmt: skip
         with open(self.log, "a") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
@@ -72,7 +75,9 @@ class Receiver:
         raise TimeoutError(f"receiver on {self.port} not healthy: {self.log.read_text()}")
 
     def kill(self) -> None:
-        self.proc.kill()
+        """SIGKILL to the receiver and its tp rank processes (its own process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
     def version(self) -> str:

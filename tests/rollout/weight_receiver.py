@@ -21,14 +21,17 @@ receiving it (a server that refuses a bucket).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import multiprocessing
 import os
 import pathlib
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+_PR_SET_PDEATHSIG = 1
 _STR, _INT, _BOOL = (str,), (int,), (bool,)
 _BASE = {"rid": (_STR, False, True), "http_worker_ipc": (_STR, False, True)}
 # route -> {field: (types, required, nullable)}, from SGLang 0.5.23's io_struct.py.
@@ -221,6 +224,10 @@ class Rank:
 
 
 def _rank_main(tp_rank, model_path, group_timeout_s, conn):
+    # A SIGKILLed receiver must not leave its ranks behind: they die with their parent.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
     rank = Rank(tp_rank, model_path, group_timeout_s)
     conn.send("ready")
     while True:
