@@ -387,23 +387,31 @@ def _step(sync, params, buckets, dtype, flatten: bool, version: int) -> SyncFail
         and jax.devices()[0].platform == "gpu"
     )
     if sync is not None:
-        try:
-            sync.begin()
-        except SyncFailed as e:
-            error = e
+        error = _attempt(sync.begin)
     for i, bucket in enumerate(buckets):
         payload = gather_bucket(params, bucket, dtype, flatten=flatten, on_device=on_device)
         if sync is not None and error is None:
-            if sync.config.group_backend == "nccl" and not on_device:
-                payload = [t.cuda() for t in payload] if flatten is False else payload.cuda()
-            try:
-                sync.send(bucket, payload, version=version if i == len(buckets) - 1 else None)
-            except SyncFailed as e:
-                error = e
+            last = i == len(buckets) - 1
+
+            def send(payload=payload, bucket=bucket, last=last):
+                if sync.config.group_backend == "nccl" and not on_device:  # NCCL sends from GPU
+                    payload = [t.cuda() for t in payload] if not flatten else payload.cuda()
+                sync.send(bucket, payload, version=version if last else None)
+
+            error = _attempt(send)
         del payload
     if sync is not None and error is None:
-        try:
-            sync.finish(version)
-        except SyncFailed as e:
-            error = e
+        error = _attempt(lambda: sync.finish(version))
     return error
+
+
+def _attempt(call) -> SyncFailed | None:
+    """Runs one part of process 0's protocol; its failure as a SyncFailed (anything that goes
+    wrong there, a missing CUDA build included, sends this step down the disk route)."""
+    try:
+        call()
+    except SyncFailed as e:
+        return e
+    except Exception as e:  # named in the fallback's warning
+        return SyncFailed(f"{type(e).__name__}: {e}")
+    return None
