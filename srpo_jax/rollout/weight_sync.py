@@ -357,9 +357,15 @@ def push(
     when every server took them; on failure (process 0) one warning names the cause, the
     group is dropped and None comes back (the caller falls back to the disk route)."""
     import jax.numpy as jnp
+    from flax import nnx
 
     from srpo_jax.model import hf_io
 
+    if isinstance(params, nnx.Module):  # an nnx Qwen3, as the disk route also takes
+        model_config = params.config
+        params = nnx.state(params, nnx.Param)
+    if model_config is None:
+        raise ValueError("the distributed weight sync needs model_config; pass the Qwen3Config")
     dtype = jnp.dtype("bfloat16")  # what the disk route writes and the servers run in
     tensors = hf_io.hf_tensors(params, model_config)
     buckets = make_buckets(tensors, dtype.itemsize, int(config.bucket_mb * MIB))

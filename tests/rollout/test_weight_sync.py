@@ -217,7 +217,10 @@ def test_a_relaunched_receiver_gets_a_new_group(checkpoints, tmp_path, caplog):
             rec.kill()
             rec.start()  # same port, no group: the next push fails, falls back, re-forms
             routes.append(engine.update_weights(checkpoints["A"][0], 2)["sync/route"])
-            routes.append(engine.update_weights(checkpoints["B"][0], 3)["sync/route"])
+            model_b = Qwen3(
+                MODEL_CFG, rngs=nnx.Rngs(1)
+            )  # B as a model, which update_weights takes too
+            routes.append(engine.update_weights(model_b, 3)["sync/route"])
         codes = weight_sync.ROUTE_CODES
         assert routes == [codes["distributed"], codes["update_from_disk"], codes["distributed"]]
         assert rec.version() == "3"
