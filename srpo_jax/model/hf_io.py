@@ -259,12 +259,55 @@ def _fetch(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
-def _hf_tensor(tm: _TensorMap, array, layer: int | None, dtype) -> np.ndarray:
-    """One HF tensor from our (stacked) parameter, transformed on device, then fetched."""
+def _hf_device(tm: _TensorMap, array, layer: int | None, dtype) -> jax.Array:
+    """One HF tensor from our (stacked) parameter, transformed on device."""
     x = array[layer] if layer is not None else array
     x = jnp.reshape(x, tm.view_shape(x.shape))
     x = x.T if tm.transpose else x
-    return _fetch(x.astype(dtype))
+    return x.astype(dtype)
+
+
+def _hf_tensor(tm: _TensorMap, array, layer: int | None, dtype) -> np.ndarray:
+    """One HF tensor from our (stacked) parameter, transformed on device, then fetched."""
+    return _fetch(_hf_device(tm, array, layer, dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class HFTensor:
+    """One tensor of the HF checkpoint: its name, shape and where it comes from."""
+
+    name: str
+    shape: tuple[int, ...]
+    source: _TensorMap
+    layer: int | None  # the layer of a stacked parameter, None for the others
+
+
+def hf_tensors(params_state, config: Qwen3Config) -> list[HFTensor]:
+    """The tensors save_hf_params writes, in its order (the distributed weight sync sends
+    exactly these); fetch each with `hf_array`."""
+    params = _params_dict(params_state)
+    out = []
+    for tm in _maps_for(config):
+        shape = _lookup(params, tm.ours).shape
+        if tm.stacked:
+            hf_shape = tm.hf_shape(shape[1:])
+            out.extend(
+                HFTensor(tm.hf.format(l=i), hf_shape, tm, i) for i in range(config.num_layers)
+            )
+        else:
+            out.append(HFTensor(tm.hf, tm.hf_shape(shape), tm, None))
+    return out
+
+
+def hf_array(params_state, tensor: HFTensor, dtype, *, on_device: bool = False):
+    """One HF tensor cast to `dtype`: a host numpy array (collective in multi-process runs:
+    every process must call it, in the same order), or with `on_device` the jax array
+    where it was computed (single process only)."""
+    params = _params_dict(params_state)
+    src = _lookup(params, tensor.source.ours)
+    if on_device:
+        return _hf_device(tensor.source, src, tensor.layer, dtype)
+    return _hf_tensor(tensor.source, src, tensor.layer, dtype)
 
 
 def save_hf_params(

@@ -13,7 +13,7 @@ import shlex
 
 from srpo_jax.config_checks import ConfigError, one_of, require
 
-SYNC_STRATEGIES = ("update_from_disk", "restart", "none")
+SYNC_STRATEGIES = ("update_from_disk", "restart", "distributed", "none")
 WEIGHTS_DTYPES = ("", "auto", "float32", "bfloat16", "float16")
 # SGLang's /pause_generation modes that leave /flush_cache able to run: "in_place" keeps the
 # running requests (and their KV) in the batch, and the server then refuses the flush the
@@ -84,6 +84,15 @@ class SGLangConfig:
     # --enable-deterministic-sampling). Off by default: the seeded samplers trade faithful
     # samples for reproducible ones (docs/rollout.md).
     deterministic: bool = False
+    # sync="distributed" (srpo_jax.rollout.weight_sync): learner process 0 is rank 0 of a
+    # torch.distributed group with every server's tp ranks and broadcasts the weights in
+    # buckets of about bucket_mb MiB (a tensor larger than that gets a bucket of its own).
+    bucket_mb: float = 512.0
+    bucket_flatten: bool = True  # one uint8 buffer per bucket, else one broadcast per tensor
+    group_master_address: str = ""  # how servers reach process 0; "" = the route to server 0
+    group_port: int = 0  # 0: a free port, picked each time the group forms
+    group_backend: str = "nccl"  # nccl between GPUs; gloo on CPU (the tests)
+    group_timeout_s: float = 60.0  # forming the group and each broadcast; then disk fallback
 
     def __post_init__(self):
         require(not isinstance(self.urls, str), f"{_KEY}.urls", "a tuple of URLs", self.urls)
@@ -101,6 +110,12 @@ class SGLangConfig:
         for key in ("rows_per_request", "max_concurrency", "keep_exports"):
             require(getattr(self, key) >= 1, f"{_KEY}.{key}", ">= 1", getattr(self, key))
         one_of(f"{_KEY}.sync", self.sync, SYNC_STRATEGIES)
+        require(self.bucket_mb > 0, f"{_KEY}.bucket_mb", "> 0", self.bucket_mb)
+        require(
+            0 <= self.group_port <= 65535, f"{_KEY}.group_port", "0 or a TCP port", self.group_port
+        )
+        require(self.group_timeout_s > 0, f"{_KEY}.group_timeout_s", "> 0", self.group_timeout_s)
+        one_of(f"{_KEY}.group_backend", self.group_backend, ("nccl", "gloo"))
         one_of(f"{_KEY}.pause_mode", self.pause_mode, PAUSE_MODES)
 
     def check_servers(self) -> None:
@@ -165,6 +180,11 @@ class RolloutConfig:
         one_of("rollout.weights_dtype", self.weights_dtype, WEIGHTS_DTYPES)
         if self.engine == "sglang":
             self.sglang.check_servers()
+        elif self.sglang.sync == "distributed":
+            raise ConfigError(
+                "config.rollout.sglang.sync 'distributed' needs rollout.engine 'sglang' "
+                f"(got {self.engine!r}: the embedded engine shares the learner's arrays)"
+            )
 
 
 def engine_weights_dtype(rollout: RolloutConfig, model_dtype: str) -> str:

@@ -9,11 +9,14 @@ through the broadcast (a status flag), so every process raises and retries toget
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import numpy as np
 
 from srpo_jax import multihost
+from srpo_jax.rollout import weight_sync
 from srpo_jax.rollout.engine import (
     FINISH_ABORT,
     FINISH_LENGTH,
@@ -38,14 +41,17 @@ _SPEC = {
 class LeaderEngine:
     """RolloutEngine facade: `engine` lives on process 0 (None elsewhere)."""
 
-    def __init__(self, engine, exports: WeightExports):
+    def __init__(self, engine, exports: WeightExports, *, distributed=None, model_config=None):
         """exports: this process's view of the shared export folder (process 0 writes;
-        a barrier with the others around each export)."""
+        a barrier with the others around each export). distributed: the SGLangConfig when
+        sync="distributed" (every process then gathers the HF tensors of model_config)."""
         if multihost.is_leader() and engine is None:
             raise ValueError("LeaderEngine: process 0 needs the engine")
         self.engine = engine if multihost.is_leader() else None
         self.exports = exports
         self.export_dir = exports.root
+        self.distributed = distributed
+        self.model_config = model_config
 
     def generate(
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, *, step: int = 0
@@ -81,6 +87,18 @@ class LeaderEngine:
         )
 
     def update_weights(self, params: Any, version: int) -> dict[str, float]:
+        if self.distributed is not None and not isinstance(params, (str, os.PathLike)):
+            t0 = time.perf_counter()
+            dist = self.engine.dist if self.engine is not None else None
+            sent = weight_sync.push(self.distributed, dist, params, self.model_config, version)
+            ok = np.array([sent is not None], np.int32)  # process 0's verdict, for everyone
+            ok = multihost.broadcast_from_leader({"ok": ok}, {"ok": (1, np.int32)})["ok"][0]
+            if ok:
+                if self.engine is None:
+                    return {}
+                return self.engine.distributed_done(version, sent, time.perf_counter() - t0)
+            if self.engine is not None:
+                self.engine.sync_fallbacks += 1
         path = self.exports.write(params, version)  # collective: all gather, process 0 writes
         # Push before deleting older exports: a failed push leaves the served one in place.
         out = self.engine.update_weights(str(path), version) if self.engine is not None else {}

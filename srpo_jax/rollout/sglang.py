@@ -47,7 +47,7 @@ import numpy as np
 import requests
 from absl import logging
 
-from srpo_jax.rollout import sglang_server
+from srpo_jax.rollout import sglang_server, weight_sync
 from srpo_jax.rollout.config import DETERMINISTIC_FLAGS, SGLangConfig
 from srpo_jax.rollout.engine import (
     FINISH_ABORT,
@@ -137,6 +137,9 @@ class SGLangEngine:
         # whole (srpo_jax.trainer.faults uses it to kill a server mid-batch); None = nothing.
         self.on_request_done: Callable[[str, int], None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(config.max_concurrency)
+        self._model_config = model_config
+        self.sync_fallbacks = 0  # distributed syncs that fell back to the disk route
+        self.dist: weight_sync.DistributedSync | None = None  # sync="distributed" only
         if config.launch_command:
             if model_path is None and initial_params is not None:
                 # The servers start on one export of the initial weights (its version's).
@@ -161,6 +164,8 @@ class SGLangEngine:
                 "rollout.sglang.sync='none': the SGLang servers keep the weights they started "
                 "on; rollouts after the first step come from those, not from the learner"
             )
+        if config.sync == "distributed":
+            self.dist = weight_sync.DistributedSync(config, self.urls, "bfloat16")
 
     # ---------------------------------------------------------------- HTTP
     def _request(self, method: str, url: str, route: str, body=None, *, retry=True) -> Any:
@@ -331,8 +336,16 @@ class SGLangEngine:
         with hf_io.save_hf_params on every process (it gathers; process 0 writes) and pass
         the written directory here from process 0."""
         if self.config.sync == "none":  # the rollouts keep reporting the served version
-            return {"sync/total_s": 0.0, "sync/num_servers": float(len(self.urls))}
+            return weight_sync.metrics("none", 0.0, 0, self.sync_fallbacks) | {
+                "sync/num_servers": float(len(self.urls))
+            }
         t0 = time.perf_counter()
+        if self.dist is not None and not isinstance(params, (str, os.PathLike)):
+            # The network route; on failure (one warning said why) the disk route below.
+            sent = weight_sync.push(self.config, self.dist, params, self._model_config, version)
+            if sent is not None:
+                return self.distributed_done(version, sent, time.perf_counter() - t0)
+            self.sync_fallbacks += 1
         if isinstance(params, (str, os.PathLike)):
             path = pathlib.Path(params)
             if not (path / "config.json").is_file():
@@ -349,12 +362,18 @@ class SGLangEngine:
         self._serving_path = path
         self.exports.prune()  # after the push: a failed push leaves the served one in place
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        return {
-            "sync/total_s": t2 - t0,
+        route = "restart" if self.config.sync == "restart" else "update_from_disk"
+        return weight_sync.metrics(route, t2 - t0, size, self.sync_fallbacks) | {
             "sync/export_s": t1 - t0,
             "sync/load_s": t2 - t1,
-            "sync/checkpoint_bytes": float(size),
             "sync/num_servers": float(len(self.urls)),
+        }
+
+    def distributed_done(self, version: int, sent: int, seconds: float) -> dict[str, float]:
+        """Records a version the distributed route delivered; its metrics."""
+        self._version, self._synced = version, True
+        return weight_sync.metrics("distributed", seconds, sent, self.sync_fallbacks) | {
+            "sync/num_servers": float(len(self.urls))
         }
 
     def _update_from_disk(self, url: str, path: pathlib.Path, version: int) -> None:
@@ -430,6 +449,8 @@ class SGLangEngine:
             port = int(old.url.rsplit(":", 1)[1])
             self._servers[i] = self._launch(str(self._serving_path), [port], first_index=i)[0]
             self.num_restarts += 1
+            if self.dist is not None:  # the relaunched server is not in the group
+                self.dist.drop_group()
             if self.config.sync == "update_from_disk" and self._synced:
                 # Launched from the checkpoint it served, but it must report the version too.
                 self._update_from_disk(old.url, self._serving_path, self._version)
@@ -465,6 +486,8 @@ class SGLangEngine:
         return tuple(self._servers)
 
     def close(self) -> None:
+        if self.dist is not None:
+            self.dist.close()
         for s in self._servers:
             s.stop()
         self._servers = []
@@ -493,6 +516,8 @@ def engine_from_config(
     num_servers = run_cfg.num_servers if run_cfg.launch_command else 0
     cfg = dataclasses.replace(run_cfg, export_dir=export_dir, num_servers=num_servers)
     initial = params if cfg.launch_command else None
+    if cfg.sync == "distributed":
+        weight_sync.require_torch()  # one error line naming the extra, before any launch
     import jax
 
     if jax.process_count() == 1:
@@ -521,4 +546,5 @@ def engine_from_config(
         if multihost.is_leader()
         else None
     )
-    return LeaderEngine(engine, exports)
+    distributed = cfg if cfg.sync == "distributed" else None
+    return LeaderEngine(engine, exports, distributed=distributed, model_config=model_config)

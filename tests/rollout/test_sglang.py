@@ -221,8 +221,8 @@ def test_update_from_disk_follows_pause_flush_update_continue(tmp_path):
     assert body["load_format"] == "safetensors"
     assert pathlib.Path(body["model_path"]) == tmp_path / "exports" / "step_00000007"
     assert ("GET", "/model_info", None) in s.requests  # the reported version was checked
-    assert metrics["sync/checkpoint_bytes"] == 1000 + 2
-    assert metrics["sync/total_s"] >= metrics["sync/export_s"] >= 0
+    assert metrics["sync/bytes"] == 1000 + 2
+    assert metrics["sync/seconds"] >= metrics["sync/export_s"] >= 0
 
 
 def test_given_checkpoint_dir_is_used_as_is(tmp_path):
@@ -292,7 +292,8 @@ def test_sync_none_pushes_nothing_and_keeps_the_served_version(tmp_path):
         assert engine._version == 0
     assert s.requests == []
     assert not (tmp_path / "exports").exists() or not any((tmp_path / "exports").iterdir())
-    assert metrics == {"sync/total_s": 0.0, "sync/num_servers": 1.0}
+    assert metrics["sync/bytes"] == 0.0 and metrics["sync/seconds"] == 0.0
+    assert metrics["sync/route"] == 3.0 and metrics["sync/num_servers"] == 1.0
 
 
 # ---------------------------------------------------------------- launch/sglang_pool.sh

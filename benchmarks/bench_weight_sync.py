@@ -1,0 +1,210 @@
+"""Weight sync to one SGLang-protocol receiver: disk vs tmpfs vs torch.distributed (gloo).
+
+    python benchmarks/bench_weight_sync.py                        # Qwen3-0.6B shapes
+    python benchmarks/bench_weight_sync.py --models=qwen3_0p6b,qwen3_1p7b --repeats=2
+
+Random weights of each preset's shapes (params in --param_dtype on the CPU device), pushed as
+bf16 by each route, every route in a fresh learner process:
+- disk / tmpfs: save_hf_params into --disk_dir / /dev/shm, then a separate reader process
+  loads every tensor back (what each server's /update_weights_from_disk does before its
+  copy into the model);
+- distributed / distributed_per_tensor: SGLangEngine with sync="distributed" over gloo on
+  loopback to tests/rollout/weight_receiver.py in sink mode (it receives each bucket and
+  drops it), flattened buckets or one broadcast per tensor.
+Prints a markdown table: seconds per push (the median of --repeats, after one warm-up push
+that also forms the group), GB/s of bf16 bytes, the learner process's RSS holding the params
+and its peak beyond that during the pushes, and for the distributed routes the share of the
+time outside the broadcasts (HTTP, gathers, casts) and that time per bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RECEIVER = REPO / "tests" / "rollout" / "weight_receiver.py"
+ROUTES = ("disk", "tmpfs", "distributed", "distributed_per_tensor")
+_READ_BACK = (
+    "import sys, pathlib, ml_dtypes; from safetensors.numpy import load_file\n"
+    "for f in sorted(pathlib.Path(sys.argv[1]).glob('*.safetensors')): load_file(f)\n"
+)
+
+
+def _rss_mib(field: str) -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    """Peak RSS (VmHWM) from now on: Linux resets it on writing 5 to clear_refs."""
+    pathlib.Path("/proc/self/clear_refs").write_text("5")
+
+
+def _random_params(preset: str, param_dtype: str):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from srpo_jax.model import Qwen3, config
+
+    cfg = config.PRESETS[preset](param_dtype=param_dtype)
+    abstract = nnx.state(nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(abstract))))
+
+    def fill(x):
+        return (0.02 * jax.random.normal(next(keys), x.shape, jnp.float32)).astype(x.dtype)
+
+    params = jax.tree.map(fill, abstract)
+    jax.block_until_ready(params)
+    return cfg, params
+
+
+def _disk(args, cfg, params, root: pathlib.Path) -> list[dict]:
+    from srpo_jax.model import save_hf_params
+
+    runs = []
+    for r in range(args.repeats + 1):
+        path = root / f"step_{r}"
+        t0 = time.perf_counter()
+        save_hf_params(params, cfg, path, dtype="bfloat16")
+        subprocess.run([sys.executable, "-c", _READ_BACK, str(path)], check=True)
+        seconds = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        shutil.rmtree(path)
+        runs.append({"seconds": seconds, "bytes": size})
+    return runs[1:]
+
+
+def _distributed(args, cfg, params, flatten: bool) -> list[dict]:
+    import requests
+
+    from srpo_jax.rollout import weight_sync
+    from srpo_jax.rollout.config import SGLangConfig
+    from srpo_jax.rollout.sglang import SGLangEngine
+
+    port = weight_sync.free_port()
+    sink = subprocess.Popen(
+        [sys.executable, str(RECEIVER), f"--port={port}"], start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        sync_cfg = SGLangConfig(
+            urls=(url,), sync="distributed", group_backend="gloo", bucket_mb=args.bucket_mb,
+            bucket_flatten=flatten, group_timeout_s=600, timeout_s=600, max_retries=0,
+        )  # fmt: skip
+        runs = []
+        with SGLangEngine(sync_cfg, model_config=cfg) as engine:
+            for r in range(args.repeats + 1):
+                m = engine.update_weights(params, r + 1)
+                assert m["sync/route"] == weight_sync.ROUTE_CODES["distributed"], m
+                runs.append(
+                    {"seconds": m["sync/seconds"], "bytes": m["sync/bytes"],
+                     "broadcast_s": engine.dist.broadcast_s,
+                     "buckets": _num_buckets(args, cfg, params)}
+                )  # fmt: skip
+        return runs[1:]
+    finally:
+        os.killpg(sink.pid, signal.SIGKILL)  # the receiver and its rank processes
+
+
+def _num_buckets(args, cfg, params) -> int:
+    from srpo_jax.model.hf_io import hf_tensors
+    from srpo_jax.rollout.weight_buckets import MIB, make_buckets
+
+    tensors = hf_tensors(params, cfg)
+    return len(make_buckets(tensors, 2, int(args.bucket_mb * MIB)))
+
+
+def one(args) -> dict:
+    """One route in this process; its figures as a dict."""
+    cfg, params = _random_params(args.model, args.param_dtype)
+    params_mib = _rss_mib("VmRSS")
+    _reset_peak()
+    if args.one in ("disk", "tmpfs"):
+        base = args.disk_dir if args.one == "disk" else "/dev/shm"
+        root = pathlib.Path(tempfile.mkdtemp(prefix="bench_sync_", dir=base))
+        try:
+            runs = _disk(args, cfg, params, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    else:
+        runs = _distributed(args, cfg, params, flatten=args.one == "distributed")
+    seconds = statistics.median(r["seconds"] for r in runs)
+    out = {
+        "model": args.model, "route": args.one, "seconds": seconds,
+        "gb_per_s": runs[0]["bytes"] / seconds / 1e9, "params_mib": params_mib,
+        "peak_beyond_params_mib": _rss_mib("VmHWM") - params_mib, "bytes": runs[0]["bytes"],
+    }  # fmt: skip
+    if "broadcast_s" in runs[0]:
+        bcast = statistics.median(r["broadcast_s"] for r in runs)
+        out["outside_broadcast_frac"] = (seconds - bcast) / seconds
+        out["buckets"] = runs[0]["buckets"]
+        out["overhead_per_bucket_s"] = (seconds - bcast) / runs[0]["buckets"]
+    return out
+
+
+def _row(r: dict) -> str:
+    extra = (
+        f"{100 * r['outside_broadcast_frac']:.0f}% | {r['buckets']} | "
+        f"{1e3 * r['overhead_per_bucket_s']:.0f}"
+        if "buckets" in r
+        else "- | - | -"
+    )
+    return (
+        f"| {r['model']} | {r['route']} | {r['bytes'] / 1e9:.2f} | {r['seconds']:.2f} | "
+        f"{r['gb_per_s']:.2f} | {r['params_mib']:.0f} | {r['peak_beyond_params_mib']:.0f} | "
+        f"{extra} |"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="qwen3_0p6b")
+    p.add_argument("--routes", default=",".join(ROUTES))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--bucket_mb", type=float, default=512.0)
+    p.add_argument("--param_dtype", default="float32")
+    p.add_argument("--disk_dir", default=str(REPO / ".bench_weight_sync"))
+    p.add_argument("--one", choices=ROUTES, help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one(args)), flush=True)
+        return
+    os.makedirs(args.disk_dir, exist_ok=True)
+    print("| model | route | GB (bf16) | s / push | GB/s | params RSS MiB | peak beyond "
+          "params MiB | outside broadcast | buckets | ms / bucket outside |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    for model in args.models.split(","):
+        for route in args.routes.split(","):
+            cmd = [sys.executable, __file__, f"--one={route}", f"--model={model}",
+                   f"--repeats={args.repeats}", f"--bucket_mb={args.bucket_mb}",
+                   f"--param_dtype={args.param_dtype}", f"--disk_dir={args.disk_dir}"]  # fmt: skip
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if out.returncode:
+                sys.exit(f"error: {model} {route} failed:\n{out.stderr[-3000:]}")
+            print(_row(json.loads(out.stdout.strip().splitlines()[-1])), flush=True)
+    shutil.rmtree(args.disk_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
