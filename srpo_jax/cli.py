@@ -55,6 +55,9 @@ def unknown_override(argv: list[str]) -> str | None:
 def last_error_line(message: str) -> str:
     """A config file that raised while loading: keep its last 'SomeError: why' line only."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    os_error = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", message)
+    if os_error:  # a config file that cannot be read (missing, a directory)
+        return f"cannot read config file {os_error[2]!r}: {os_error[1]}"
     for line in reversed(lines):
         match = re.match(r"^[\w.]*(?:Error|Exception): (.*)$", line)
         if match:
@@ -68,6 +71,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad flag or config override exits 2 with one line, no usage dump."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, config_lib.ConfigError, AttributeError, KeyError, TypeError) as e:
-        # Raised while loading the config file or applying --config.a.b=v overrides.
+    except (flags.Error, config_lib.ConfigError, AttributeError, KeyError, TypeError, OSError) as e:
+        # Raised while loading the config file or applying --config.a.b=v overrides (OSError:
+        # an override applied to a config file that failed to load, e.g. a missing one).
+        if isinstance(e, AttributeError) and "'get_config'" in str(e):
+            spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+            fail(f"config file {spec.partition(':')[0]} defines no get_config()")
         fail(unknown_override(argv) or last_error_line(str(e)))
+    except SyntaxError as e:  # the config file is not valid Python
+        fail(f"config file {e.filename} line {e.lineno}: {e.msg}")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import pathlib
 import types
 import typing
@@ -69,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "WarmupConfig",
     "check_mesh",
+    "check_model",
     "from_config_dict",
     "load_config_file",
     "to_dict",
@@ -177,8 +179,43 @@ def check_mesh(cfg: Config, num_devices: int) -> None:
         raise ConfigError(
             f"config.mesh data*fsdp*tensor = {m.data}*{m.fsdp}*{m.tensor} = "
             f"{m.data * m.fsdp * m.tensor} must equal the number of devices ({num_devices}); "
-            f"e.g. --config.mesh.fsdp={num_devices // max(1, m.data * m.tensor)}"
+            f"e.g. {_mesh_hint(cfg, num_devices)}"
         )
+
+
+def _mesh_hint(cfg: Config, num_devices: int) -> str:
+    """The fewest axis changes that make a valid mesh on num_devices (the product, and rows
+    that split over data*fsdp), as flags; fsdp=num_devices alone when none does."""
+    m, t = cfg.mesh, cfg.train
+    rows = t.micro_batch_rows or t.mini_batch_prompts * cfg.algo.group_size
+    divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+    options = [
+        (data, num_devices // (data * tensor), tensor)
+        for data in divisors
+        for tensor in divisors
+        if num_devices % (data * tensor) == 0 and rows % (num_devices // tensor) == 0
+    ]
+    if not options:
+        return f"--config.mesh.fsdp={num_devices}"
+    current = (m.data, m.fsdp, m.tensor)
+    best = min(options, key=lambda o: sum(a != b for a, b in zip(o, current, strict=True)))
+    names = ("data", "fsdp", "tensor")
+    changed = [
+        f"--config.mesh.{n}={v}" for n, v, c in zip(names, best, current, strict=True) if v != c
+    ]
+    return " ".join(changed)
+
+
+def check_model(cfg: Config, vocab_size: int) -> None:
+    """Run-time check against the model (its vocabulary is known once the architecture is
+    resolved, from hf_path/config.json when weights are given)."""
+    require(
+        cfg.algo.topk <= vocab_size, "algo.topk", f"<= the vocab_size ({vocab_size})", cfg.algo.topk
+    )
+    top_k = cfg.rollout.top_k
+    require(
+        top_k <= vocab_size, "rollout.top_k", f"-1 (off) or <= the vocab_size ({vocab_size})", top_k
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,6 +243,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # no setting means anything by inf or nan
+            raise ConfigError(f"config.{key} must be finite, got {value!r}")
     elif annotation is str:
         ok = isinstance(value, str)
     elif annotation is dict:
@@ -268,7 +307,10 @@ def _to_plain(value: Any) -> Any:
 
 def from_config_dict(config: Mapping) -> Config:
     """ConfigDict (or the plain dict `to_dict` wrote) -> validated Config; raises ConfigError."""
-    return _build(Config, _to_plain(config), "")
+    plain = _to_plain(config)
+    if not isinstance(plain, Mapping):  # e.g. a config file whose get_config returns a list
+        raise ConfigError(f"the config must be a ConfigDict (a mapping), got {plain!r:.80}")
+    return _build(Config, plain, "")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -55,12 +55,25 @@ def _input_errors() -> tuple[type[Exception], ...]:
     checkpoint of another model): one line and exit 2, like a config error. Everything else
     keeps its traceback, since it is a bug. Imported here: these modules pull in JAX."""
     from srpo_jax.data.datasets import DataError
+    from srpo_jax.data.tokenizer import TokenizerError
     from srpo_jax.model.hf_io import HFCheckpointError
     from srpo_jax.trainer.checkpoint import CheckpointMismatchError
     from srpo_jax.trainer.metrics import MetricsError
 
     errors = (config_lib.ConfigError, DataError, HFCheckpointError, CheckpointMismatchError)
-    return (*errors, MetricsError)
+    return (*errors, MetricsError, TokenizerError)
+
+
+def _check_workdir(path: str) -> None:
+    """--workdir must be a folder, or creatable: caught here, before JAX starts."""
+    wd = os.path.abspath(path)
+    if os.path.exists(wd) and not os.path.isdir(wd):
+        _fail(f"--workdir {path} is not a directory")
+    parent = wd
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"--workdir {path} cannot be created: {parent} is not a writable directory")
 
 
 def _init_distributed() -> None:
@@ -82,6 +95,8 @@ def main(argv: list[str]) -> None:
     log_levels.apply(flags.FLAGS.verbosity)
     if len(argv) > 1:
         _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None and flags.FLAGS["config"].present:
+        _fail(f"config file {flags.FLAGS['config'].config_filename}: get_config() returned None")
     if _CONFIG.value is None:
         _fail("--config is required, e.g. --config=configs/demo.py:method=srpo")
     try:
@@ -95,6 +110,7 @@ def main(argv: list[str]) -> None:
         return
     if _WORKDIR.value is None:
         _fail("--workdir is required (checkpoints and metrics go there)")
+    _check_workdir(_WORKDIR.value)
 
     # JAX only now that there is a run: --print_config and config errors never load it.
     jax_startup.import_jax()

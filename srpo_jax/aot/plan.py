@@ -362,16 +362,22 @@ def main(argv: list[str]) -> None:
 
     from srpo_jax import config as config_lib
     from srpo_jax import log_levels
+    from srpo_jax.cli import last_error_line
     from srpo_jax.data import buckets
 
     f = flags.FLAGS
     log_levels.apply(f.verbosity)  # library INFO (jax's backend probing) off unless asked
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
+        aot.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if f.list:
         print(topologies.table())
         return
-    c = f.config if f.config is not None else _default_config()
+    try:  # a config file that failed to load raises on first use
+        c = f.config if f.config is not None else _default_config()
+        c.model.random_init = True  # shapes only: the weights are never loaded or initialised
+        cfg = config_lib.from_config_dict(c)
+    except (config_lib.ConfigError, OSError) as e:
+        aot.fail(last_error_line(str(e)))
     topo = topologies.get(f.topology)
     if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
@@ -383,8 +389,6 @@ def main(argv: list[str]) -> None:
             "`python -m srpo_jax.aot.plan` (which forces the CPU device count) or pass --native "
             "on the real machine"
         )
-    c.model.random_init = True  # shapes only: the weights are never loaded or initialised
-    cfg = config_lib.from_config_dict(c)
     model_cfg, _ = step_program_settings(cfg)
     mesh_cfg = parse_mesh(f.mesh) if f.mesh else default_mesh(cfg.mesh, n_dev)
     mesh, compiler, backend = _target(f, topo, mesh_cfg, n_dev)

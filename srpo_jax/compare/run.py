@@ -50,8 +50,8 @@ import shutil
 import sys
 import time
 
+from srpo_jax import cli, jax_startup, log_levels
 from srpo_jax import config as config_lib
-from srpo_jax import jax_startup, log_levels
 from srpo_jax.algo import methods
 from srpo_jax.compare import intervals as compare_ci
 from srpo_jax.compare import plot as compare_plot
@@ -344,15 +344,36 @@ def _parse_override(text: str) -> tuple[str, object]:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw  # a bare string, e.g. --config.train.fused_implementation=xla
+        value = _float_or_str(raw)  # a bare string, e.g. --config.train.fused_implementation=xla
     return key, value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one `error:` line and exit 2, as in main and plan."""
+
+    def error(self, message: str):
+        cli.fail(message)
+
+
+def check_configs(plan: Plan) -> None:
+    """Builds and validates every method's run config before the first run trains, so a bad
+    config file or override fails at once (ConfigError, OSError, ValueError)."""
+    for method in plan.methods:
+        config_lib.from_config_dict(run_config_dict(plan, method, plan.seeds[0]))
+
+
+def _float_or_str(raw: str) -> float | str:
+    """inf and nan as the floats main's flags read them (for validation to refuse), else
+    the bare string (e.g. --config.train.fused_implementation=xla)."""
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
 
 
 def parse_args(argv: list[str]) -> tuple[Plan, str, bool, int]:
     """(plan, out directory, report_only, verbosity) from the command line."""
-    p = argparse.ArgumentParser(
-        prog="python -m srpo_jax.compare.run", description=__doc__.split("\n")[0]
-    )
+    p = _Parser(prog="python -m srpo_jax.compare.run", description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/demo.py", help="config file with get_config(arg)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds")
@@ -409,6 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     if report_only:
         write_reports(plan, out)  # reads the runs' files: no JAX
     else:
+        try:
+            check_configs(plan)
+        except (config_lib.ConfigError, OSError, ValueError, TypeError, SyntaxError) as e:
+            cli.fail(cli.last_error_line(str(e)))
         jax_startup.import_jax()  # quietly, with the platforms this host has
         jax_startup.device_count()  # the first backend start, probe lines filtered
         run_all(plan, out)

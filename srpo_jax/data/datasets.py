@@ -109,11 +109,17 @@ def load_jsonl(path: str | pathlib.Path) -> list[Example]:
     if not path.is_file():
         raise SplitNotFoundError(f"split file not found: {path}")
     examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at {e.start})"
+                ) from e
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -159,6 +165,8 @@ def find_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> path
 
 def load_split(data_dir: str | pathlib.Path, benchmark: str, split: str) -> list[Example]:
     """Loads one benchmark split (data_dir's copy, else the package's; module docstring)."""
+    if data_dir and not pathlib.Path(data_dir).is_dir():  # else the shipped splits would be read
+        raise DataError(f"config.data.data_dir {str(data_dir)!r} is not a directory")
     path = find_split(data_dir, benchmark, split)
     if benchmark == "tooluse" and split == "train" and not path.is_file():
         raise SplitNotFoundError(f"{path} is missing. {TOOLUSE_TRAIN_HELP}")

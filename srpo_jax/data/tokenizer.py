@@ -25,6 +25,7 @@ where the two agree.
 from __future__ import annotations
 
 import base64
+import json
 import pathlib
 from collections.abc import Iterable
 
@@ -138,16 +139,21 @@ _TINY_CORPUS = (
 )
 
 
+class TokenizerError(FileNotFoundError):
+    """The tokenizer directory is missing or its files cannot be loaded (bad user input: main
+    prints it as one line). A FileNotFoundError, as the missing-directory error was."""
+
+
 def _check_dir(path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise TokenizerError(
             f"tokenizer directory not found: {path} (load_tokenizer reads local files only; "
             "build one with build_tiny_tokenizer / build_qwen_tokenizer or point at a local "
             "HF checkpoint directory)"
         )
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(
+        raise TokenizerError(
             f"{path} holds neither tokenizer.json nor tokenizer_config.json; not a HF tokenizer dir"
         )
     return path
@@ -161,7 +167,13 @@ def load_tokenizer(path: str | pathlib.Path) -> transformers.PreTrainedTokenizer
     token falls back to <|endoftext|> as in Qwen3.
     """
     path = _check_dir(path)
-    tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # transformers' errors name neither
+        _check_json_object(path / name)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers' loaders raise many types on bad files
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise TokenizerError(f"tokenizer directory {path} cannot be loaded: {last}") from None
     if not isinstance(tok, transformers.PreTrainedTokenizerFast):
         raise TypeError(f"{path} loaded as {type(tok).__name__}, expected a fast tokenizer")
     if not tok.chat_template:
@@ -171,6 +183,24 @@ def load_tokenizer(path: str | pathlib.Path) -> transformers.PreTrainedTokenizer
             raise ValueError(f"tokenizer at {path} has no pad token and no {ENDOFTEXT} token")
         tok.pad_token = ENDOFTEXT
     return tok
+
+
+def _check_json_object(path: pathlib.Path) -> None:
+    """TokenizerError naming `path` unless it is absent or holds one JSON object."""
+    if not path.is_file():
+        return
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise TokenizerError(
+            f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at {e.start})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise TokenizerError(
+            f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
+        ) from None
+    if not isinstance(d, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(d).__name__}")
 
 
 def _byte_level_pipeline(tok: Tokenizer) -> None:

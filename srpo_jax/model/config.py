@@ -253,7 +253,24 @@ def read_hf_config(hf_dir, **overrides: Any) -> Qwen3Config:
     path = pathlib.Path(hf_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(str(path))
-    return Qwen3Config.from_hf_dict(json.loads(path.read_text()), **overrides)
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at {e.start})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
+        ) from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    try:
+        return Qwen3Config.from_hf_dict(d, **overrides)
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +337,10 @@ class ModelConfig:
             "attention_query_chunk": self.attention_query_chunk,
             "attention_impl": self.attention_impl,
         }
-        preset = PRESETS[self.preset](**extra) if self.preset else None
+        try:
+            preset = PRESETS[self.preset](**extra) if self.preset else None
+        except (TypeError, ValueError) as e:  # an override out of range or of a wrong type
+            raise ConfigError(f"config.model.overrides: {e}") from None
         if not self.hf_path:
             return preset
         try:
@@ -329,6 +349,8 @@ class ModelConfig:
             raise ConfigError(
                 f"config.model.hf_path has no config.json: {str(e)!r} not found"
             ) from None
+        except ValueError as e:  # config.json unreadable, or values out of range
+            raise ConfigError(str(e)) from None
         if preset is not None and preset != loaded:
             diffs = [
                 f"{f.name} {getattr(loaded, f.name)!r} vs {getattr(preset, f.name)!r}"

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 from safetensors import safe_open
@@ -88,6 +89,14 @@ def _maps_for(config: Qwen3Config) -> tuple[_TensorMap, ...]:
 
 
 # ----- loading --------------------------------------------------------------------------
+def _open(file: pathlib.Path):
+    """safe_open, but a truncated or foreign file is an HFCheckpointError naming it."""
+    try:
+        return safe_open(file, "np")
+    except safetensors.SafetensorError as e:
+        raise HFCheckpointError(f"{file} is not a readable safetensors file: {e}") from None
+
+
 class _Checkpoint:
     """Name -> file lookup over a single-file or sharded checkpoint, with lazy file handles."""
 
@@ -95,9 +104,12 @@ class _Checkpoint:
         self.path = path
         index = path / INDEX_FILE
         if index.is_file():
-            self.weight_map = dict(json.loads(index.read_text())["weight_map"])
+            try:
+                self.weight_map = dict(json.loads(index.read_bytes().decode())["weight_map"])
+            except (ValueError, KeyError, TypeError) as e:  # not JSON, or no weight_map
+                raise HFCheckpointError(f"{index}: not a safetensors index ({e!r:.80})") from None
         elif (path / SINGLE_FILE).is_file():
-            with safe_open(path / SINGLE_FILE, "np") as f:
+            with _open(path / SINGLE_FILE) as f:
                 self.weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
         else:
             raise HFCheckpointError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
@@ -112,7 +124,7 @@ class _Checkpoint:
                 raise HFCheckpointError(
                     f"checkpoint tensor {name!r}: file {self.path / file} does not exist"
                 )
-            self._handles[file] = safe_open(self.path / file, "np")
+            self._handles[file] = _open(self.path / file)
         return self._handles[file].get_slice(name)
 
     def check(self, name: str, expected: tuple[int, ...]) -> None:

@@ -61,7 +61,7 @@ from jax.experimental import multihost_utils
 
 from srpo_jax import multihost
 from srpo_jax.algo import routing
-from srpo_jax.config import Config, check_mesh, to_dict
+from srpo_jax.config import Config, ConfigError, check_mesh, check_model, to_dict
 from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
 from srpo_jax.learner import train_step as learner
@@ -101,7 +101,8 @@ def _model_files(cfg: Config, workdir: pathlib.Path) -> str:
     """Where the architecture (config.json) and a tokenizer at model.hf_path are read from.
 
     model.hf_path itself while it holds config.json: process 0 then copies its top-level
-    files, weights excepted (config.json, the tokenizer's files), to workdir/model_files,
+    files, weights excepted (config.json, the tokenizer's files), to workdir/model_files
+    (`_keep_model_files`, once the run's inputs have all been read),
     so that a resume (which restores the weights from the run's checkpoint) still starts
     after the HF directory is gone. Without hf_path's config.json that copy, when there is
     one; else hf_path, whose absence then gives architecture()'s error.
@@ -111,15 +112,19 @@ def _model_files(cfg: Config, workdir: pathlib.Path) -> str:
         return ""
     source, copy = pathlib.Path(hf_path), workdir / MODEL_FILES
     if (source / "config.json").is_file():
-        if multihost.is_leader():
-            _copy_small_files(source, copy)
-        return hf_path
+        return hf_path  # copied by _keep_model_files once every input has been read
     if (copy / "config.json").is_file():
         logging.info(
             "model.hf_path %s is gone: reading its config and tokenizer from %s", hf_path, copy
         )
         return str(copy)
     return hf_path
+
+
+def _keep_model_files(cfg: Config, workdir: pathlib.Path) -> None:
+    source = pathlib.Path(cfg.model.hf_path)
+    if cfg.model.hf_path and (source / "config.json").is_file() and multihost.is_leader():
+        _copy_small_files(source, workdir / MODEL_FILES)
 
 
 def _copy_small_files(source: pathlib.Path, dest: pathlib.Path) -> None:
@@ -140,11 +145,12 @@ def _model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
     come from model.hf_path; the tokenizer must fit the model's vocabulary."""
     files = _model_files(cfg, workdir)
     model_cfg = dataclasses.replace(cfg.model, hf_path=files).architecture()
+    check_model(cfg, model_cfg.vocab_size)
     tok_path = cfg.tokenizer.path
     tok_path = files if tok_path and tok_path == cfg.model.hf_path else tok_path
     tokenizer = _tokenizer(tok_path, workdir)
     if len(tokenizer) > model_cfg.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{model_cfg.vocab_size}: set config.model.overrides.vocab_size"
         )
@@ -350,25 +356,40 @@ def _fresh_state(cfg: Config, model_cfg, mesh, train_set, tokenizer, view):
     return learner.init_state(params, learner.StepSettings.from_config(cfg), mesh)
 
 
+def _checkpoints(cfg: Config, wd: pathlib.Path, *, existing_only: bool):
+    """The run's CheckpointManager, which creates its folder (so the workdir): None when
+    existing_only and there is none yet (a fresh run opens it once its inputs are read)."""
+    if existing_only and not (wd / "checkpoints").is_dir():
+        return None
+    return checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
+
+
+def _write_run_files(cfg: Config, wd: pathlib.Path) -> None:
+    """The workdir's first writes: the resolved config and the model's small files."""
+    wd.mkdir(parents=True, exist_ok=True)
+    if multihost.is_leader():
+        report.write_config(cfg, wd)
+    _keep_model_files(cfg, wd)
+
+
 def setup(
     cfg: Config, wd: pathlib.Path, faults: FaultInjection, view: progress_lib.Progress
 ) -> Run:
     """Builds every part of the run from `cfg` (resuming from wd's latest checkpoint); its
     messages and the warm-up's steps go to `view`."""
-    wd.mkdir(parents=True, exist_ok=True)
     check_mesh(cfg, jax.device_count())
     mesh = make_mesh(cfg.mesh)
+    # Every input is read and checked before anything goes to the workdir: bad input leaves
+    # it as it was (the demo's tokenizer, built there, is the one exception).
+    examples = {split: _examples(cfg, split) for split in ("train", "test")}
     model_cfg, tokenizer = _model_and_tokenizer(cfg, wd)
-    train_set = datasets.PromptSet(_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len)
-    test_set = datasets.PromptSet(_examples(cfg, "test"), tokenizer, cfg.data.max_prompt_len)
-    if multihost.is_leader():  # the resolved config to the workdir, one screen of it here
-        report.write_config(cfg, wd)
+    train_set = datasets.PromptSet(examples["train"], tokenizer, cfg.data.max_prompt_len)
+    test_set = datasets.PromptSet(examples["test"], tokenizer, cfg.data.max_prompt_len)
     # Printed before the weights load (parameter count from the abstract state), so a bad
     # checkpoint's error line follows the data counts instead of replacing them.
     settings = learner.StepSettings.from_config(cfg)
     graphdef, abstract = learner.abstract_state(model_cfg, settings, mesh)
     view.write(report.config_summary(cfg, wd, model_cfg, abstract.params, train_set, test_set))
-    ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=cfg.checkpoint.keep)
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
     seeds = {
         "train_seed": cfg.train.seed,
@@ -376,18 +397,20 @@ def setup(
         "demo_seed": cfg.algo.demo_seed,
     }
     # A resume reads neither the HF weights nor builds a fresh state: the checkpoint alone.
-    restored = _restore(ckpt, abstract, sampler, seeds, view)
+    ckpt = _checkpoints(cfg, wd, existing_only=True)
+    restored = None if ckpt is None else _restore(ckpt, abstract, sampler, seeds, view)
     if restored is None:
         if multihost.is_leader():  # a fresh run starts fresh per-question evaluation scores
             (wd / EVAL_SCORES).unlink(missing_ok=True)
-        state, resume, resume_step = (
+        restored = (
             _fresh_state(cfg, model_cfg, mesh, train_set, tokenizer, view),
             ResumeState(),
             -1,
         )
-    else:
-        state, resume, resume_step = restored
+    state, resume, resume_step = restored
     del abstract, restored
+    ckpt = ckpt or _checkpoints(cfg, wd, existing_only=False)
+    _write_run_files(cfg, wd)
     writer = _metrics_writer(cfg, wd, resume_step=resume_step)
     # Built on the learner's weights: launched SGLang servers start on their one export.
     pad_id, version = tokenizer.pad_token_id, resume.weight_version

@@ -15,8 +15,8 @@ checkpoint's arrays (read with orbax alone) within 1e-4; the teacher export equa
 checkpoint's EMA tree bit for bit; the evaluation of a checkpoint gives exactly the avg@k,
 maj@k and mean response length the run logged at that step, and an HF directory (the
 export) evaluates with --config and --hf_path; the SLURM command is the
-script tests/e2e/test_slurm.py runs, and its options pass the script's dry run; bad input is
-one `error:` line, exit 2, nothing written to --out (BAD_INPUT).
+script tests/e2e/test_slurm.py runs, and its options pass the script's dry run. Their bad
+input is in the table of tests/e2e/bad_input_cases.py.
 """
 
 import json
@@ -28,7 +28,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from srpo_jax.trainer.metrics import read_metrics
 from tests.data.test_fetch import GOOD_BLOB, server  # noqa: F401
@@ -269,56 +268,3 @@ def test_the_readme_real_run_commands_then_export_and_evaluate(tmp_path, server)
     _check_teacher_export(real_run)
     _check_evaluation(real_run)
     _check_slurm_command(real_run)
-
-
-# Bad input: (module, flags, the error line's text). {run}: a workdir with checkpoints at
-# steps 2 and 4; {fresh}: a run that stopped before its first checkpoint; {out}: a new
-# folder; {full}: a non-empty one; {hf}: any directory.
-BAD_INPUT = [
-    ("srpo_jax.export", ["--workdir={fresh}", "--out={out}"], "has no checkpoint"),
-    (
-        "srpo_jax.export",
-        ["--workdir={run}", "--out={out}", "--step=3"],
-        "--step=3, which has no checkpoint in {run}/checkpoints; the nearest checkpointed "
-        "steps: 2 and 4",
-    ),
-    ("srpo_jax.export", ["--workdir={run}", "--out={full}"], "exists and is not empty"),
-    (
-        "srpo_jax.evaluate",
-        ["--workdir={run}", "--hf_path={hf}", "--out={out}"],
-        "both --workdir and --hf_path given",
-    ),
-    ("srpo_jax.evaluate", ["--out={out}"], "exactly one of --workdir (a run) or --hf_path"),
-]
-
-
-@pytest.fixture(scope="module")
-def run_dirs(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """Workdirs as a run leaves them (its config.json), with and without checkpoints."""
-    from srpo_jax import config as config_lib
-
-    root = tmp_path_factory.mktemp("bad_input")
-    cfg = config_lib.from_config_dict(config_lib.load_config_file("configs/demo.py"))
-    dirs = {"run": root / "run", "fresh": root / "fresh"}
-    for path in dirs.values():
-        path.mkdir()
-        (path / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
-    for step in (2, 4):
-        (dirs["run"] / "checkpoints" / str(step)).mkdir(parents=True)
-    return dirs
-
-
-@pytest.mark.parametrize("module,flags,message", BAD_INPUT)
-def test_bad_input_is_one_error_line_and_writes_nothing(run_dirs, tmp_path, module, flags, message):
-    full = tmp_path / "full"
-    full.mkdir()
-    (full / "keep.txt").write_text("mine")
-    where = {**run_dirs, "out": tmp_path / "out", "full": full, "hf": run_dirs["run"]}
-    proc = cli(["python", "-m", module, *(f.format(**where) for f in flags)], timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert message.format(**where) in lines[0]
-    assert not (tmp_path / "out").exists()
-    assert [p.name for p in full.iterdir()] == ["keep.txt"]
-    assert not list(tmp_path.glob("*.partial"))
