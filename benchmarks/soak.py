@@ -128,9 +128,10 @@ def table(samples: list[Sample], settle: int) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
+        load = "-" if np.isnan(s.load_1m) else f"{s.load_1m:.1f}"
         lines.append(
             f"| {s.step} | {s.rss_mb:.1f} | {s.live_buffers} | {s.live_mb:.2f} | "
-            f"{s.compiles} | {s.step_s:.3f} | {s.load_1m:.1f} |"
+            f"{s.compiles} | {s.step_s:.3f} | {load} |"
         )
     lines += ["", f"Goals, from step {settle} on:", "", "| goal | measured | limit | met |"]
     lines.append("|---|---:|---|---|")
@@ -172,7 +173,7 @@ def read_table(path: pathlib.Path) -> tuple[str, list[Sample]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and cells[0].isdigit() and len(cells) >= 6:
             step, rss, bufs, live, comp, sec = cells[:6]
-            load = float(cells[6]) if len(cells) > 6 else float("nan")
+            load = float(cells[6]) if len(cells) > 6 and cells[6] != "-" else float("nan")
             samples.append(
                 Sample(int(step), float(rss), int(bufs), float(live), int(comp), float(sec), load)
             )
