@@ -127,7 +127,7 @@ def _teacher_logp(cfg, mb, ht_MRD, wt_DV, logp_BR):
 def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, sdpo_B):
     """The SDPO tokens of the packed teacher rows through the fused kernel: ((sum u c D, Z),
     the teacher entropies scattered back to [B, R] for the metrics)."""
-    a, t = cfg.algo, cfg.train
+    a = cfg.algo
     src_M, tvalid_M = mb.teacher_src_M, mb.teacher_valid_M.astype(jnp.float32)
     m, r, d = ht_MRD.shape
     mult_BR = objective.sdpo_token_multiplier(
@@ -150,18 +150,7 @@ def _fused_sdpo(cfg, mb, ht_MRD, wt_DV, h_BRD, w_DV, logp_BR, old_BR, resp_BR, s
         mask_MR.reshape(-1),
         jnp.take(mult_BR, src_M, axis=0).reshape(-1),
     )
-    options = fused_api.FusedDistillOptions(
-        topk=a.topk,
-        alpha=a.alpha,
-        tau=cfg.effective_tau,
-        add_tail=a.add_tail,
-        entropy_over=a.entropy_over,
-        temperature=cfg.temperature,
-        chunk_size=t.chunk_size,
-        implementation=t.fused_implementation,
-        grad_mode=t.fused_grad_mode,
-    )
-    out = fused_api.fused_distill(inputs, options)
+    out = fused_api.fused_distill(inputs, packed_loss.fused_distill_options(cfg))
     ent_MR = jax.lax.stop_gradient(out.entropy_N.reshape(m, r)) * mask_MR
     entropy_BR = jnp.zeros_like(logp_BR).at[src_M].add(ent_MR)
     return (out.numerator, out.z), entropy_BR

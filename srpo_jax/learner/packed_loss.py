@@ -89,11 +89,27 @@ def _teacher_logp(cfg, mb, ht_QD, wt_DV, logp_1N):
     return teacher_logp_N[None], has_teacher_B
 
 
+def fused_distill_options(cfg) -> fused_api.FusedDistillOptions:
+    """The fused distillation kernel's options from the step settings (both layouts)."""
+    a, t = cfg.algo, cfg.train
+    return fused_api.FusedDistillOptions(
+        topk=a.topk,
+        alpha=a.alpha,
+        tau=cfg.effective_tau,
+        add_tail=a.add_tail,
+        entropy_over=a.entropy_over,
+        temperature=cfg.temperature,
+        chunk_size=t.chunk_size,
+        implementation=t.fused_implementation,
+        grad_mode=t.fused_grad_mode,
+    )
+
+
 def _fused_sdpo(cfg, mb, teacher, student, logp_1N, old_1N):
     """The SDPO tokens of the teacher streams through the fused kernel: ((sum u c D, Z),
     the teacher entropies at their student tokens [1, N] for the metrics)."""
     (ht_QD, wt_DV), (h_ND, w_DV) = teacher, student
-    a, t = cfg.algo, cfg.train
+    a = cfg.algo
     resp_1N, row_ids_1N = mb.response_mask_N[None], mb.row_ids_N[None]
     mult_1N = objective.sdpo_token_multiplier(
         logp_1N,
@@ -117,18 +133,7 @@ def _fused_sdpo(cfg, mb, teacher, student, logp_1N, old_1N):
         mask_Q,
         jnp.take(mult_1N[0], src_Q),
     )
-    options = fused_api.FusedDistillOptions(
-        topk=a.topk,
-        alpha=a.alpha,
-        tau=cfg.effective_tau,
-        add_tail=a.add_tail,
-        entropy_over=a.entropy_over,
-        temperature=cfg.temperature,
-        chunk_size=t.chunk_size,
-        implementation=t.fused_implementation,
-        grad_mode=t.fused_grad_mode,
-    )
-    out = fused_api.fused_distill(inputs, options)
+    out = fused_api.fused_distill(inputs, fused_distill_options(cfg))
     ent_Q = jax.lax.stop_gradient(out.entropy_N) * mask_Q
     entropy_N = jnp.zeros(logp_1N.shape[1:], logp_1N.dtype).at[src_Q].add(ent_Q)
     return (out.numerator, out.z), entropy_N[None]
