@@ -75,6 +75,7 @@ from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.disk import DiskFullError
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.loop import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
+from srpo_jax.trainer.overlap import RolloutFeed, concurrent_engine
 from srpo_jax.trainer.step import generate_whole, prepare_step, stop_ids
 from srpo_jax.trainer.warmup import run_sft
 
@@ -215,6 +216,8 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir, version:
             length_buckets_per_octave=cfg.data.length_buckets_per_octave,
             weights_dtype=engine_weights_dtype(cfg.rollout, model_cfg.dtype),
             version=version,
+            # Lagged sampling (rollout.overlap) reads weights the train step has donated.
+            copy_weights=bool(cfg.rollout.overlap),
         )
     from srpo_jax.rollout import sglang
 
@@ -306,6 +309,7 @@ class Run:
     faults: FaultInjection
     state: learner.TrainState
     resume: ResumeState
+    feed: RolloutFeed
 
 
 def console(cfg: Config) -> progress_lib.Progress:
@@ -415,6 +419,15 @@ def setup(
     # Built on the learner's weights: launched SGLang servers start on their one export.
     pad_id, version = tokenizer.pad_token_id, resume.weight_version
     engine = _make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
+    if cfg.rollout.overlap and not concurrent_engine(engine):
+        view.write(
+            "rollout.overlap=1 with the embedded jax engine: it shares the learner's devices, "
+            "so each rollout samples from the weights one version behind after the train "
+            "step (the same staleness as SGLang's overlap, without its speed-up)"
+        )
+    feed = RolloutFeed(
+        cfg, engine, train_set, sampler, tokenizer, faults, pending=resume.pending_rollout
+    )
     return Run(
         cfg=cfg,
         workdir=wd,
@@ -431,6 +444,7 @@ def setup(
         faults=faults,
         state=state,
         resume=resume,
+        feed=feed,
     )
 
 
