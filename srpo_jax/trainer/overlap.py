@@ -120,13 +120,14 @@ class RolloutFeed:
         cfg = self.cfg
         self.wait_s = 0.0
         t0 = time.perf_counter()
-        if not self.overlap:  # the on-policy loop, unchanged
+        resumed = self.pending is not None and self.pending.step == step
+        if not self.overlap and not resumed:  # the on-policy loop, unchanged
             prepared = prepare_step(
                 cfg, step, self.engine, self.train_set, self.sampler, self.tokenizer, self.faults
             )
             self.wait_s = prepared.metrics["time/rollout_s"]
             return prepared
-        if self.pending is not None and self.pending.step == step:
+        if resumed:  # (with overlap=0: a run resumed from an overlapped one, once)
             pend, self.pending = self.pending, None
             idx, ro, rollout_s = pend.indices, pend.rollouts, pend.rollout_s
         else:  # a run's first step, or a resume whose checkpoint holds no pending rollout
@@ -134,7 +135,7 @@ class RolloutFeed:
             idx = self.sampler.next_indices(cfg.train.prompts_per_step)
             ro, _ = self._generate(step, idx, self.engine)
             rollout_s = self.wait_s = time.perf_counter() - t0
-        if step + 1 < cfg.train.num_steps:
+        if self.overlap and step + 1 < cfg.train.num_steps:
             self._submit(step + 1)
         return build_step(cfg, step, ro, idx, self.train_set, self.tokenizer, rollout_s=rollout_s)
 
