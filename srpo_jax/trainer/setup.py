@@ -428,6 +428,7 @@ def setup(
     feed = RolloutFeed(
         cfg, engine, train_set, sampler, tokenizer, faults, pending=resume.pending_rollout
     )
+    resume.pending_rollout = None  # the feed's now; each checkpoint asks it (feed.record)
     return Run(
         cfg=cfg,
         workdir=wd,

@@ -11,7 +11,9 @@ Real subprocess runs of `python -m srpo_jax.main` on the tiny demo config of tes
 - exact resume: a run killed with SIGKILL mid-step 4 (its rollout of step 5 submitted) and
   restarted equals the uninterrupted overlapped run (params, EMA teacher, optimizer state
   bit-exact, every metric but the timings equal);
-- a bf16 run: the engine's lagged weights are its own copy, not the donated params;
+- a bf16 run: the engine's lagged weights are its own copy, not the donated params; the same
+  run with the engine generating in the worker thread (SGLang's path) beside the train step
+  trains on the same rollouts (metrics and params equal);
 - overlap=0 is the on-policy loop unchanged: a run equals prepare_step + learn_and_sync
   called by hand (the functions of the loop before the option existed).
 """
@@ -188,6 +190,8 @@ from srpo_jax.trainer import setup as trainer
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.metrics import read_metrics
 from tests.e2e.test_resume import TINY, final_state, finish, stable, start
+from srpo_jax.trainer.loop import Preemption, train_loop
+from srpo_jax.trainer.overlap import RolloutFeed
 from srpo_jax.trainer.step import learn_and_sync, prepare_step
 
 repo, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -223,12 +227,26 @@ done = trainer.run(bf16, out / "bf16", progress=quiet())["final_step"]
 bf16_lines = [r for r in read_metrics(out / "bf16" / "metrics.jsonl") if "loss" in r]
 lags = [r["rollout/weight_version_lag"] for r in bf16_lines]
 got = {"metrics_equal": loop == lines, "state_equal": all(same)}
-print("RESULT " + json.dumps(dict(got, bf16_lags=lags, bf16_steps=done)))
+# The worker-thread path (SGLang's) with the embedded engine as the pool: it generates while
+# the train step runs, from its own copy of the weights; it must train on the same rollouts.
+run = trainer.setup(bf16, out / "thread", FaultInjection(), quiet())
+run.engine.runs_beside_learner = True
+run.feed = RolloutFeed(bf16, run.engine, run.train_set, run.sampler, run.tokenizer, run.faults)
+train_loop(run, Preemption(), quiet())
+volatile = ("time/", "sync/seconds", "compile/")
+def stable(wd):
+    lines = [r for r in read_metrics(wd / "metrics.jsonl") if "loss" in r]
+    return [{k: v for k, v in r.items() if not k.startswith(volatile)} for r in lines]
+threaded = stable(out / "thread") == stable(out / "bf16")
+final = [checkpoint.CheckpointManager(out / d / "checkpoints", keep=3).restore(run.state).state
+         for d in ("bf16", "thread")]
+threaded &= all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), *final)))
+print("RESULT " + json.dumps(dict(got, bf16_lags=lags, bf16_steps=done, threaded=threaded)))
 """
 
 
 @pytest.mark.slow
-def test_overlap_0_is_the_on_policy_loop_and_bf16_overlap_runs(tmp_path):
+def test_overlap_0_is_the_on_policy_loop_and_bf16_overlap_runs_lazy_or_threaded(tmp_path):
     got = json.loads(
         _run_python(BY_HAND, REPO_ROOT, tmp_path).split("RESULT ", 1)[1].splitlines()[0]
     )
@@ -237,4 +255,5 @@ def test_overlap_0_is_the_on_policy_loop_and_bf16_overlap_runs(tmp_path):
         "state_equal": True,
         "bf16_lags": [0.0, 1.0, 1.0],
         "bf16_steps": 3,
+        "threaded": True,
     }
