@@ -10,14 +10,16 @@ on failure; a step only ever sees a whole batch) -> score with the verifiers -> 
 advantages, correctness and teacher information -> route -> teacher prompts for the
 routed rollouts only -> pack static-shape batch -> jitted train_step -> push the new
 weights to the engine -> metrics; evaluation every N steps; checkpoint every N steps, at
-the end, on SIGTERM and before aborting.
+the end, on SIGTERM and before aborting. With rollout.overlap=1 the next step's rollout is
+generated while this one trains (srpo_jax/trainer/overlap.py, the `RolloutFeed`).
 
 Exact resume. A run killed at any point and restarted with the same command continues
 exactly as the uninterrupted run (on CPU: bit-identical metrics, params, EMA teacher and
 optimizer state; tests/e2e/test_resume.py). Everything a step depends on is either in the
 checkpoint or a pure function of it: the train state (params, teacher, optimizer state and
 `state.step`, which is also the LR schedule position), the data cursor and shuffle seed,
-the rollout weight version, and the seeds. There is no carried PRNG state: the rollout
+the rollout weight version, the seeds, and with rollout.overlap the generated rollout of the
+next step (srpo_jax/trainer/overlap.py). There is no carried PRNG state: the rollout
 noise of step t is fold(seed, t, row) inside the engine, evaluation folds its own offset
 seed (so it never perturbs training), routing's sibling order is seeded by algo.demo_seed.
 Metric lines written after the restored checkpoint are dropped and produced again.
