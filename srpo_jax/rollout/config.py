@@ -167,6 +167,10 @@ class RolloutConfig:
     # The dtype the embedded JAX engine samples from; "" or "auto": the model's compute dtype
     # (model.dtype), so a bf16 run samples from a bf16 copy, not from the fp32 master weights.
     weights_dtype: str = ""
+    # 1: one step off-policy. Step n+1's rollout is generated (by SGLang, beside the learner)
+    # while step n trains, so it samples from the weights one version behind; 0: on-policy,
+    # the paper's loop (docs/architecture.md, "One step off-policy").
+    overlap: int = 0
     sglang: SGLangConfig = dataclasses.field(default_factory=SGLangConfig)
 
     def __post_init__(self):
@@ -178,6 +182,7 @@ class RolloutConfig:
         )
         require(self.max_retries >= 0, "rollout.max_retries", ">= 0", self.max_retries)
         one_of("rollout.weights_dtype", self.weights_dtype, WEIGHTS_DTYPES)
+        require(self.overlap in (0, 1), "rollout.overlap", "0 or 1", self.overlap)
         if self.engine == "sglang":
             self.sglang.check_servers()
         elif self.sglang.sync == "distributed":

@@ -173,6 +173,9 @@ class JaxEngine:
         sampling.py for how this matches SGLang.
       weights_dtype: cast the weights to this dtype on device when installing them.
       version: the weight version of the initial weights.
+      copy_weights: keep a copy of the installed weights that no one else holds. The
+        learner's train step donates its params, so an engine that samples from weights older
+        than the learner's (rollout.overlap) must not share their buffers.
     """
 
     def __init__(
@@ -190,6 +193,7 @@ class JaxEngine:
         logprobs_mode: str = "scaled",
         weights_dtype: str | None = None,
         version: int = 0,
+        copy_weights: bool = False,
     ):
         if logprobs_mode not in sampling.LOGPROB_MODES:
             raise ValueError(
@@ -226,6 +230,9 @@ class JaxEngine:
             static_argnames=("shape",),
         )
         self._cast_jit = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(self.weights_dtype), p))
+        self.copy_weights = bool(copy_weights)
+        # jnp.copy: a cast to the dtype a leaf already has would hand back the same buffer.
+        self._copy_jit = jax.jit(lambda p: jax.tree.map(lambda x: jnp.copy(self._cast(x)), p))
         if isinstance(model_or_params, nnx.Module):
             model_or_params = nnx.state(model_or_params, nnx.Param)
         self._params = None
@@ -251,11 +258,16 @@ class JaxEngine:
         # Host (numpy) leaves are copied to device once; device arrays are kept as they are.
         return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
 
+    def _cast(self, x):
+        return x if self.weights_dtype is None else x.astype(self.weights_dtype)
+
     def _install(self, params) -> int:
         params = self._as_state(params)
         if self.mesh is not None:
             params = jax.device_put(params, shd.param_shardings(self.mesh, self._template))
-        if self.weights_dtype is not None and any(
+        if self.copy_weights:
+            params = self._copy_jit(params)
+        elif self.weights_dtype is not None and any(
             x.dtype != self.weights_dtype for x in jax.tree.leaves(params)
         ):
             params = self._cast_jit(params)

@@ -41,6 +41,8 @@ _SPEC = {
 class LeaderEngine:
     """RolloutEngine facade: `engine` lives on process 0 (None elsewhere)."""
 
+    runs_beside_learner = True  # the servers are other processes (rollout.overlap)
+
     def __init__(self, engine, exports: WeightExports, *, distributed=None, model_config=None):
         """exports: this process's view of the shared export folder (process 0 writes;
         a barrier with the others around each export). distributed: the SGLangConfig when
@@ -56,22 +58,33 @@ class LeaderEngine:
     def generate(
         self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, *, step: int = 0
     ) -> Rollouts:
-        arrays, error = None, None
+        ro, error = None, None
         if self.engine is not None:
             try:
                 ro = self.engine.generate(prompt_token_ids, n, sampling, step=step)
-                arrays = {
-                    "status": np.array([1, ro.weight_version], np.int32),
-                    "tokens": ro.token_ids_BR,
-                    "logprobs": ro.logprobs_BR,
-                    "lengths": ro.lengths_B,
-                    "finish": np.array([_FINISH_CODES.index(f) for f in ro.finish_reasons]),
-                    "prompt_index": ro.prompt_index_B,
-                }
-            except Exception as e:  # reported to every process below, then raised here
+            except Exception as e:  # reported to every process by share, then raised here
                 error = e
-                arrays = {k: np.zeros((0,) * nd, dt) for k, (nd, dt) in _SPEC.items()}
-                arrays["status"] = np.array([0, 0], np.int32)
+        return self.share(ro, error, step=step)
+
+    def share(self, ro: Rollouts | None, error: Exception | None, *, step: int) -> Rollouts:
+        """Process 0's rollouts (or its failure) on every process: a collective, so every
+        process calls it at the same point of the main thread. rollout.overlap generates on
+        process 0 in a worker thread and shares the result here once the train step is done
+        (collectives may not run beside the train step's). Elsewhere ro and error are None."""
+        if self.engine is None:
+            arrays = None
+        elif error is None:
+            arrays = {
+                "status": np.array([1, ro.weight_version], np.int32),
+                "tokens": ro.token_ids_BR,
+                "logprobs": ro.logprobs_BR,
+                "lengths": ro.lengths_B,
+                "finish": np.array([_FINISH_CODES.index(f) for f in ro.finish_reasons]),
+                "prompt_index": ro.prompt_index_B,
+            }
+        else:
+            arrays = {k: np.zeros((0,) * nd, dt) for k, (nd, dt) in _SPEC.items()}
+            arrays["status"] = np.array([0, 0], np.int32)
         got = multihost.broadcast_from_leader(arrays, _SPEC)
         if error is not None:
             raise error

@@ -111,6 +111,8 @@ def _warn_unchecked_determinism(urls: tuple[str, ...]) -> None:
 class SGLangEngine:
     """RolloutEngine over SGLang servers; see the module docstring for the protocol."""
 
+    runs_beside_learner = True  # the servers are other processes (rollout.overlap)
+
     def __init__(
         self,
         config: SGLangConfig,

@@ -35,7 +35,7 @@ from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.faults import poison
 from srpo_jax.trainer.metrics import EVAL_SCORES
-from srpo_jax.trainer.step import learn_and_sync, prepare_step
+from srpo_jax.trainer.step import learn_and_sync
 
 
 class TrainingAborted(RuntimeError):
@@ -69,6 +69,8 @@ class ResumeState:
     weight_version: int = 0  # the rollout engine's weights = params after this many steps
     evals: list = dataclasses.field(default_factory=list)  # [train_elapsed_s, avg@k] pairs
     pending_eval: int = -1  # a step whose evaluation a preemption postponed
+    # rollout.overlap: the next step's rollout, generated but not trained on (overlap.Pending)
+    pending_rollout: dict | None = None
 
     @classmethod
     def from_host(cls, host: dict) -> ResumeState:
@@ -77,6 +79,7 @@ class ResumeState:
     def to_host(self, run, step_done: int) -> dict:
         return dict(
             dataclasses.asdict(self),
+            pending_rollout=run.feed.record(),
             sampler=run.sampler.state_dict(),
             seeds=run.seeds,
             config=to_dict(run.cfg),
@@ -111,14 +114,15 @@ def _one_step(run, step: int) -> dict:
     """Step `step` (0-based) end to end; returns its metrics line (also written)."""
     n, faults = step + 1, run.faults  # n: the step's number in metrics.jsonl
     t_step = time.perf_counter()
-    prepared = prepare_step(
-        run.cfg, step, run.engine, run.train_set, run.sampler, run.tokenizer, faults
-    )
+    prepared = run.feed.prepare(step)
     batch = poison(prepared.batch) if n in faults.nan_steps else prepared.batch
     if faults.kill_point == "mid_step" and faults.kill_step == n:
         run.ckpt.wait()  # an async save still in flight would make the restart point vary
         faults.maybe_kill("mid_step", n)
-    run.state, m = learn_and_sync(run.learner, run.engine, run.state, prepared, batch, n)
+    run.state, m = learn_and_sync(
+        run.learner, run.engine, run.state, prepared, batch, n, before_sync=run.feed.wait
+    )
+    m["time/rollout_wait_s"] = run.feed.wait_s
     run.resume.weight_version = n
     step_s = time.perf_counter() - t_step
     run.resume.train_elapsed_s += step_s
@@ -194,6 +198,7 @@ def _steps(run, progress: progress_lib.Progress, start_step: int, preempt: Preem
 
 
 def _finish(run, progress: progress_lib.Progress, start_step: int) -> dict:
+    run.feed.close()
     run.engine.close()
     run.ckpt.wait()
     wd, evals = run.workdir, run.resume.evals

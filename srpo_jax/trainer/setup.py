@@ -10,14 +10,16 @@ on failure; a step only ever sees a whole batch) -> score with the verifiers -> 
 advantages, correctness and teacher information -> route -> teacher prompts for the
 routed rollouts only -> pack static-shape batch -> jitted train_step -> push the new
 weights to the engine -> metrics; evaluation every N steps; checkpoint every N steps, at
-the end, on SIGTERM and before aborting.
+the end, on SIGTERM and before aborting. With rollout.overlap=1 the next step's rollout is
+generated while this one trains (srpo_jax/trainer/overlap.py, the `RolloutFeed`).
 
 Exact resume. A run killed at any point and restarted with the same command continues
 exactly as the uninterrupted run (on CPU: bit-identical metrics, params, EMA teacher and
 optimizer state; tests/e2e/test_resume.py). Everything a step depends on is either in the
 checkpoint or a pure function of it: the train state (params, teacher, optimizer state and
 `state.step`, which is also the LR schedule position), the data cursor and shuffle seed,
-the rollout weight version, and the seeds. There is no carried PRNG state: the rollout
+the rollout weight version, the seeds, and with rollout.overlap the generated rollout of the
+next step (srpo_jax/trainer/overlap.py). There is no carried PRNG state: the rollout
 noise of step t is fold(seed, t, row) inside the engine, evaluation folds its own offset
 seed (so it never perturbs training), routing's sibling order is seeded by algo.demo_seed.
 Metric lines written after the restored checkpoint are dropped and produced again.
@@ -75,6 +77,7 @@ from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.disk import DiskFullError
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.loop import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
+from srpo_jax.trainer.overlap import RolloutFeed, concurrent_engine
 from srpo_jax.trainer.step import generate_whole, prepare_step, stop_ids
 from srpo_jax.trainer.warmup import run_sft
 
@@ -215,6 +218,8 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir, version:
             length_buckets_per_octave=cfg.data.length_buckets_per_octave,
             weights_dtype=engine_weights_dtype(cfg.rollout, model_cfg.dtype),
             version=version,
+            # Lagged sampling (rollout.overlap) reads weights the train step has donated.
+            copy_weights=bool(cfg.rollout.overlap),
         )
     from srpo_jax.rollout import sglang
 
@@ -306,6 +311,7 @@ class Run:
     faults: FaultInjection
     state: learner.TrainState
     resume: ResumeState
+    feed: RolloutFeed
 
 
 def console(cfg: Config) -> progress_lib.Progress:
@@ -415,6 +421,16 @@ def setup(
     # Built on the learner's weights: launched SGLang servers start on their one export.
     pad_id, version = tokenizer.pad_token_id, resume.weight_version
     engine = _make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
+    if cfg.rollout.overlap and not concurrent_engine(engine):
+        view.write(
+            "rollout.overlap=1 with the embedded jax engine: it shares the learner's devices, "
+            "so each rollout samples from the weights one version behind after the train "
+            "step (the same staleness as SGLang's overlap, without its speed-up)"
+        )
+    feed = RolloutFeed(
+        cfg, engine, train_set, sampler, tokenizer, faults, pending=resume.pending_rollout
+    )
+    resume.pending_rollout = None  # the feed's now; each checkpoint asks it (feed.record)
     return Run(
         cfg=cfg,
         workdir=wd,
@@ -431,6 +447,7 @@ def setup(
         faults=faults,
         state=state,
         resume=resume,
+        feed=feed,
     )
 
 

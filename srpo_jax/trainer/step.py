@@ -202,13 +202,9 @@ def _route_metrics(cfg, ro, rew, info, sdpo_mask, teacher_idx, keep) -> dict:
     }
 
 
-def prepare_step(cfg, step: int, engine, train_set, sampler, tokenizer, faults=None) -> HostStep:
-    """Rollouts, rewards, routing and teacher prompts for one step -> learner batch."""
-    t0 = time.perf_counter()
-    idx = sampler.next_indices(cfg.train.prompts_per_step)
-    examples = [train_set.examples[i] for i in idx]
-    prompts = [train_set.prompt_ids[i] for i in idx]
-    sp = SamplingParams(
+def sampling_params(cfg, tokenizer) -> SamplingParams:
+    """How a training step samples (the same for every step; the engine folds in the step)."""
+    return SamplingParams(
         max_new_tokens=cfg.data.max_response_len,
         temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
@@ -216,8 +212,25 @@ def prepare_step(cfg, step: int, engine, train_set, sampler, tokenizer, faults=N
         stop_token_ids=stop_ids(tokenizer),
         seed=cfg.train.seed,
     )
+
+
+def prepare_step(cfg, step: int, engine, train_set, sampler, tokenizer, faults=None) -> HostStep:
+    """Rollouts, rewards, routing and teacher prompts for one step -> learner batch."""
+    t0 = time.perf_counter()
+    idx = sampler.next_indices(cfg.train.prompts_per_step)
+    prompts = [train_set.prompt_ids[i] for i in idx]
+    sp = sampling_params(cfg, tokenizer)
     g, retries = cfg.algo.group_size, cfg.rollout.max_retries
     ro = generate_whole(engine, prompts, g, sp, step=step, max_retries=retries, faults=faults)
+    rollout_s = time.perf_counter() - t0
+    return build_step(cfg, step, ro, idx, train_set, tokenizer, rollout_s=rollout_s)
+
+
+def build_step(cfg, step: int, ro, idx, train_set, tokenizer, *, rollout_s: float) -> HostStep:
+    """Rewards, routing, teacher prompts and packing of step `step`'s (0-based) rollout `ro`
+    of the prompts `idx` -> learner batch; rollout_s: the generation's wall time."""
+    examples = [train_set.examples[i] for i in idx]
+    prompts = [train_set.prompt_ids[i] for i in idx]
     t1 = time.perf_counter()
     texts, rew = _scores(cfg, ro, examples, tokenizer)
     t2 = time.perf_counter()
@@ -232,10 +245,12 @@ def prepare_step(cfg, step: int, engine, train_set, sampler, tokenizer, faults=N
     metrics = _route_metrics(cfg, ro, rew, info, sdpo_mask, teacher_idx, keep)
     metrics.update(
         {
-            "time/rollout_s": t1 - t0,
+            "time/rollout_s": rollout_s,
             "time/reward_s": t2 - t1,
             "time/teacher_s": t3 - t2,  # host side: routing and teacher prompts
             "time/packing_s": t4 - t3,
+            # Step n trains version n-1 -> n; 1 in rollout.overlap's steady state.
+            "rollout/weight_version_lag": float(step - ro.weight_version),
         }
     )
     return HostStep(batch=batch, metrics=metrics)
@@ -265,12 +280,18 @@ def public_names(dev: dict) -> dict:
     return m
 
 
-def learn_and_sync(lrn, engine, state, prepared: HostStep, batch, version: int):
+def learn_and_sync(lrn, engine, state, prepared: HostStep, batch, version: int, before_sync=None):
     """The jitted train step on `batch`, then the new weights pushed to the engine as
-    `version`. Returns (state, metrics of the learner and the sync, timings)."""
+    `version`. Returns (state, metrics of the learner and the sync, timings).
+
+    before_sync: called between the two (rollout.overlap: the rollout that generated beside
+    the train step is collected before the engine's weights change)."""
     t_learn = time.perf_counter()
     state, dev_metrics = lrn.train_step(state, batch)
     jax.block_until_ready(state)
+    t_learned = time.perf_counter()
+    if before_sync is not None:
+        before_sync()
     t_sync = time.perf_counter()
     sync = engine.update_weights(state.params, version)
     # One batched fetch for the metrics and the loop's two skip counters instead of a
@@ -284,7 +305,7 @@ def learn_and_sync(lrn, engine, state, prepared: HostStep, batch, version: int):
     m.update(sync)
     m["skipped_updates_total"] = float(skipped_total)
     m["skipped_updates_consecutive"] = float(consecutive)
-    m["time/learner_s"] = t_sync - t_learn
+    m["time/learner_s"] = t_learned - t_learn
     m["time/sync_s"] = t_done - t_sync
     m["compile/train_step_variants"] = float(lrn.num_compiled)
     if hasattr(engine, "num_traces"):

@@ -6,6 +6,10 @@ from the embedded engine (sharded over both processes, gathered on each), evalua
 SRPO steps and a checkpoint, on a mesh of fsdp=2. The reference is one process owning two
 devices with the same mesh. Only process 0 writes metrics; they must equal the reference's,
 and the checkpoint the pair wrote must hold the reference's final state.
+
+The same with rollout.overlap=1 (the embedded engine then samples one version behind, at the
+wait after each train step), without the warm-up and over three steps: the processes agree
+on the lagged rollouts and the lag is 0, 1, 1.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# rollout.overlap -> what the runs add to ARGS (later flags win).
+MODES = {
+    0: [],
+    1: ["--config.rollout.overlap=1", "--config.warmup.steps=0", "--config.train.num_steps=3"],
+}
+
+
 def _start(workdir: pathlib.Path, devices: int, extra: list[str], log: pathlib.Path):
     env = dict(
         os.environ,
@@ -68,8 +79,10 @@ def _stable(records):
 
 
 @pytest.mark.slow
-def test_two_process_run_equals_one_process(tmp_path):
+@pytest.mark.parametrize("overlap", [0, 1], ids=["on_policy", "overlap"])
+def test_two_process_run_equals_one_process(tmp_path, overlap):
     port = _free_port()
+    mode = MODES[overlap]
     multi, ref = tmp_path / "multi", tmp_path / "ref"
     procs = [
         (
@@ -80,6 +93,7 @@ def test_two_process_run_equals_one_process(tmp_path):
                     f"--coordinator_address=127.0.0.1:{port}",
                     "--num_processes=2",
                     f"--process_id={i}",
+                    *mode,
                 ],
                 tmp_path / f"process{i}.log",
             ),
@@ -87,7 +101,7 @@ def test_two_process_run_equals_one_process(tmp_path):
         )
         for i in range(2)
     ]
-    procs.append((_start(ref, 2, [], tmp_path / "reference.log"), tmp_path / "reference.log"))
+    procs.append((_start(ref, 2, mode, tmp_path / "reference.log"), tmp_path / "reference.log"))
     try:
         for proc, log in procs:
             proc.wait(timeout=TIMEOUT_S)
@@ -106,7 +120,13 @@ def test_two_process_run_equals_one_process(tmp_path):
         assert sorted(g) == sorted(w)
         for k in w:
             np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} {w}")
+    assert (multi / "curves.png").is_file()
+    if overlap:
+        assert [r["rollout/weight_version_lag"] for r in got if "loss" in r] == [0.0, 1.0, 1.0]
+        assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == [
+            "3"
+        ]
+        return
     # The warm-up makes some rollouts correct, so the teacher and SDPO paths ran too.
     assert any(r.get("route/teacher_frac", 0) > 0 for r in got), got
-    assert (multi / "curves.png").is_file()
     assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]

@@ -217,6 +217,29 @@ def test_update_weights_takes_pure_dicts_and_casts_on_device():
     assert eng.weight_version == 4
 
 
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_copied_weights_outlive_the_donated_source(model, dtype):
+    """copy_weights (rollout.overlap): the engine keeps sampling after the arrays it was
+    given are deleted, as a donating train step deletes the learner's, and samples exactly
+    what an engine sharing those arrays did (a cast to the dtype a leaf already has, or none,
+    would otherwise hand back the same buffer)."""
+    source = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    shared = JaxEngine(CFG, source, pad_id=0, weights_dtype=dtype, max_new_tokens_buckets=(16,))
+    own = JaxEngine(
+        CFG, source, pad_id=0, weights_dtype=dtype, max_new_tokens_buckets=(16,), copy_weights=True
+    )
+    sp = SamplingParams(max_new_tokens=8, seed=5)
+    want = shared.generate(PROMPTS, 2, sp, step=3)
+    for x in jax.tree.leaves(source):
+        x.delete()
+    got = own.generate(PROMPTS, 2, sp, step=3)
+    np.testing.assert_array_equal(got.token_ids_BR, want.token_ids_BR)
+    np.testing.assert_array_equal(got.logprobs_BR, want.logprobs_BR)
+    if dtype != "bfloat16":  # bf16: the cast already made the engine's own arrays
+        with pytest.raises(RuntimeError, match="weights were deleted"):
+            shared.generate(PROMPTS, 2, sp, step=3)
+
+
 def test_sharded_engine_matches_unsharded(model, engine):
     from srpo_jax.sharding import MeshConfig, make_mesh
 

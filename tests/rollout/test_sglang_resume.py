@@ -12,6 +12,11 @@ its random state and step 3 draws other tokens: this test, run with the mode off
 step 3's logp_gap/mean and logp_gap/max), and every metric of every step must equal
 the uninterrupted run's bit for bit; only wall-clock and compile counters may differ.
 
+With rollout.overlap=1 (the `runs` fixture's second parameter) the same holds for the
+overlapped loop: step n+1's rollout is generated in a worker thread while step n trains, and
+the run is killed during step 3, its step-4 rollout in flight; the resumed run starts from the
+step-2 checkpoint, which carries the completed step-3 rollout.
+
 Rows go one per request, one request at a time: sglang-jax's deterministic flag fixes the
 sampler's noise, not its forward's rounding, which changes with how the scheduler batches
 rows (the same rows split into two requests: same tokens, 47 of 128 log-probs off by up to
@@ -76,6 +81,7 @@ def get_config(arg=None):
         # by ~1e-6 with the batch's make-up), and timing decides how it batches rows.
         c.rollout.sglang.rows_per_request = 1
         c.rollout.sglang.max_concurrency = 1
+        c.rollout.overlap = {overlap}
     return c
 """
 
@@ -129,9 +135,15 @@ def _kill_servers_under(workdir: pathlib.Path) -> list[int]:
     return killed
 
 
-@pytest.fixture(scope="module")
-def runs(server_python, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sglang_resume")
+# overlap -> the step during which the run is killed (overlap=1: one whose next rollout is
+# in flight, so not the last step).
+KILL_STEP = {0: 4, 1: 3}
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["on_policy", "overlap"])
+def runs(request, server_python, tmp_path_factory):
+    overlap = request.param
+    root = tmp_path_factory.mktemp(f"sglang_resume_{overlap}")
     ckpt = write_tiny_checkpoint(root / "tiny", seed=0)
     build_tiny_tokenizer(root / "tokenizer")  # 512 ids: the checkpoint's vocabulary
     config = root / "run.py"
@@ -142,6 +154,7 @@ def runs(server_python, tmp_path_factory):
             tokenizer=str(root / "tokenizer"),
             # One server process instead of four: boots in a third of the time on CPU.
             launch=launch_template(server_python) + " --enable-single-process",
+            overlap=overlap,
         )
     )
     full, killed = root / "full", root / "killed"
@@ -149,7 +162,7 @@ def runs(server_python, tmp_path_factory):
         # Side by side: each mostly waits for its own server to boot.
         procs = [
             _start(config, full, "full"),
-            _start(config, killed, "killed", SRPO_DEBUG_KILL="mid_step:4"),
+            _start(config, killed, "killed", SRPO_DEBUG_KILL=f"mid_step:{KILL_STEP[overlap]}"),
         ]
         results = [_finish(p) for p in procs]
         orphans = _kill_servers_under(killed)
@@ -159,7 +172,7 @@ def runs(server_python, tmp_path_factory):
         _kill_servers_under(full)
         _kill_servers_under(killed)
     return dict(full=full, killed=killed, results=results, resumed=resumed, orphans=orphans,
-                first_life=first_life)  # fmt: skip
+                first_life=first_life, overlap=overlap)  # fmt: skip
 
 
 def test_resumed_run_reproduces_every_metric_bit_for_bit(runs):
@@ -167,12 +180,15 @@ def test_resumed_run_reproduces_every_metric_bit_for_bit(runs):
     assert rc_full == 0, log_full[-6000:]
     assert rc_killed == -signal.SIGKILL, log_killed[-6000:]
     assert runs["orphans"], "the killed run left no server behind to clean up"
-    assert [r["step"] for r in runs["first_life"] if "loss" in r] == [1, 2, 3]
+    died_in = KILL_STEP[runs["overlap"]]
+    assert [r["step"] for r in runs["first_life"] if "loss" in r] == list(range(1, died_in))
     rc, log = runs["resumed"]
     assert rc == 0, log[-6000:]
     assert "resumed from checkpoint step 2" in log, log[-6000:]
     full, again = _stable(runs["full"]), _stable(runs["killed"])
     assert [r["step"] for r in again if "loss" in r] == [1, 2, 3, 4]
+    lags = [r["rollout/weight_version_lag"] for r in again if "loss" in r]
+    assert lags == ([0.0, 1.0, 1.0, 1.0] if runs["overlap"] else [0.0] * 4)
     assert [r["step"] for r in again] == [r["step"] for r in full]
     for a, b in zip(full, again, strict=True):
         assert a == b, f"step {a['step']}: " + str(

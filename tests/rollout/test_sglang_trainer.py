@@ -8,14 +8,18 @@ has been answered. The run must survive it: the half-made batch is thrown away, 
 trainer's retry relaunches the server on the step-1 weights, the step trains on a whole
 batch and the run ends with exit code 0. The same again as two learner processes (one CPU
 device each, mesh fsdp=2): process 0 alone talks to the server and broadcasts the rollouts,
-its failure reaches process 1 so both retry together, and both finish. Set
-SRPO_SKIP_SGLANG_SERVER=1 to skip these.
+its failure reaches process 1 so both retry together, and both finish. The two processes
+again with rollout.overlap=1: step 2's rollout is generated in process 0's worker thread
+during step 1 (so the server dies there and is relaunched on the step-0 weights it was
+serving), the retry happens in that thread, and process 1 receives only the whole batch, at
+the wait after step 1's train step. Set SRPO_SKIP_SGLANG_SERVER=1 to skip these.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -109,15 +113,18 @@ def _main(config, workdir, devices: int, *extra: str) -> subprocess.Popen:
     )
 
 
-def _check_survived(workdir: pathlib.Path, log: str) -> None:
+def _check_survived(workdir: pathlib.Path, log: str, overlap: int = 0) -> None:
     assert "SRPO_DEBUG_KILL_SERVER: SIGKILL" in log
-    # The batch in flight failed fast on the dead process, the retry relaunched the server.
+    # The batch in flight failed fast on the dead process, the retry relaunched the server
+    # on the weights it served: step 1's, or with overlap (killed during step 1) step 0's.
     assert "step 2: rollout attempt 1/2 failed" in log and "exited with code -9" in log, log
-    assert "relaunching it on" in log and "step_00000001" in log, log
+    served = "step_00000000" if overlap else "step_00000001"
+    assert re.search(rf"relaunching it on \S*{served}", log), log
     records = {r["step"]: r for r in read_metrics(workdir / "metrics.jsonl") if "loss" in r}
     assert sorted(records) == [1, 2]
-    assert records[1]["rollout/server_restarts"] == 0
+    assert records[1]["rollout/server_restarts"] == overlap
     assert records[2]["rollout/server_restarts"] == 1
+    assert [records[n]["rollout/weight_version_lag"] for n in (1, 2)] == [0, overlap]
     # Step 2 trained on a whole batch: every prompt's group of rollouts.
     assert records[2]["rollout/rows"] == PROMPTS * GROUP
 
@@ -130,7 +137,8 @@ def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
     _check_survived(tmp_path / "run", log)
 
 
-def test_two_learner_processes_share_the_server(server_python, tmp_path):
+@pytest.mark.parametrize("overlap", [0, 1], ids=["on_policy", "overlap"])
+def test_two_learner_processes_share_the_server(server_python, tmp_path, overlap):
     config = _write_config(tmp_path, server_python)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,6 +152,7 @@ def test_two_learner_processes_share_the_server(server_python, tmp_path):
             f"--coordinator_address=127.0.0.1:{port}",
             "--num_processes=2",
             f"--process_id={i}",
+            f"--config.rollout.overlap={overlap}",
         )
         for i in range(2)
     ]
@@ -155,6 +164,8 @@ def test_two_learner_processes_share_the_server(server_python, tmp_path):
                 p.kill()
     for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, f"process {i}:\n{log[-6000:]}"
-    _check_survived(tmp_path / "run", logs[0])
-    # Process 1 never talked to a server: it learnt of the failure through the broadcast.
-    assert "generation failed on process 0" in logs[1] and "relaunching" not in logs[1]
+    _check_survived(tmp_path / "run", logs[0], overlap)
+    # Process 1 never talked to a server: it learnt of the failure through the broadcast;
+    # with overlap the retry ended inside process 0's worker thread before the broadcast.
+    assert ("generation failed on process 0" in logs[1]) == (not overlap)
+    assert "relaunching" not in logs[1]
