@@ -21,9 +21,9 @@ one would have.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import dataclasses
 import io
+import threading
 import time
 
 import numpy as np
@@ -75,6 +75,31 @@ class Pending:
         return cls(int(rec["step"]), tuple(rec["indices"]), ro, float(rec["rollout_s"]))
 
 
+class _Job:
+    """fn(*args) in a daemon thread. Not a ThreadPoolExecutor: the interpreter joins those
+    at exit, so a run failing while a generation is in flight would wait out the HTTP
+    timeouts and retries before its error line could end the process."""
+
+    def __init__(self, fn, *args):
+        self._out: tuple | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.name = "rollout"
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._out = (fn(*args), None)
+        except BaseException as e:  # re-raised on the main thread by result()
+            self._out = (None, e)
+
+    def result(self):
+        self._thread.join()
+        value, error = self._out
+        if error is not None:
+            raise error
+        return value
+
+
 def concurrent_engine(engine) -> bool:
     """Whether the engine can generate while the learner trains (it runs elsewhere)."""
     return bool(getattr(engine, "runs_beside_learner", False))
@@ -89,12 +114,8 @@ class RolloutFeed:
         self.overlap = cfg.rollout.overlap
         self.pending: Pending | None = None if pending is None else Pending.from_record(pending)
         self._submitted: tuple[int, tuple[int, ...]] | None = None  # (step, indices)
-        self._future: concurrent.futures.Future | None = None
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rollout")
-            if self.overlap and concurrent_engine(engine)
-            else None
-        )
+        self._future: _Job | None = None
+        self._threaded = bool(self.overlap and concurrent_engine(engine))
         self.wait_s = 0.0  # the main loop's time blocked on rollouts in the current step
 
     def record(self) -> dict | None:
@@ -142,11 +163,11 @@ class RolloutFeed:
     def _submit(self, step: int) -> None:
         idx = tuple(self.sampler.next_indices(self.cfg.train.prompts_per_step))
         self._submitted = (step, idx)
-        if self._pool is None:
+        if not self._threaded:
             return  # the embedded engine generates in wait(), after the train step
         engine = self.engine.engine if isinstance(self.engine, LeaderEngine) else self.engine
         if engine is not None:  # None: a LeaderEngine off process 0 only joins the broadcast
-            self._future = self._pool.submit(self._generate, step, idx, engine)
+            self._future = _Job(self._generate, step, idx, engine)
 
     def wait(self) -> None:
         """Collects the submitted rollout as the pending one (before the weights change)."""
@@ -155,7 +176,7 @@ class RolloutFeed:
         t0 = time.perf_counter()
         step, idx = self._submitted
         self._submitted = None
-        if self._pool is None:
+        if not self._threaded:
             ro, rollout_s = self._generate(step, idx, self.engine)
         else:
             ro, rollout_s, error = None, 0.0, None
@@ -173,5 +194,5 @@ class RolloutFeed:
         self.wait_s += time.perf_counter() - t0
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        """Drops a rollout still in flight (its daemon thread ends with its HTTP call)."""
+        self._future = None

@@ -2,10 +2,15 @@
 for bit (the resumed run trains on exactly these arrays; tests/e2e/test_overlap.py runs it)."""
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pytest
 
 from srpo_jax.rollout.engine import Rollouts
+from srpo_jax.trainer import overlap
 from srpo_jax.trainer.overlap import Pending
 
 
@@ -30,3 +35,24 @@ def test_the_record_round_trips_bit_exactly_through_json():
         got, want = getattr(back.rollouts, name), getattr(ro, name)
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert got.tobytes() == want.tobytes(), name  # bit for bit, -0.0 included
+
+
+def test_a_generation_in_flight_does_not_hold_the_process_at_exit():
+    """A learner that fails while a threaded generation waits on a slow server must exit at
+    once with its error, not after the HTTP timeouts (a thread pool would be joined)."""
+    code = (
+        "import time, sys\n"
+        "from srpo_jax.trainer.overlap import _Job\n"
+        "job = _Job(time.sleep, 120)\n"
+        "sys.exit(3)\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == 3
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_job_returns_its_value_and_raises_its_error_on_the_caller():
+    assert overlap._Job(sorted, [3, 1, 2]).result() == [1, 2, 3]
+    with pytest.raises(ZeroDivisionError):
+        overlap._Job(divmod, 1, 0).result()
