@@ -71,10 +71,7 @@ def get_config(arg=None):
         c.rollout.engine = "sglang"
         c.rollout.sglang.urls = ({url!r},)
         c.rollout.sglang.sync = "none"
-        if "overlap" in c.rollout:
-            c.rollout.overlap = {overlap}
-        elif {overlap}:
-            raise SystemExit("error: this srpo_jax has no rollout.overlap")
+        c.rollout.overlap = {overlap}
     return c
 """
 
