@@ -210,6 +210,17 @@ class Reference:
         p = len(prompt)
         return [logp[p - 1 + t, tok].item() for t, tok in enumerate(completion)]
 
+    def greedy(self, prompt: list[int], max_new: int, stop_ids) -> list[int]:
+        """Greedy decoding in float64: each next token the argmax, up to and including the
+        first of `stop_ids`, at most `max_new` tokens."""
+        torch = self.torch
+        out: list[int] = []
+        with torch.no_grad():
+            while len(out) < max_new and not (out and out[-1] in stop_ids):
+                logits = self.model(torch.tensor([list(prompt) + out])).logits[0, -1]
+                out.append(int(torch.argmax(logits)))
+        return out
+
 
 # ---------------------------------------------------------------- stand-in server
 class StandIn:
