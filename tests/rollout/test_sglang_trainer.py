@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 
@@ -28,6 +27,7 @@ import pytest
 from sglang_env import launch_template, write_run_config, write_tiny_checkpoint
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
+from srpo_jax.rollout import sglang_server
 from srpo_jax.trainer.metrics import read_metrics
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -109,9 +109,7 @@ def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
 @pytest.mark.parametrize("overlap", [0, 1], ids=["on_policy", "overlap"])
 def test_two_learner_processes_share_the_server(server_python, tmp_path, overlap):
     config = _write_config(tmp_path, server_python)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = sglang_server.free_port()
     procs = [
         _main(
             config,
