@@ -143,7 +143,7 @@ def _copy_small_files(source: pathlib.Path, dest: pathlib.Path) -> None:
     os.replace(tmp, dest)
 
 
-def _model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
+def model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
     """(the resolved Qwen3Config, the tokenizer), both read from `_model_files` when they
     come from model.hf_path; the tokenizer must fit the model's vocabulary."""
     files = _model_files(cfg, workdir)
@@ -396,7 +396,7 @@ def setup(
     # Every input is read and checked before anything goes to the workdir: bad input leaves
     # it as it was (the demo's tokenizer, built there, is the one exception).
     examples = {split: split_examples(cfg, split) for split in ("train", "test")}
-    model_cfg, tokenizer = _model_and_tokenizer(cfg, wd)
+    model_cfg, tokenizer = model_and_tokenizer(cfg, wd)
     train_set = datasets.PromptSet(examples["train"], tokenizer, cfg.data.max_prompt_len)
     test_set = datasets.PromptSet(examples["test"], tokenizer, cfg.data.max_prompt_len)
     # Printed before the weights load (parameter count from the abstract state), so a bad

@@ -61,7 +61,7 @@ from srpo_jax.trainer.step import sampling_params
 wd = pathlib.Path(sys.argv[1])
 cd = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
 cfg = config_lib.from_config_dict(cd)
-model_cfg, tok = trainer._model_and_tokenizer(cfg, wd)
+model_cfg, tok = trainer.model_and_tokenizer(cfg, wd)
 train_set = datasets.PromptSet(trainer.split_examples(cfg, "train"), tok, cfg.data.max_prompt_len)
 mesh = make_mesh(cfg.mesh)
 _, abstract = learner.abstract_state(model_cfg, learner.StepSettings.from_config(cfg), mesh)
