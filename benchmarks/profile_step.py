@@ -83,16 +83,16 @@ class Loop:
     def __init__(self, cfg, workdir: pathlib.Path):
         self.cfg = cfg
         self.mesh = make_mesh(cfg.mesh)
-        self.tok = trainer._tokenizer(cfg.tokenizer.path, workdir)
+        self.tok = trainer.load_run_tokenizer(cfg.tokenizer.path, workdir)
         model_cfg = cfg.model.architecture()
         self.train_set = datasets.PromptSet(
-            trainer._examples(cfg, "train"), self.tok, cfg.data.max_prompt_len
+            trainer.split_examples(cfg, "train"), self.tok, cfg.data.max_prompt_len
         )
-        graphdef, params = trainer._initial_params(cfg, model_cfg, self.mesh)
+        graphdef, params = trainer.initial_params(cfg, model_cfg, self.mesh)
         self.lcfg = learner.StepSettings.from_config(cfg)
         self.state = learner.init_state(params, self.lcfg, self.mesh)
         self.lrn = learner.Learner(self.lcfg, graphdef, self.mesh)
-        self.engine = trainer._make_engine(
+        self.engine = trainer.make_engine(
             cfg, model_cfg, self.state.params, self.mesh, self.tok.pad_token_id, workdir
         )
         self.sampler = datasets.EpochSampler(len(self.train_set), cfg.data.shuffle_seed)

@@ -15,7 +15,7 @@ The task (srpo_jax/data/synthetic.py): every one of 32 animal words has a secret
 "Codes of owl and fox?" is answered `<answer> owl B fox A </answer>`. Test questions are word
 pairs never asked in training, so test accuracy measures the codes learned.
 
-Warm-up (warmup.steps, trainer._warmup -> sft.py; a stand-in for pre-training): 400 Adam
+Warm-up (warmup.steps, trainer.run_warmup -> sft.py; a stand-in for pre-training): 400 Adam
 steps (lr 3e-3, decayed to 0 over the last 100; batch 32) on the task's warm-up split, which
 teaches the answer format and copying an answer from the teacher-prompt layout but no code
 (its letters are random). Then the copy probe (srpo_jax/trainer/probe.py) checks that the EMA

@@ -28,10 +28,14 @@ import importlib.util
 import os
 import sys
 
-import jax
-
 from srpo_jax import jax_startup
 from srpo_jax.aot import chips, topologies
+
+# `python -m srpo_jax.aot.targets` imports jax here, first: quietly, or the CUDA plugin's
+# driver probe writes its cudart_stub lines to stderr on a host without a GPU (jax_startup).
+jax_startup.import_jax()
+
+import jax  # noqa: E402
 
 EXTRA = "pip install -e '.[aot]'"
 _PLUGIN_OF = {"gpu": "jax_plugins.xla_cuda12", "tpu": "libtpu"}

@@ -166,13 +166,13 @@ def build_warmup(cfg: config_lib.Config, warm_dir: pathlib.Path) -> None:
         shutil.rmtree(warm_dir)
     warm_dir.mkdir(parents=True)
     mesh = make_mesh(cfg.mesh)
-    tokenizer = trainer._tokenizer(cfg.tokenizer.path, warm_dir)
+    tokenizer = trainer.load_run_tokenizer(cfg.tokenizer.path, warm_dir)
     model_cfg = cfg.model.architecture()
     train_set = datasets.PromptSet(
-        trainer._examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len
+        trainer.split_examples(cfg, "train"), tokenizer, cfg.data.max_prompt_len
     )
-    graphdef, params = trainer._initial_params(cfg, model_cfg, mesh)
-    params, probed = trainer._warmup(cfg, graphdef, params, train_set, tokenizer)
+    graphdef, params = trainer.initial_params(cfg, model_cfg, mesh)
+    params, probed = trainer.run_warmup(cfg, graphdef, params, train_set, tokenizer)
     if probed is not None:  # the copy probe (synthetic task), printed by the warm-up
         (warm_dir / PROBE).write_text(json.dumps(probed.to_dict(), indent=1))
     # dtype None keeps fp32: load_hf of this directory gives back the same bits.

@@ -24,7 +24,7 @@ to test self-distillation at all):
   right and one wrong. GRPO gives both the same sequence-level advantage; a teacher that
   read a correct sibling agrees with the right letter and corrects the wrong one.
 - A teacher that knows more than the student, with no answer prior. The supervised warm-up
-  (`make_warmup_split`, run by trainer._warmup; a stand-in for pre-training, not part of
+  (`make_warmup_split`, run by trainer.run_warmup; a stand-in for pre-training, not part of
   SRPO) teaches the format and copying but never a code. Half of its questions end with a
   demonstration in exactly the SRPO teacher-prompt layout (SPEC section 2, `HINT_TEMPLATE`)
   and are trained to repeat it; the other half carry none and are trained on the right

@@ -126,7 +126,7 @@ def evaluate(cfg: config_lib.Config, rundir: RunDir | None, out: pathlib.Path) -
     # The engine's scratch (an SGLang weight export) goes to --out, never to the run.
     out.mkdir(parents=True, exist_ok=True)
     pad_id = tokenizer.pad_token_id
-    engine = trainer_setup._make_engine(cfg, model_cfg, params, mesh, pad_id, out, step)
+    engine = trainer_setup.make_engine(cfg, model_cfg, params, mesh, pad_id, out, step)
     try:
         per_task = {
             t: scores.score(cfg, prompts, engine, tokenizer, step=step)

@@ -47,7 +47,7 @@ class Scores:
 def test_set(cfg: Config, task: str, tokenizer) -> datasets.PromptSet:
     """`task`'s test split as the trainer builds it (trainer/setup.py)."""
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=task))
-    examples = trainer_setup._examples(cfg, "test")
+    examples = trainer_setup.split_examples(cfg, "test")
     return datasets.PromptSet(examples, tokenizer, cfg.data.max_prompt_len)
 
 

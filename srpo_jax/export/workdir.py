@@ -77,7 +77,7 @@ class RunDir:
             ) from None
 
     def tokenizer_dir(self) -> pathlib.Path:
-        """The run's tokenizer files (trainer/setup.py `_model_and_tokenizer` resolves the same
+        """The run's tokenizer files (trainer/setup.py `model_and_tokenizer` resolves the same
         way): tokenizer.path, model.hf_path's (read from model_files), or the demo's."""
         path, hf_path = self.cfg.tokenizer.path, self.cfg.model.hf_path
         if not path:

@@ -143,7 +143,7 @@ def _copy_small_files(source: pathlib.Path, dest: pathlib.Path) -> None:
     os.replace(tmp, dest)
 
 
-def _model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
+def model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
     """(the resolved Qwen3Config, the tokenizer), both read from `_model_files` when they
     come from model.hf_path; the tokenizer must fit the model's vocabulary."""
     files = _model_files(cfg, workdir)
@@ -151,7 +151,7 @@ def _model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
     check_model(cfg, model_cfg.vocab_size)
     tok_path = cfg.tokenizer.path
     tok_path = files if tok_path and tok_path == cfg.model.hf_path else tok_path
-    tokenizer = _tokenizer(tok_path, workdir)
+    tokenizer = load_run_tokenizer(tok_path, workdir)
     if len(tokenizer) > model_cfg.vocab_size:
         raise ConfigError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -160,7 +160,9 @@ def _model_and_tokenizer(cfg: Config, workdir: pathlib.Path):
     return model_cfg, tokenizer
 
 
-def _tokenizer(path: str, workdir: pathlib.Path):
+def load_run_tokenizer(path: str, workdir: pathlib.Path):
+    """The tokenizer at `path`; with no path, the demo tokenizer in workdir/tokenizer (built
+    there once, by process 0)."""
     if not path:
         path = workdir / "tokenizer"
         if multihost.is_leader() and not (path / "tokenizer.json").is_file():
@@ -185,7 +187,9 @@ def _build_tokenizer_whole(path: pathlib.Path) -> None:
     partial.rename(path)
 
 
-def _examples(cfg: Config, split: str) -> list[datasets.Example]:
+def split_examples(cfg: Config, split: str) -> list[datasets.Example]:
+    """The examples of `split` ("train", "test" or, synthetic task only, "warmup") of the
+    configured task."""
     d = cfg.data
     if d.task == "synthetic":
         if split == "warmup":  # SFT pairs that teach format and copying, never a code
@@ -204,7 +208,7 @@ def _examples(cfg: Config, split: str) -> list[datasets.Example]:
     return examples
 
 
-def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir, version: int = 0):
+def make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir, version: int = 0):
     """The rollout engine, serving `params` as weight `version` when it returns."""
     if cfg.rollout.engine == "jax":
         from srpo_jax.rollout.config import engine_weights_dtype
@@ -231,7 +235,9 @@ def _make_engine(cfg: Config, model_cfg, params, mesh, pad_id, workdir, version:
     return engine
 
 
-def _initial_params(cfg: Config, model_cfg, mesh):
+def initial_params(cfg: Config, model_cfg, mesh):
+    """(graphdef, params) of a fresh start: model.hf_path's weights, or a random init seeded
+    by train.seed; sharded over `mesh`."""
     if cfg.model.hf_path:
         # model_cfg is the resolved architecture (config.json + overrides + dtype, remat and
         # attention settings): the learner must train exactly what the config and the plan say.
@@ -242,7 +248,9 @@ def _initial_params(cfg: Config, model_cfg, mesh):
     return graphdef, params
 
 
-def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress | None = None):
+def run_warmup(
+    cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Progress | None = None
+):
     """Supervised warm-up (demo only; see sft.py); `view` shows its steps (a new one, printing
     to stdout, when not given). The synthetic task trains on its own warm-up split (format and
     copying, never a code: synthetic.py) and then prints the copy probe; other tasks train on
@@ -251,7 +259,7 @@ def _warmup(cfg, graphdef, params, train_set, tokenizer, view: progress_lib.Prog
         return params, None
     view = view or progress_lib.Progress()
     if cfg.data.task == "synthetic":
-        examples = _examples(cfg, "warmup")
+        examples = split_examples(cfg, "warmup")
         train_set = datasets.PromptSet(examples, tokenizer, cfg.algo.max_reprompt_len)
     view.start("warm-up", cfg.warmup.steps, shown=progress_lib.WARMUP_METRICS)
     targets = []
@@ -282,7 +290,7 @@ def copy_probe(cfg: Config, graphdef, params, tokenizer) -> probe.ProbeResult:
     return probe.copy_probe(
         probe.model_score_fn(graphdef, params, tokenizer.pad_token_id),
         tokenizer,
-        _examples(cfg, "test"),
+        split_examples(cfg, "test"),
         stop_ids(tokenizer)[0],
         max_reprompt_len=cfg.algo.max_reprompt_len,
         with_format=True,
@@ -357,8 +365,8 @@ def _restore(ckpt, abstract: learner.TrainState, sampler, seeds: dict, view):
 def _fresh_state(cfg: Config, model_cfg, mesh, train_set, tokenizer, view):
     """The step-0 state: HF weights (or a random init) born sharded, the warm-up, then the
     teacher and the optimizer laid out as learner.abstract_state says."""
-    graphdef, params = _initial_params(cfg, model_cfg, mesh)
-    params, _ = _warmup(cfg, graphdef, params, train_set, tokenizer, view)
+    graphdef, params = initial_params(cfg, model_cfg, mesh)
+    params, _ = run_warmup(cfg, graphdef, params, train_set, tokenizer, view)
     return learner.init_state(params, learner.StepSettings.from_config(cfg), mesh)
 
 
@@ -387,8 +395,8 @@ def setup(
     mesh = make_mesh(cfg.mesh)
     # Every input is read and checked before anything goes to the workdir: bad input leaves
     # it as it was (the demo's tokenizer, built there, is the one exception).
-    examples = {split: _examples(cfg, split) for split in ("train", "test")}
-    model_cfg, tokenizer = _model_and_tokenizer(cfg, wd)
+    examples = {split: split_examples(cfg, split) for split in ("train", "test")}
+    model_cfg, tokenizer = model_and_tokenizer(cfg, wd)
     train_set = datasets.PromptSet(examples["train"], tokenizer, cfg.data.max_prompt_len)
     test_set = datasets.PromptSet(examples["test"], tokenizer, cfg.data.max_prompt_len)
     # Printed before the weights load (parameter count from the abstract state), so a bad
@@ -420,7 +428,7 @@ def setup(
     writer = _metrics_writer(cfg, wd, resume_step=resume_step)
     # Built on the learner's weights: launched SGLang servers start on their one export.
     pad_id, version = tokenizer.pad_token_id, resume.weight_version
-    engine = _make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
+    engine = make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
     if cfg.rollout.overlap and not concurrent_engine(engine):
         view.write(
             "rollout.overlap=1 with the embedded jax engine: it shares the learner's devices, "

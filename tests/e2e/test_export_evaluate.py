@@ -12,8 +12,9 @@ directory is deleted, so that export and evaluate read the workdir alone; the ex
 
 Checks: transformers loads the export and its logits equal the JAX model built from the
 checkpoint's arrays (read with orbax alone) within 1e-4; the teacher export equals the
-checkpoint's EMA tree bit for bit; the evaluation of a checkpoint gives exactly the avg@k,
-maj@k and mean response length the run logged at that step, and an HF directory (the
+checkpoint's EMA tree bit for bit; the evaluation of a checkpoint gives exactly the avg@k
+(nonzero: the run warms up, so some samples are right), maj@k and mean response length the
+run logged at that step, and an HF directory (the
 export) evaluates with --config and --hf_path; the SLURM command is the
 script tests/e2e/test_slurm.py runs, and its options pass the script's dry run. Their bad
 input is in the table of tests/e2e/bad_input_cases.py.
@@ -39,11 +40,15 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARKER = "<!-- real-run -->"
 STEPS = ("data", "run", "resume", "export", "evaluate", "slurm")
 # The demo at the scale of tests/e2e/test_resume.py, with evaluation (k=4 of 8 questions) and
-# a checkpoint every 2 steps. The tiny learning rate keeps the random model's responses of
-# varied length, so the logged mean response length tells two samplers apart.
+# a checkpoint every 2 steps. The warm-up teaches the answer format, so a sample is right
+# when it guesses both code letters (1 in 16): the run's evaluation has right samples, and
+# which samples are right depends on every draw, so an equal nonzero avg@k tells two
+# samplers apart (without the warm-up both scored 0). The tiny learning rate keeps the RL
+# steps from moving the warmed-up model far.
 DEMO = TINY + [
     "--config.model.preset=",
-    "--config.warmup.steps=0",
+    "--config.warmup.steps=300",
+    "--config.warmup.lr=3e-3",
     "--config.eval.every_steps=2",
     "--config.eval.num_samples=4",
     "--config.eval.max_examples=8",
@@ -233,7 +238,8 @@ def _check_evaluation(real_run):
         assert got["num_questions"] == logged["eval/num_prompts"] == 8
         lo, hi = got["avg_at_k_ci95"]
         assert lo <= got["avg_at_k"] <= hi
-    assert 1 < logged["eval/response_len_mean"] < 16  # varied lengths: samplers told apart
+    assert logged["eval/avg_at_k"] > 0  # right samples: the equalities above are not 0 == 0
+    assert 1 < logged["eval/response_len_mean"] < 16
     assert report["k"] == 4 and "avg@4 [95% CI]" in real_run["evaluated"].stdout
     # An HF directory (here the export) evaluates with a config of its own.
     out = real_run["root"] / "hf_eval"

@@ -14,18 +14,10 @@ on the lagged rollouts and the lag is 0, 1, 1.
 
 from __future__ import annotations
 
-import os
-import pathlib
-import socket
-import subprocess
-import sys
-
-import numpy as np
 import pytest
 
-from srpo_jax.trainer.metrics import read_metrics
+from tests.e2e.main_runs import assert_same_metrics, free_ports, start_main
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT_S = 900
 ARGS = [
     "--config=configs/demo.py",
@@ -43,14 +35,6 @@ ARGS = [
     "--config.eval.max_examples=4",
     "--config.checkpoint.every_steps=0",
 ]
-# Metrics that measure time or this process's compiles, not the training itself.
-VOLATILE = ("time/", "sync/", "compile/")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # rollout.overlap -> what the runs add to ARGS (later flags win).
@@ -60,48 +44,24 @@ MODES = {
 }
 
 
-def _start(workdir: pathlib.Path, devices: int, extra: list[str], log: pathlib.Path):
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    )
-    cmd = [sys.executable, "-m", "srpo_jax.main", f"--workdir={workdir}", *ARGS, *extra]
-    out = open(log, "w")  # noqa: SIM115 - closed by the child's exit
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stable(records):
-    return [
-        {k: v for k, v in r.items() if not any(k.startswith(p) for p in VOLATILE)} for r in records
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("overlap", [0, 1], ids=["on_policy", "overlap"])
 def test_two_process_run_equals_one_process(tmp_path, overlap):
-    port = _free_port()
+    (port,) = free_ports(1)
     mode = MODES[overlap]
     multi, ref = tmp_path / "multi", tmp_path / "ref"
-    procs = [
-        (
-            _start(
-                multi,
-                1,
-                [
-                    f"--coordinator_address=127.0.0.1:{port}",
-                    "--num_processes=2",
-                    f"--process_id={i}",
-                    *mode,
-                ],
-                tmp_path / f"process{i}.log",
-            ),
-            tmp_path / f"process{i}.log",
-        )
-        for i in range(2)
-    ]
-    procs.append((_start(ref, 2, mode, tmp_path / "reference.log"), tmp_path / "reference.log"))
+    procs = []
+    for i in range(2):
+        flags = [
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            *mode,
+        ]
+        log = tmp_path / f"process{i}.log"
+        procs.append((start_main(multi, 1, ARGS + flags, log), log))
+    reference = start_main(ref, 2, ARGS + mode, tmp_path / "reference.log")
+    procs.append((reference, tmp_path / "reference.log"))
     try:
         for proc, log in procs:
             proc.wait(timeout=TIMEOUT_S)
@@ -113,13 +73,7 @@ def test_two_process_run_equals_one_process(tmp_path, overlap):
             if proc.poll() is None:
                 proc.kill()
 
-    got = read_metrics(multi / "metrics.jsonl")
-    want = read_metrics(ref / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in want] and len(got) >= 4
-    for g, w in zip(_stable(got), _stable(want), strict=True):
-        assert sorted(g) == sorted(w)
-        for k in w:
-            np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} {w}")
+    got = assert_same_metrics(multi / "metrics.jsonl", ref / "metrics.jsonl")
     assert (multi / "curves.png").is_file()
     if overlap:
         assert [r["rollout/weight_version_lag"] for r in got if "loss" in r] == [0.0, 1.0, 1.0]

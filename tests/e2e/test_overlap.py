@@ -61,8 +61,8 @@ from srpo_jax.trainer.step import sampling_params
 wd = pathlib.Path(sys.argv[1])
 cd = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
 cfg = config_lib.from_config_dict(cd)
-model_cfg, tok = trainer._model_and_tokenizer(cfg, wd)
-train_set = datasets.PromptSet(trainer._examples(cfg, "train"), tok, cfg.data.max_prompt_len)
+model_cfg, tok = trainer.model_and_tokenizer(cfg, wd)
+train_set = datasets.PromptSet(trainer.split_examples(cfg, "train"), tok, cfg.data.max_prompt_len)
 mesh = make_mesh(cfg.mesh)
 _, abstract = learner.abstract_state(model_cfg, learner.StepSettings.from_config(cfg), mesh)
 ckpt = checkpoint.CheckpointManager(wd / "checkpoints", keep=10)
@@ -72,7 +72,7 @@ found = []
 for n in range(1, cfg.train.num_steps):
     pend = Pending.from_record(ckpt.read_host_state(n)["pending_rollout"])
     if n == 1:
-        params = trainer._initial_params(cfg, model_cfg, mesh)[1]
+        params = trainer.initial_params(cfg, model_cfg, mesh)[1]
     else:
         params = ckpt.restore(abstract, step=n - 1, only=("params",)).state.params
     engine = JaxEngine(

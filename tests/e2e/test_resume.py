@@ -114,6 +114,24 @@ def final_state(workdir: pathlib.Path, step: int | None = None) -> tuple[int, di
     return step, flat
 
 
+def assert_same_run(full: pathlib.Path, again: pathlib.Path, last_step: int) -> None:
+    """`again` logged the same metric lines as `full` in the same order, bit for bit but for
+    VOLATILE (JSON keeps every float exactly), and its latest checkpoint, at `last_step`,
+    holds the same arrays (teacher and optimizer state among them) bit for bit."""
+    want = stable(read_metrics(full / "metrics.jsonl"))
+    got = stable(read_metrics(again / "metrics.jsonl"))
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(want, got, strict=True):
+        assert a == b, f"step {a['step']} differs"
+    step_full, state_full = final_state(full)
+    step_again, state_again = final_state(again)
+    assert step_full == step_again == last_step
+    assert state_full.keys() == state_again.keys()
+    assert any("teacher" in k for k in state_full) and any("opt_state" in k for k in state_full)
+    for key, value in state_full.items():
+        np.testing.assert_array_equal(state_again[key], value, err_msg=key, strict=True)
+
+
 @pytest.fixture(scope="module")
 def resume_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
@@ -168,20 +186,8 @@ def test_restart_continues_exactly_as_the_uninterrupted_run(resume_runs, name, r
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
     evals = [r["step"] for r in records if "eval/avg_at_k" in r]
     assert evals == [0, 2, 4], evals
-    full = stable(read_metrics(dirs["full"] / "metrics.jsonl"))
-    again = stable(read_metrics(dirs[name] / "metrics.jsonl"))
-    # Same lines in the same order (lines after the checkpoint were dropped, then redone),
-    # with bit-identical values: JSON keeps every float exactly.
-    assert [r["step"] for r in again] == [r["step"] for r in full]
-    for a, b in zip(full, again, strict=True):
-        assert a == b, f"step {a['step']} differs"
-    step_full, state_full = final_state(dirs["full"])
-    step_again, state_again = final_state(dirs[name])
-    assert step_full == step_again == 5
-    assert state_full.keys() == state_again.keys()
-    assert any("teacher" in k for k in state_full) and any("opt_state" in k for k in state_full)
-    for key, value in state_full.items():
-        np.testing.assert_array_equal(state_again[key], value, err_msg=key, strict=True)
+    # Same lines in the same order (lines after the checkpoint were dropped, then redone).
+    assert_same_run(dirs["full"], dirs[name], 5)
 
 
 @pytest.mark.slow

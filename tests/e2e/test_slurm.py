@@ -23,7 +23,6 @@ import os
 import pathlib
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -32,13 +31,14 @@ import pytest
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
 from srpo_jax.trainer.metrics import read_metrics
+from tests.e2e.main_runs import REPO_ROOT as REPO
+from tests.e2e.main_runs import assert_same_metrics, free_ports, start_main
 
 # The real-server helpers of tests/rollout (the sglang-jax venv, its tiny checkpoint and the
 # server flags that start it fast on CPU), shared rather than copied.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "rollout"))
 import sglang_env  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "tests" / "e2e" / "slurm_cluster.sh"
 SLURM = REPO / "launch" / "slurm_gpu.sh"
 TIMEOUT_S = 600
@@ -58,7 +58,6 @@ OVERRIDES = [
     "--config.checkpoint.every_steps=0",
     "--config.model.hf_path=",  # the script sets --model-path; the demo's model is random init
 ]
-VOLATILE = ("time/", "sync/", "compile/")
 
 
 def _ensure_slurm():
@@ -69,16 +68,6 @@ def _ensure_slurm():
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=300)
     subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, env=env, timeout=600)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _jobs_script(tmp: pathlib.Path, port: int) -> pathlib.Path:
@@ -99,33 +88,16 @@ def _jobs_script(tmp: pathlib.Path, port: int) -> pathlib.Path:
     return script
 
 
-def _reference(workdir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    )
-    cmd = [sys.executable, "-m", "srpo_jax.main", "--config=configs/demo.py",
-           f"--workdir={workdir}", "--config.mesh.data=2", *OVERRIDES]  # fmt: skip
-    out = open(log, "w")  # noqa: SIM115 - closed by the child's exit
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stable(records):
-    return [
-        {k: v for k, v in r.items() if not any(k.startswith(p) for p in VOLATILE)} for r in records
-    ]
-
-
 @pytest.mark.slow
 def test_slurm_script_runs_the_demo_on_two_nodes(tmp_path):
     _ensure_slurm()
     # The private cluster needs root and unshare (a private mount namespace); CI has both.
     assert os.geteuid() == 0 and shutil.which("unshare"), "needs root and unshare"
-    ctld, n1, n2, coordinator = _free_ports(4)
+    ctld, n1, n2, coordinator = free_ports(4)
     jobs = _jobs_script(tmp_path, coordinator)
-    ref = _reference(tmp_path / "ref", tmp_path / "ref.log")
+    # The reference: one process owning both devices, the same mesh (data=2).
+    ref_args = ["--config=configs/demo.py", "--config.mesh.data=2", *OVERRIDES]
+    ref = start_main(tmp_path / "ref", 2, ref_args, tmp_path / "ref.log")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         cluster = subprocess.run(
@@ -148,43 +120,9 @@ def test_slurm_script_runs_the_demo_on_two_nodes(tmp_path):
     job_out = (tmp_path / "job.out").read_text()
     assert (tmp_path / "job.rc").read_text().strip() == "0", job_out[-5000:]
 
-    got = read_metrics(tmp_path / "shared" / "workdir" / "metrics.jsonl")
-    want = read_metrics(tmp_path / "ref" / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in want] and len(got) >= 4
-    for g, w in zip(_stable(got), _stable(want), strict=True):
-        assert sorted(g) == sorted(w)
-        for k in w:
-            np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} {w}")
-
-
-# The demo with the sglang-jax-friendly tiny checkpoint (model.hf_path comes from the
-# script's --model-path) and its tokenizer; 2 prompts x 4 samples per step, no warm-up.
-POOL_CONFIG = """
-import importlib.util
-
-spec = importlib.util.spec_from_file_location("demo", {demo!r})
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
-
-
-def get_config(arg=None):
-    c = demo.get_config(arg)
-    with c.unlocked():
-        c.model.preset = ""
-        c.model.overrides = {{}}
-        c.tokenizer.path = {tokenizer!r}
-        c.data.synthetic_train_size = 32
-        c.data.synthetic_test_size = 4
-        c.algo.group_size = 4
-        c.train.prompts_per_step = 2
-        c.train.mini_batch_prompts = 2
-        c.train.num_steps = 2
-        c.warmup.steps = 0
-        c.eval.every_steps = 0
-        c.checkpoint.every_steps = 0
-        c.rollout.sglang.timeout_s = 300.0
-    return c
-"""
+    assert_same_metrics(
+        tmp_path / "shared" / "workdir" / "metrics.jsonl", tmp_path / "ref" / "metrics.jsonl"
+    )
 
 
 def _server_python() -> pathlib.Path:
@@ -234,13 +172,11 @@ def test_slurm_script_runs_a_learner_node_and_an_sglang_pool_node(tmp_path):
     server_python = _server_python()
     ckpt = sglang_env.write_tiny_checkpoint(tmp_path / "tiny", seed=0)
     build_tiny_tokenizer(tmp_path / "tokenizer")  # 512 ids: the checkpoint's vocabulary
-    config = tmp_path / "pool_run.py"
-    config.write_text(
-        POOL_CONFIG.format(
-            demo=str(REPO / "configs" / "demo.py"), tokenizer=str(tmp_path / "tokenizer")
-        )
+    # model.hf_path comes from the script's --model-path (ckpt=None).
+    config = sglang_env.write_run_config(
+        tmp_path / "pool_run.py", tokenizer=tmp_path / "tokenizer", ckpt=None
     )
-    ctld, n1, n2, coordinator, server_port = _free_ports(5)
+    ctld, n1, n2, coordinator, server_port = free_ports(5)
     shared = tmp_path / "shared"
     jobs = tmp_path / "jobs.sh"
     jobs.write_text(

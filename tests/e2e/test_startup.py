@@ -47,7 +47,7 @@ def test_hf_path_learner_model_equals_resolved_config(tmp_path):
         8,
     )
     mesh = make_mesh(cfg.mesh, jax.devices()[: cfg.mesh.size])
-    graphdef, params = trainer._initial_params(cfg, resolved, mesh)
+    graphdef, params = trainer.initial_params(cfg, resolved, mesh)
     built = nnx.merge(graphdef, params).config
     for field in dataclasses.fields(resolved):
         assert getattr(built, field.name) == getattr(resolved, field.name), field.name

@@ -72,11 +72,11 @@ def cfg_for(method, **over):
 warm = out / "warm"
 warm.mkdir(parents=True)
 cfg = cfg_for("srpo", warmup__steps=300, warmup__lr=3e-3)
-tok = trainer._tokenizer(cfg.tokenizer.path, warm)
-train_set = datasets.PromptSet(trainer._examples(cfg, "train"), tok, cfg.data.max_prompt_len)
+tok = trainer.load_run_tokenizer(cfg.tokenizer.path, warm)
+train_set = datasets.PromptSet(trainer.split_examples(cfg, "train"), tok, cfg.data.max_prompt_len)
 model_cfg = cfg.model.architecture()
-graphdef, params = trainer._initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
-params, _ = trainer._warmup(cfg, graphdef, params, train_set, tok)
+graphdef, params = trainer.initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
+params, _ = trainer.run_warmup(cfg, graphdef, params, train_set, tok)
 hf_io.save_hf_params(params, model_cfg, warm, dtype=None)
 started = dict(model__hf_path=str(warm), model__preset="", tokenizer__path=str(warm / "tokenizer"))
 

@@ -162,6 +162,18 @@ def test_implementations_agree(mask_kind, dtype):
                 assert np.all(np.isfinite(np.asarray(g, np.float32)))
 
 
+def _check_every_impl(inputs, kw):
+    """Every implementation's fp32 numerator and divergence equal the float64 SPEC reference,
+    and its gradients the reference implementation's (1e-5 relative)."""
+    num, _, div, _ = np_fused_distill(*inputs, **kw)
+    _, ref_grads = run("reference", inputs, jnp.float32, **kw)
+    for impl in IMPLS:
+        out, grads = run(impl, inputs, jnp.float32, **kw)
+        assert rel_err(out.numerator, num) < 1e-5 and rel_err(out.divergence_N, div) < 1e-5
+        for g, g_ref in zip(grads, ref_grads, strict=True):
+            assert rel_err(g, g_ref) < 1e-5, impl
+
+
 def test_tail_clamp_active():
     """Outside-top-k logits 25 below the rest: the top-k hold > 1 - 1e-7 of the student
     mass, the tail sits on its floor and passes no gradient."""
@@ -172,13 +184,7 @@ def test_tail_clamp_active():
     inputs = [hs, ht, ws, wt, mask, tw]
     zs = hs.astype(np.float64) @ ws
     assert np.all(np.log(np.sum(np.exp(zs[:, TOPK:] - zs.max(1, keepdims=True)), 1)) < -16.2)
-    num, _, div, _ = np_fused_distill(*inputs, **kw)
-    _, ref_grads = run("reference", inputs, jnp.float32, **kw)
-    for impl in IMPLS:
-        out, grads = run(impl, inputs, jnp.float32, **kw)
-        assert rel_err(out.numerator, num) < 1e-5 and rel_err(out.divergence_N, div) < 1e-5
-        for g, g_ref in zip(grads, ref_grads, strict=True):
-            assert rel_err(g, g_ref) < 1e-5, impl
+    _check_every_impl(inputs, kw)
 
 
 def test_teacher_gets_no_gradient_and_api_dispatch():
@@ -211,13 +217,7 @@ def test_tied_logit_left_out_of_topk():
     inputs = [hs, ht, ws, wt, mask, tw]
     zs = np.asarray(jnp.asarray(hs) @ jnp.asarray(ws))
     assert np.all(zs[:, 0::2] == zs[:, 1::2]), "columns must tie exactly for this test"
-    num, _, div, _ = np_fused_distill(*inputs, **kw)
-    _, ref_grads = run("reference", inputs, jnp.float32, **kw)
-    for impl in IMPLS:
-        out, grads = run(impl, inputs, jnp.float32, **kw)
-        assert rel_err(out.numerator, num) < 1e-5 and rel_err(out.divergence_N, div) < 1e-5
-        for g, g_ref in zip(grads, ref_grads, strict=True):
-            assert rel_err(g, g_ref) < 1e-5, impl
+    _check_every_impl(inputs, kw)
 
 
 @pytest.mark.parametrize("v", [V, 307])

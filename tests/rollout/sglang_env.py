@@ -136,6 +136,61 @@ def _rope_theta_on_top(path: pathlib.Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# The settings every sglang-jax run config shares: a small synthetic demo, no warm-up (the
+# tiny checkpoint is random; the runs test the rollout path, not learning), 2 x 4 rollouts
+# per step, and a generous server timeout (a CPU server compiles on first use).
+RUN_SETTINGS = {
+    "data.synthetic_train_size": 32,
+    "data.synthetic_test_size": 4,
+    "algo.group_size": 4,
+    "train.prompts_per_step": 2,
+    "train.mini_batch_prompts": 2,
+    "train.num_steps": 2,
+    "warmup.steps": 0,
+    "eval.every_steps": 0,
+    "checkpoint.every_steps": 0,
+    "rollout.sglang.timeout_s": 300.0,
+}
+
+
+def write_run_config(
+    path: pathlib.Path,
+    *,
+    tokenizer: pathlib.Path,
+    ckpt: pathlib.Path | None,
+    settings: dict[str, object] | None = None,
+) -> pathlib.Path:
+    """A config file for `python -m srpo_jax.main`: configs/demo.py with the model swapped
+    for the sglang-jax-friendly tiny checkpoint `ckpt` (head_dim 128; None: the launcher
+    sets model.hf_path) and its `tokenizer`, then RUN_SETTINGS and `settings` ({dotted key:
+    value}, e.g. {"rollout.sglang.sync": "restart"}) set on top, in that order."""
+    lines = [
+        'c.model.preset = ""',
+        "c.model.overrides = {}",
+        f"c.tokenizer.path = {str(tokenizer)!r}",
+    ]
+    if ckpt is not None:
+        lines.append(f"c.model.hf_path = {str(ckpt)!r}")
+    merged = RUN_SETTINGS | (settings or {})
+    lines += [f"c.{key} = {value!r}" for key, value in merged.items()]
+    body = "".join(f"        {line}\n" for line in lines)
+    demo = str(REPO_ROOT / "configs" / "demo.py")
+    path.write_text(
+        "import importlib.util\n\n"
+        f"spec = importlib.util.spec_from_file_location('demo', {demo!r})\n"
+        "demo = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(demo)\n\n\n"
+        "def get_config(arg=None):\n"
+        "    c = demo.get_config(arg)\n"
+        "    with c.unlocked():\n"
+        f"{body}"
+        "    return c\n"
+    )
+    return path
+
+
 class Reference:
     """float64 log p(completion_t | prompt, completion_<t) from transformers' Qwen3, an
     implementation independent of both the server and srpo_jax."""
@@ -154,6 +209,17 @@ class Reference:
             logp = torch.log_softmax(self.model(ids).logits[0].double(), dim=-1)
         p = len(prompt)
         return [logp[p - 1 + t, tok].item() for t, tok in enumerate(completion)]
+
+    def greedy(self, prompt: list[int], max_new: int, stop_ids) -> list[int]:
+        """Greedy decoding in float64: each next token the argmax, up to and including the
+        first of `stop_ids`, at most `max_new` tokens."""
+        torch = self.torch
+        out: list[int] = []
+        with torch.no_grad():
+            while len(out) < max_new and not (out and out[-1] in stop_ids):
+                logits = self.model(torch.tensor([list(prompt) + out])).logits[0, -1]
+                out.append(int(torch.argmax(logits)))
+        return out
 
 
 # ---------------------------------------------------------------- stand-in server

@@ -55,6 +55,6 @@ def test_the_trainer_pushes_the_initial_weights_only_to_running_servers(
         run_config.Config().rollout, engine="sglang", sglang=run_config.SGLangConfig(**where)
     )
     cfg = dataclasses.replace(run_config.Config(), rollout=rollout)
-    setup._make_engine(cfg, None, "params", None, 0, tmp_path, 7)
+    setup.make_engine(cfg, None, "params", None, 0, tmp_path, 7)
     want = [("engine_from_config", "params", 7)]
     assert calls == want if launched else want + [("update_weights", "params", 7)]

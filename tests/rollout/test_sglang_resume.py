@@ -33,7 +33,7 @@ import subprocess
 import sys
 
 import pytest
-from sglang_env import launch_template, write_tiny_checkpoint
+from sglang_env import launch_template, write_run_config, write_tiny_checkpoint
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
 from srpo_jax.trainer.metrics import read_metrics
@@ -42,48 +42,24 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# The demo config on the sglang-jax-friendly tiny checkpoint (head_dim 128), 4 short steps.
-CONFIG = """
-import importlib.util
-
-spec = importlib.util.spec_from_file_location("demo", {demo!r})
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
-
-
-def get_config(arg=None):
-    c = demo.get_config(arg)
-    with c.unlocked():
-        c.model.preset = ""
-        c.model.hf_path = {ckpt!r}
-        c.model.overrides = {{}}
-        c.tokenizer.path = {tokenizer!r}
-        c.data.synthetic_train_size = 32
-        c.data.synthetic_test_size = 4
-        c.algo.group_size = 4
-        c.train.prompts_per_step = 2
-        c.train.mini_batch_prompts = 2
-        c.train.num_steps = 4
-        c.warmup.steps = 0
-        # An eval at step 2 runs on the server that then serves step 3 in the uninterrupted
-        # run; the resumed run skips it, so its step-3 server has another history.
-        c.eval.every_steps = 2
-        c.eval.max_examples = 2
-        c.eval.num_samples = 1
-        c.checkpoint.every_steps = 2
-        c.rollout.engine = "sglang"
-        c.rollout.sglang.launch_command = {launch!r}
-        c.rollout.sglang.base_port = 0  # free ports: two runs side by side
-        c.rollout.sglang.deterministic = True
-        c.rollout.sglang.sync = "restart"
-        c.rollout.sglang.timeout_s = 300.0
-        # One row per batch: sglang-jax's forward is not batch-invariant (its log-probs move
-        # by ~1e-6 with the batch's make-up), and timing decides how it batches rows.
-        c.rollout.sglang.rows_per_request = 1
-        c.rollout.sglang.max_concurrency = 1
-        c.rollout.overlap = {overlap}
-    return c
-"""
+# The demo on the sglang-jax-friendly tiny checkpoint (sglang_env.RUN_SETTINGS), 4 short steps.
+SETTINGS = {
+    "train.num_steps": 4,
+    # An eval at step 2 runs on the server that then serves step 3 in the uninterrupted
+    # run; the resumed run skips it, so its step-3 server has another history.
+    "eval.every_steps": 2,
+    "eval.max_examples": 2,
+    "eval.num_samples": 1,
+    "checkpoint.every_steps": 2,
+    "rollout.engine": "sglang",
+    "rollout.sglang.base_port": 0,  # free ports: two runs side by side
+    "rollout.sglang.deterministic": True,
+    "rollout.sglang.sync": "restart",
+    # One row per batch: sglang-jax's forward is not batch-invariant (its log-probs move
+    # by ~1e-6 with the batch's make-up), and timing decides how it batches rows.
+    "rollout.sglang.rows_per_request": 1,
+    "rollout.sglang.max_concurrency": 1,
+}
 
 
 def _is_volatile(key: str) -> bool:
@@ -146,16 +122,14 @@ def runs(request, server_python, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"sglang_resume_{overlap}")
     ckpt = write_tiny_checkpoint(root / "tiny", seed=0)
     build_tiny_tokenizer(root / "tokenizer")  # 512 ids: the checkpoint's vocabulary
-    config = root / "run.py"
-    config.write_text(
-        CONFIG.format(
-            demo=str(REPO_ROOT / "configs" / "demo.py"),
-            ckpt=str(ckpt),
-            tokenizer=str(root / "tokenizer"),
-            # One server process instead of four: boots in a third of the time on CPU.
-            launch=launch_template(server_python) + " --enable-single-process",
-            overlap=overlap,
-        )
+    # One server process instead of four: boots in a third of the time on CPU.
+    launch = launch_template(server_python) + " --enable-single-process"
+    settings = SETTINGS | {
+        "rollout.sglang.launch_command": launch,
+        "rollout.overlap": overlap,
+    }
+    config = write_run_config(
+        root / "run.py", tokenizer=root / "tokenizer", ckpt=ckpt, settings=settings
     )
     full, killed = root / "full", root / "killed"
     try:

@@ -3,7 +3,9 @@
 One module-scoped engine launches one server through the engine's own launch path, and one
 test runs the stages in order: generation with log-prob parity against a float64
 transformers reference, stop tokens, pause/flush/continue around the update route sglang-jax
-lacks, the restart weight sync of a srpo_jax model exported in bf16 (parity with transformers
+lacks, `python -m srpo_jax.evaluate` over the running server's URL (greedy avg@k of a
+split whose gold answers are transformers' greedy responses but one: exactly 3/4), the
+restart weight sync of a srpo_jax model exported in bf16 (parity with transformers
 and with srpo_jax's own fp32 forward), and finally a server killed in the middle of a batch:
 the batch fails fast (no partial result), the next call relaunches the server on the weights
 it last served, and past the restart budget the engine gives up. The first run builds the
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +30,7 @@ from sglang_env import (
     launch_template,
     server_env,
     timer,
+    write_run_config,
     write_tiny_checkpoint,
 )
 
@@ -126,6 +132,75 @@ def _check_missing_update_route(engine, ckpt, tmp_path):
     assert out.lengths_B.tolist() == [MAX_NEW] * len(PROMPTS) * N  # generation continued
 
 
+# Four questions whose gold answers are the checkpoint's own greedy responses, but for one:
+# avg@k is 3/4 exactly when evaluation over the server samples what transformers does.
+EVAL_QUESTIONS = ["Name it.", "Which one?", "A or B?", "Say the code."]
+EVAL_WRONG = {1}
+
+
+def _greedy_answers(ckpt, tokenizer_dir, max_new: int) -> tuple[list[str], list[int]]:
+    """(gold answers, response lengths): each question's greedy response from transformers'
+    float64 Qwen3 (independent of the server and of srpo_jax's engines), decoded as the
+    verifier sees it; the EVAL_WRONG ones replaced by an answer it never gives."""
+    from srpo_jax.data import datasets
+    from srpo_jax.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    stop = {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    stop.add(tok.eos_token_id)
+    reference = Reference(ckpt)
+    answers, lengths = [], []
+    for i, question in enumerate(EVAL_QUESTIONS):
+        prompt = datasets.encode_prompt(tok, [{"role": "user", "content": question}])
+        completion = reference.greedy(prompt, max_new, stop)
+        text = tok.decode(completion, skip_special_tokens=True)
+        assert "<answer>" not in text  # so the MCQ verifier compares the whole response
+        answers.append("no such answer" if i in EVAL_WRONG else text.strip())
+        lengths.append(len(completion))
+    return answers, lengths
+
+
+def _check_evaluate_over_url(engine, ckpt, tmp_path):
+    """`python -m srpo_jax.evaluate` with rollout.sglang.urls naming this running server
+    (sync=none: it serves `ckpt`, the model evaluated), greedy, k=2."""
+    from srpo_jax.data.tokenizer import build_tiny_tokenizer
+
+    build_tiny_tokenizer(tmp_path / "tokenizer")  # 512 ids: the checkpoint's vocabulary
+    max_new = 16
+    answers, lengths = _greedy_answers(ckpt, tmp_path / "tokenizer", max_new)
+    split = tmp_path / "data" / "sciknoweval" / "chemistry" / "test.json"
+    split.parent.mkdir(parents=True)
+    rows = [
+        dict(idx=i, kind="mcq", dataset="sciknoweval", prompt=q, system=None, answer=a)
+        for i, (q, a) in enumerate(zip(EVAL_QUESTIONS, answers, strict=True))
+    ]
+    split.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {
+        "data.task": "chem",
+        "data.data_dir": str(tmp_path / "data"),
+        "data.max_response_len": max_new,
+        "eval.temperature": 0.0,
+        "eval.max_examples": 0,
+        "rollout.engine": "sglang",
+        "rollout.sglang.urls": tuple(engine.urls),
+        "rollout.sglang.sync": "none",
+    }
+    config = write_run_config(
+        tmp_path / "eval.py", tokenizer=tmp_path / "tokenizer", ckpt=ckpt, settings=settings
+    )
+    out = tmp_path / "eval"
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    cmd = [sys.executable, "-m", "srpo_jax.evaluate", f"--config={config}",
+           f"--hf_path={ckpt}", f"--out={out}", "--k=2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((out / "evaluation.json").read_text())["results"]["chem"]
+    assert got["num_questions"] == 4
+    assert got["avg_at_k"] == got["maj_at_k"] == 0.75, (got, answers)
+    assert got["response_len_mean"] == np.mean(lengths)
+
+
 def _srpo_model(path):
     from srpo_jax.model import load_hf
 
@@ -225,5 +300,6 @@ def test_real_server_end_to_end(engine, ckpt, tmp_path):
     _check_generation(engine, ckpt)
     _check_stop_tokens(engine)
     _check_missing_update_route(engine, ckpt, tmp_path)
+    _check_evaluate_over_url(engine, ckpt, tmp_path)
     _check_restart_sync(engine, ckpt)
     _check_killed_server(engine)

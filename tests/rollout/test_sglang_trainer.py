@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
-from sglang_env import launch_template, write_tiny_checkpoint
+from sglang_env import launch_template, write_run_config, write_tiny_checkpoint
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
+from srpo_jax.rollout import sglang_server
 from srpo_jax.trainer.metrics import read_metrics
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -35,61 +35,30 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROMPTS, GROUP = 2, 4
 
-# The demo config with the model swapped for the sglang-jax-friendly tiny checkpoint (its
-# CPU attention wants head_dim 128) and the rollouts sent to a server the run launches.
-CONFIG = """
-import importlib.util
-
-spec = importlib.util.spec_from_file_location("demo", {demo!r})
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
-
-
-def get_config(arg=None):
-    c = demo.get_config(arg)
-    with c.unlocked():
-        c.model.preset = ""
-        c.model.hf_path = {ckpt!r}
-        c.model.overrides = {{}}
-        c.tokenizer.path = {tokenizer!r}
-        c.data.synthetic_train_size = 32
-        c.data.synthetic_test_size = 4
-        c.algo.group_size = {group}
-        c.train.prompts_per_step = {prompts}
-        c.train.mini_batch_prompts = {prompts}
-        c.train.num_steps = 2
-        c.warmup.steps = 0
-        c.eval.every_steps = 0
-        c.checkpoint.every_steps = 0
-        c.rollout.engine = "sglang"
-        c.rollout.max_retries = 1
-        c.rollout.sglang.launch_command = {launch!r}
-        c.rollout.sglang.sync = "restart"
-        c.rollout.sglang.timeout_s = 300.0
-        c.rollout.sglang.max_retries = 1
-        # One row per request, one request at a time: the kill lands with the batch half done.
-        c.rollout.sglang.rows_per_request = 1
-        c.rollout.sglang.max_concurrency = 1
-        c.rollout.sglang.max_restarts = 1
-    return c
-"""
+# The run's own settings on top of sglang_env.RUN_SETTINGS: the rollouts go to a server the
+# run launches and relaunches (sync=restart), with one retry of the step and one restart.
+SETTINGS = {
+    "algo.group_size": GROUP,
+    "train.prompts_per_step": PROMPTS,
+    "train.mini_batch_prompts": PROMPTS,
+    "rollout.engine": "sglang",
+    "rollout.max_retries": 1,
+    "rollout.sglang.sync": "restart",
+    "rollout.sglang.max_retries": 1,
+    # One row per request, one request at a time: the kill lands with the batch half done.
+    "rollout.sglang.rows_per_request": 1,
+    "rollout.sglang.max_concurrency": 1,
+    "rollout.sglang.max_restarts": 1,
+}
 
 
 def _write_config(tmp_path, server_python) -> pathlib.Path:
     ckpt = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
     build_tiny_tokenizer(tmp_path / "tokenizer")  # 512 ids: the checkpoint's vocabulary
-    config = tmp_path / "sglang_run.py"
-    config.write_text(
-        CONFIG.format(
-            demo=str(REPO_ROOT / "configs" / "demo.py"),
-            ckpt=str(ckpt),
-            tokenizer=str(tmp_path / "tokenizer"),
-            group=GROUP,
-            prompts=PROMPTS,
-            launch=launch_template(server_python),
-        )
+    settings = SETTINGS | {"rollout.sglang.launch_command": launch_template(server_python)}
+    return write_run_config(
+        tmp_path / "sglang_run.py", tokenizer=tmp_path / "tokenizer", ckpt=ckpt, settings=settings
     )
-    return config
 
 
 def _main(config, workdir, devices: int, *extra: str) -> subprocess.Popen:
@@ -140,9 +109,7 @@ def test_trainer_survives_a_server_killed_mid_batch(server_python, tmp_path):
 @pytest.mark.parametrize("overlap", [0, 1], ids=["on_policy", "overlap"])
 def test_two_learner_processes_share_the_server(server_python, tmp_path, overlap):
     config = _write_config(tmp_path, server_python)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = sglang_server.free_port()
     procs = [
         _main(
             config,

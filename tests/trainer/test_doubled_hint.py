@@ -35,5 +35,5 @@ def test_training_split_with_a_hinted_question_is_refused(tmp_path):
     (d / "test.json").write_text(json.dumps(_row(2, hinted)) + "\n")
     cfg = Config(data=DataConfig(task="chem", data_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="teacher-prompt layout"):
-        trainer._examples(cfg, "train")
-    assert len(trainer._examples(cfg, "test")) == 1  # test questions are never reprompted
+        trainer.split_examples(cfg, "train")
+    assert len(trainer.split_examples(cfg, "test")) == 1  # test questions are never reprompted
