@@ -75,6 +75,14 @@ class Pending:
         return cls(int(rec["step"]), tuple(rec["indices"]), ro, float(rec["rollout_s"]))
 
 
+# setup prints it once when overlap=1 meets an engine that cannot generate beside the learner.
+LAGGED_ENGINE_NOTE = (
+    "rollout.overlap=1 with the embedded jax engine: it shares the learner's devices, "
+    "so each rollout samples from the weights one version behind after the train "
+    "step (the same staleness as SGLang's overlap, without its speed-up)"
+)
+
+
 class _Job:
     """fn(*args) in a daemon thread. Not a ThreadPoolExecutor: the interpreter joins those
     at exit, so a run failing while a generation is in flight would wait out the HTTP

@@ -77,7 +77,7 @@ from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.disk import DiskFullError
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.loop import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
-from srpo_jax.trainer.overlap import RolloutFeed, concurrent_engine
+from srpo_jax.trainer.overlap import LAGGED_ENGINE_NOTE, RolloutFeed, concurrent_engine
 from srpo_jax.trainer.step import generate_whole, prepare_step, stop_ids
 from srpo_jax.trainer.warmup import run_sft
 
@@ -386,6 +386,15 @@ def _write_run_files(cfg: Config, wd: pathlib.Path) -> None:
     _keep_model_files(cfg, wd)
 
 
+def _seeds(cfg: Config) -> dict:
+    """The seeds a checkpoint records (a resume with other seeds warns that it diverges)."""
+    return {
+        "train_seed": cfg.train.seed,
+        "shuffle_seed": cfg.data.shuffle_seed,
+        "demo_seed": cfg.algo.demo_seed,
+    }
+
+
 def setup(
     cfg: Config, wd: pathlib.Path, faults: FaultInjection, view: progress_lib.Progress
 ) -> Run:
@@ -405,22 +414,15 @@ def setup(
     graphdef, abstract = learner.abstract_state(model_cfg, settings, mesh)
     view.write(report.config_summary(cfg, wd, model_cfg, abstract.params, train_set, test_set))
     sampler = datasets.EpochSampler(len(train_set), cfg.data.shuffle_seed)
-    seeds = {
-        "train_seed": cfg.train.seed,
-        "shuffle_seed": cfg.data.shuffle_seed,
-        "demo_seed": cfg.algo.demo_seed,
-    }
+    seeds = _seeds(cfg)
     # A resume reads neither the HF weights nor builds a fresh state: the checkpoint alone.
     ckpt = _checkpoints(cfg, wd, existing_only=True)
     restored = None if ckpt is None else _restore(ckpt, abstract, sampler, seeds, view)
     if restored is None:
         if multihost.is_leader():  # a fresh run starts fresh per-question evaluation scores
             (wd / EVAL_SCORES).unlink(missing_ok=True)
-        restored = (
-            _fresh_state(cfg, model_cfg, mesh, train_set, tokenizer, view),
-            ResumeState(),
-            -1,
-        )
+        fresh = _fresh_state(cfg, model_cfg, mesh, train_set, tokenizer, view)
+        restored = (fresh, ResumeState(), -1)
     state, resume, resume_step = restored
     del abstract, restored
     ckpt = ckpt or _checkpoints(cfg, wd, existing_only=False)
@@ -430,11 +432,7 @@ def setup(
     pad_id, version = tokenizer.pad_token_id, resume.weight_version
     engine = make_engine(cfg, model_cfg, state.params, mesh, pad_id, wd, version)
     if cfg.rollout.overlap and not concurrent_engine(engine):
-        view.write(
-            "rollout.overlap=1 with the embedded jax engine: it shares the learner's devices, "
-            "so each rollout samples from the weights one version behind after the train "
-            "step (the same staleness as SGLang's overlap, without its speed-up)"
-        )
+        view.write(LAGGED_ENGINE_NOTE)
     feed = RolloutFeed(
         cfg, engine, train_set, sampler, tokenizer, faults, pending=resume.pending_rollout
     )
