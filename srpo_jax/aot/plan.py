@@ -161,9 +161,13 @@ def compile_step(
 ) -> Figures:
     """Lowers and compiles the train step for abstract inputs on `mesh` (forced CPU devices
     or aot.target_mesh's compile-only ones, compiled by `compiler`); returns its figures."""
+    return compile_batch(cfg, model_cfg, mesh, batch_struct(shape), compiler)
+
+
+def compile_batch(cfg: Config, model_cfg, mesh, batch, compiler: str = "XLA:CPU") -> Figures:
+    """compile_step for any batch (a TrainBatch or a PackedBatch, arrays or abstract)."""
     lcfg = learner.StepSettings.from_config(cfg)
     graphdef, state = learner.abstract_state(model_cfg, lcfg, mesh)
-    batch = batch_struct(shape)
     batch = jax.tree.map(
         lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh),
         batch,
@@ -176,7 +180,7 @@ def compile_step(
     a = aot.analyse(compiled, compiler)
     flops, source = a.flops, a.flops_source
     if kernel:
-        flops += aot.step_attention_flops(model_cfg, shape) / mesh.size
+        flops += aot.step_attention_flops(model_cfg, batch) / mesh.size
         source += f" + {kernel} attention from the model shape"
     return Figures(
         params=per_device_bytes(state.params),
@@ -333,7 +337,11 @@ def search(
 
 
 def _print_header(cfg, model_cfg, topo, mesh_cfg, base: StepShape, tp_len, layers, backend):
-    """What is planned: the model, the target, the mesh and the step's worst-case shape."""
+    """What is planned: the model, the target, the mesh and the step's worst-case shape
+    (or, at another length mix, its limits: the mix and its layouts follow)."""
+    from absl import flags
+
+    worst = flags.FLAGS.lengths == "worst"
     usable = topo.usable_bytes
     mini_rows = base.mini_batch_prompts * base.group_size
     t = cfg.train
@@ -346,8 +354,12 @@ def _print_header(cfg, model_cfg, topo, mesh_cfg, base: StepShape, tp_len, layer
         f"mesh data={mesh_cfg.data} fsdp={mesh_cfg.fsdp} tensor={mesh_cfg.tensor}; step "
         f"{base.prompts} prompts x {base.group_size} rollouts, {base.n_mini} update(s) of "
         f"{mini_rows} rows; P={base.prompt_len} R={base.response_len} teacher Pt={tp_len}, "
-        f"teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
-        f"fused loss chunk {t.chunk_size} tokens\n"
+        + (
+            "teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
+            if worst
+            else "lengths and routing from the length mix below; "
+        )
+        + f"fused loss chunk {t.chunk_size} tokens\n"
         f"figures: {backend}"
     )
     if layers:
@@ -378,6 +390,12 @@ def main(argv: list[str]) -> None:
         cfg = config_lib.from_config_dict(c)
     except (config_lib.ConfigError, OSError) as e:
         aot.fail(last_error_line(str(e)))
+    from srpo_jax.aot import length_mix, mix_plan
+
+    try:  # before any compiler starts: a bad mix is a one-line error at once
+        mix = length_mix.resolve(cfg, f.lengths)
+    except length_mix.MixError as e:
+        aot.fail(str(e))
     topo = topologies.get(f.topology)
     if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
@@ -407,6 +425,10 @@ def main(argv: list[str]) -> None:
     )
     layers = tuple(int(x) for x in f.layers.split(",")) if f.layers else ()
     _print_header(cfg, model_cfg, topo, mesh_cfg, base, tp_len, layers, backend)
+    variants = mix_plan.show_layouts(f, cfg, mix)
+    if f.lengths != "worst" or cfg.train.packed or f.micro_batch_tokens or f.compile != "config":
+        mix_plan.compile_variants(f, cfg, model_cfg, mesh, compiler, topo, variants)
+        return
     print("per-device GiB:\n" + HEADER, flush=True)
     tried = [int(x) for x in f.micro_batch_rows.split(",")] if f.micro_batch_rows else []
     results, refused = search(
@@ -537,6 +559,23 @@ def define_flags() -> None:
         "the XLA:CPU estimate; auto = target when the extra is installed.",
     )
     flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+    flags.DEFINE_string(
+        "lengths",
+        "worst",
+        "Length mix: worst (every row at the limits), paper (the long-tail mix) or a JSON "
+        "Lines file of [prompt_len, response_len(, teacher_prompt_len)] rows "
+        "(srpo_jax/aot/length_mix.py); any but worst prints padded and packed layouts.",
+    )
+    flags.DEFINE_enum(
+        "compile",
+        "config",
+        ["config", "padded", "packed", "both", "none"],
+        "Layouts to compile at the length mix (config: the config's train.packed; none: "
+        "print the layouts only).",
+    )
+    flags.DEFINE_string(
+        "micro_batch_tokens", "", "Comma list of packed token budgets (default: the config's)."
+    )
 
 
 if __name__ == "__main__":
