@@ -64,7 +64,9 @@ def variants(cfg, mix: length_mix.LengthMix, micro_rows: str, micro_tokens: str)
     for m in _ints(micro_rows, "micro_batch_rows") if micro_rows else [cfg.train.micro_batch_rows]:
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_rows=m))
         batch = step_lib.padded_batch(c, rows, 0)
-        out.append(Variant("padded", m or mini_rows, c, _layout("padded", batch, rows), batch))
+        out.append(
+            Variant("padded", m or mini_rows, c, length_mix.layout_of("padded", batch, rows), batch)
+        )
     budgets = _ints(micro_tokens, "micro_batch_tokens") if micro_tokens else []
     for b in budgets or [cfg.train.micro_batch_tokens]:
         t = dataclasses.replace(
@@ -75,12 +77,8 @@ def variants(cfg, mix: length_mix.LengthMix, micro_rows: str, micro_tokens: str)
         )
         c = dataclasses.replace(cfg, train=t)
         batch = step_lib.packed_batch(c, rows, 0)
-        out.append(Variant("packed", b, c, _layout("packed", batch, rows), batch))
+        out.append(Variant("packed", b, c, length_mix.layout_of("packed", batch, rows), batch))
     return out
-
-
-def _layout(kind, batch, rows):
-    return length_mix.layout_of(kind, batch, rows)
 
 
 def _model_for(kind: str, model_cfg, mesh):

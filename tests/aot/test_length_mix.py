@@ -153,3 +153,27 @@ def test_worst_and_paper_mixes():
     assert (extra >= 41).all()
     paper = length_mix.paper(cfg)  # clipped to the demo's limits
     assert paper.response_lens_B.max() <= 16 and paper.teacher_prompt_lens_B.max() <= 256
+
+
+@pytest.mark.slow
+def test_plan_compiles_the_packed_layout_of_a_mix(tmp_path):
+    """compile_batch on a mix's PackedBatch (one CPU device, a tiny model; the padded batch
+    is test_plan.py's): the compiled program's arguments are the state plus exactly the
+    built batch's bytes."""
+    import jax
+
+    from srpo_jax.aot import plan
+    from srpo_jax.model.config import tiny
+    from srpo_jax.sharding import MeshConfig, make_mesh
+
+    cfg, rows = _cfg(), _rows()
+    mix = length_mix.from_file(cfg, _write(tmp_path / "m.jsonl", [json.dumps(x) for x in rows]))
+    model_cfg = tiny(vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8)
+    mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+    (v,) = [v for v in mix_plan.variants(cfg, mix, "", str(BUDGET)) if v.kind == "packed"]
+    fig = plan.compile_batch(v.cfg, model_cfg, mesh, v.batch)
+    batch_bytes = sum(x.nbytes for x in jax.tree.leaves(v.batch))
+    assert fig.batch == batch_bytes, v.label
+    state = fig.params + fig.teacher + fig.opt
+    assert abs(fig.arguments - (state + batch_bytes + 12)) < 32, v.label
+    assert fig.flops > 0 and fig.temp > 0
