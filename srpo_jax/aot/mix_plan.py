@@ -23,9 +23,10 @@ import json
 import jax
 
 from srpo_jax import config as config_lib
+from srpo_jax.aot import figures as plan_lib
 from srpo_jax.aot import length_mix
-from srpo_jax.aot import plan as plan_lib
 from srpo_jax.aot import targets as aot
+from srpo_jax.aot.topologies import GiB
 from srpo_jax.model import attention
 from srpo_jax.trainer import step as step_lib
 
@@ -167,7 +168,7 @@ def _report(f, topo, results, usable: int) -> None:
             v, fig = max(ok, key=lambda x: x[0].layout.tokens)
             print(
                 f"VERDICT {kind}: largest with >= {HEADROOM:.0f}% headroom: {v.label} "
-                f"({v.layout.tokens} tokens per micro-batch, peak {fig.peak / plan_lib.GiB:.2f} "
+                f"({v.layout.tokens} tokens per micro-batch, peak {fig.peak / GiB:.2f} "
                 f"GiB per device, {plan_lib.verdict(fig.peak, usable)[1]:.1f}% headroom)"
             )
         elif any(v.kind == kind for v, _, _ in results):
