@@ -23,8 +23,7 @@ import json
 import jax
 
 from srpo_jax import config as config_lib
-from srpo_jax.aot import figures as plan_lib
-from srpo_jax.aot import length_mix
+from srpo_jax.aot import figures, length_mix
 from srpo_jax.aot import targets as aot
 from srpo_jax.aot.topologies import GiB
 from srpo_jax.model import attention
@@ -97,13 +96,13 @@ HEADER = (
 )
 
 
-def _row(v: Variant, f: plan_lib.Figures, usable: int) -> str:
-    fits, head = plan_lib.verdict(f.peak, usable)
+def _row(v: Variant, f: figures.Figures, usable: int) -> str:
+    fits, head = figures.verdict(f.peak, usable)
     word = f"fits, {head:.1f}% headroom" if fits else f"DOES NOT FIT ({-head:.1f}% over)"
     cols = (f.params, f.teacher, f.opt, f.batch, f.temp, f.code, f.peak)
     return (
         f"{v.label:<22} {v.layout.micro_batches:>5} {v.layout.tokens:>13} "
-        + " ".join(plan_lib.fmt_gib(c) for c in cols)
+        + " ".join(figures.fmt_gib(c) for c in cols)
         + f"  {word}"
     )
 
@@ -111,7 +110,7 @@ def _row(v: Variant, f: plan_lib.Figures, usable: int) -> str:
 def _compile(v: Variant, model_cfg, mesh, compiler):
     """(Figures, None) or (None, the compiler's refusal)."""
     try:
-        return plan_lib.compile_batch(v.cfg, model_cfg, mesh, v.batch, compiler), None
+        return figures.compile_batch(v.cfg, model_cfg, mesh, v.batch, compiler), None
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -151,6 +150,7 @@ def compile_variants(f, cfg, model_cfg, mesh, compiler: str, topo, vs) -> None:
 
 
 def _report(f, topo, results, usable: int) -> None:
+    """FLOPs per layout, the largest of each kind with the headroom asked, --json."""
     for v, fig, _ in results:
         if fig is not None:
             print(
@@ -162,14 +162,14 @@ def _report(f, topo, results, usable: int) -> None:
             for v, fig, _ in results
             if v.kind == kind
             and fig is not None
-            and plan_lib.verdict(fig.peak, usable)[1] >= HEADROOM
+            and figures.verdict(fig.peak, usable)[1] >= HEADROOM
         ]
         if ok:
             v, fig = max(ok, key=lambda x: x[0].layout.tokens)
             print(
                 f"VERDICT {kind}: largest with >= {HEADROOM:.0f}% headroom: {v.label} "
                 f"({v.layout.tokens} tokens per micro-batch, peak {fig.peak / GiB:.2f} "
-                f"GiB per device, {plan_lib.verdict(fig.peak, usable)[1]:.1f}% headroom)"
+                f"GiB per device, {figures.verdict(fig.peak, usable)[1]:.1f}% headroom)"
             )
         elif any(v.kind == kind for v, _, _ in results):
             print(f"VERDICT {kind}: none of those compiled fits with >= {HEADROOM:.0f}% headroom")
