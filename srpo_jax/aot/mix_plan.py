@@ -29,7 +29,6 @@ from srpo_jax.aot.topologies import GiB
 from srpo_jax.model import attention
 from srpo_jax.trainer import step as step_lib
 
-COMPILE_CHOICES = ("config", "padded", "packed", "both", "none")
 HEADROOM = 10.0  # % of usable memory the verdict asks for (docs/scale.md)
 
 
