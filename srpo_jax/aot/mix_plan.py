@@ -142,19 +142,15 @@ def compile_variants(f, cfg, model_cfg, mesh, compiler: str, topo, vs) -> None:
         fig, refused = _compile(v, mcfg, mesh, compiler)
         if fig is None:
             print(f"{v.label:<22} DOES NOT FIT, compiler: {refused}", flush=True)
-        else:
+        else:  # the FLOPs at once: a long series of compiles reports as it goes
             print(_row(v, fig, usable), flush=True)
+            print(f"  {fig.flops:.3e} FLOPs per device ({fig.flops_source}, {fig.compiler})")
         results.append((v, fig, refused))
     _report(f, topo, results, usable)
 
 
 def _report(f, topo, results, usable: int) -> None:
-    """FLOPs per layout, the largest of each kind with the headroom asked, --json."""
-    for v, fig, _ in results:
-        if fig is not None:
-            print(
-                f"{v.label}: {fig.flops:.3e} FLOPs per device ({fig.flops_source}, {fig.compiler})"
-            )
+    """The largest layout of each kind with the headroom asked, and --json."""
     for kind in ("padded", "packed"):
         ok = [
             (v, fig)
