@@ -19,11 +19,9 @@ Mixes (16 prompts x 8 samples, SRPO routing, about half the groups with a succes
 - demo: the CPU demo's own rollouts (configs/demo.py): its synthetic prompts and teacher
   prompts rendered by the demo's tokenizer; every response is the 10-token answer (the demo
   logs rollout/response_len_mean 9.9-10.0, max 10, of a 16-token limit).
-- longtail: the paper's limits (prompts <= 2048, responses <= 8192 tokens). Prompts
-  lognormal, median 300, sigma 0.8, clipped to [16, 2048]; responses lognormal, median 2000,
-  sigma 0.9, cut at 8192 (about 6% hit the cap, as truncated reasoning does); a teacher
-  prompt is its prompt plus a correct sibling's response plus 40 template tokens. An
-  assumed shape (right-skewed, a truncation mass at the cap), not a fit to published data.
+- longtail: the paper's limits (prompts <= 2048, responses <= 8192 tokens), the long-tail
+  mix of the memory plan (`srpo_jax.aot.length_mix.paper_lengths` states the distribution
+  and why; `python -m srpo_jax.plan --lengths=paper` plans a step at it).
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from srpo_jax.algo import advantages, routing
+from srpo_jax.aot import length_mix
 from srpo_jax.aot.hlo_flops import dot_flops
 from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
@@ -93,12 +92,7 @@ def demo_lengths(rng):
 
 
 def longtail_lengths(rng):
-    b = PROMPTS * GROUP
-    prompt_lens = np.clip(rng.lognormal(np.log(300), 0.8, PROMPTS), 16, 2048).astype(int)
-    response_lens = np.minimum(rng.lognormal(np.log(2000), 0.9, b), 8192).astype(int)
-    response_lens = np.maximum(response_lens, 1)
-    sibling = rng.permutation(response_lens)  # a correct sibling's response as the demo
-    return prompt_lens, response_lens, sibling + 40
+    return length_mix.paper_lengths(rng, PROMPTS, GROUP)
 
 
 def scaled(lengths, scale: int):
@@ -119,9 +113,7 @@ def batches(rows: batching.StepRows, pack_len: int = 0):
 
 
 def padding_fraction(rows, padded, packed) -> tuple[float, float]:
-    teacher = rows.teacher_rows_B & (rows.response_lens_B > 0)
-    real = (rows.prompt_lens_B + rows.response_lens_B)[rows.response_lens_B > 0].sum()
-    real += (rows.teacher_prompt_lens_B + rows.response_lens_B)[teacher].sum()
+    real = length_mix.real_tokens(rows)
     pad_slots = padded.input_ids_BS.size + padded.teacher_input_ids_MT.size
     packed_slots = packed.input_ids_KL.size + packed.teacher_input_ids_JL.size
     return 1 - real / pad_slots, 1 - real / packed_slots

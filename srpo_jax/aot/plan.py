@@ -68,10 +68,16 @@ import dataclasses  # noqa: E402
 import math  # noqa: E402
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from srpo_jax.aot import chips  # noqa: E402
 from srpo_jax.aot import targets as aot  # noqa: E402
+from srpo_jax.aot.figures import (  # noqa: E402, F401 - the plan's names, in one place
+    Figures,
+    compile_batch,
+    fmt_gib,
+    per_device_bytes,
+    verdict,
+)
 from srpo_jax.config import Config  # noqa: E402
 from srpo_jax.learner import train_step as learner  # noqa: E402
 from srpo_jax.learner.batch import TrainBatch  # noqa: E402
@@ -119,37 +125,6 @@ def batch_struct(s: StepShape) -> TrainBatch:
     )
 
 
-def per_device_bytes(tree) -> int:
-    """Sum over leaves of the bytes one device holds (the largest shard)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
-    return total
-
-
-@dataclasses.dataclass(frozen=True)
-class Figures:
-    """Per-device bytes of one compiled train step."""
-
-    params: int
-    teacher: int
-    opt: int
-    batch: int
-    arguments: int
-    outputs: int
-    aliased: int
-    temp: int
-    code: int
-    compiler: str = "XLA:CPU"
-    flops: float = 0.0  # per device, one step
-    flops_source: str = ""  # aot.Analysis.flops_source
-
-    @property
-    def peak(self) -> int:
-        return self.arguments + self.outputs - self.aliased + self.temp + self.code
-
-
 def step_program_settings(cfg: Config):
     """(model config, learner config) of the train step main would run with `cfg`: the same
     resolution (hf_path's config.json included) and the trainer's own step settings."""
@@ -161,37 +136,7 @@ def compile_step(
 ) -> Figures:
     """Lowers and compiles the train step for abstract inputs on `mesh` (forced CPU devices
     or aot.target_mesh's compile-only ones, compiled by `compiler`); returns its figures."""
-    lcfg = learner.StepSettings.from_config(cfg)
-    graphdef, state = learner.abstract_state(model_cfg, lcfg, mesh)
-    batch = batch_struct(shape)
-    batch = jax.tree.map(
-        lambda v, sh: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh),
-        batch,
-        learner.batch_shardings(mesh, batch),
-    )
-    step = learner.jit_train_step(lcfg, graphdef, state, batch, mesh)
-    with jax.set_mesh(mesh):  # as Learner.train_step: the activation constraints apply
-        compiled = step.lower(state, batch).compile()
-        kernel = aot.fused_attention_kernel(model_cfg)
-    a = aot.analyse(compiled, compiler)
-    flops, source = a.flops, a.flops_source
-    if kernel:
-        flops += aot.step_attention_flops(model_cfg, shape) / mesh.size
-        source += f" + {kernel} attention from the model shape"
-    return Figures(
-        params=per_device_bytes(state.params),
-        teacher=per_device_bytes(state.teacher),
-        opt=per_device_bytes(state.opt_state),
-        batch=per_device_bytes(batch),
-        arguments=a.arguments,
-        outputs=a.outputs,
-        aliased=a.aliased,
-        temp=a.temp,
-        code=a.code,
-        compiler=a.compiler,
-        flops=flops,
-        flops_source=source,
-    )
+    return compile_batch(cfg, model_cfg, mesh, batch_struct(shape), compiler)
 
 
 def extrapolated(cfg: Config, model_cfg, mesh, shape: StepShape, layers, compiler="XLA:CPU"):
@@ -262,15 +207,6 @@ def default_mesh(config_mesh: MeshConfig, n_dev: int) -> MeshConfig:
     return MeshConfig(data=n_dev // tensor, tensor=tensor)
 
 
-def fmt_gib(n: int) -> str:
-    return f"{n / GiB:7.2f}"
-
-
-def verdict(peak: int, usable: int) -> tuple[bool, float]:
-    """(fits, headroom % of the usable memory)."""
-    return peak <= usable, 100.0 * (usable - peak) / usable
-
-
 HEADER = "micro_rows n_micro  params teacher     opt   batch    temp    code    peak  verdict"
 
 
@@ -333,7 +269,11 @@ def search(
 
 
 def _print_header(cfg, model_cfg, topo, mesh_cfg, base: StepShape, tp_len, layers, backend):
-    """What is planned: the model, the target, the mesh and the step's worst-case shape."""
+    """What is planned: the model, the target, the mesh and the step's worst-case shape
+    (or, at another length mix, its limits: the mix and its layouts follow)."""
+    from absl import flags
+
+    worst = flags.FLAGS.lengths == "worst"
     usable = topo.usable_bytes
     mini_rows = base.mini_batch_prompts * base.group_size
     t = cfg.train
@@ -346,8 +286,12 @@ def _print_header(cfg, model_cfg, topo, mesh_cfg, base: StepShape, tp_len, layer
         f"mesh data={mesh_cfg.data} fsdp={mesh_cfg.fsdp} tensor={mesh_cfg.tensor}; step "
         f"{base.prompts} prompts x {base.group_size} rollouts, {base.n_mini} update(s) of "
         f"{mini_rows} rows; P={base.prompt_len} R={base.response_len} teacher Pt={tp_len}, "
-        f"teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
-        f"fused loss chunk {t.chunk_size} tokens\n"
+        + (
+            "teacher rows per micro-batch = micro_batch_rows (all routed: worst case); "
+            if worst
+            else "lengths and routing from the length mix below; "
+        )
+        + f"fused loss chunk {t.chunk_size} tokens\n"
         f"figures: {backend}"
     )
     if layers:
@@ -357,13 +301,49 @@ def _print_header(cfg, model_cfg, topo, mesh_cfg, base: StepShape, tp_len, layer
         )
 
 
+def _config_and_mix(f):
+    """The run config (shapes only) and the --lengths mix, or one error line."""
+    from srpo_jax import config as config_lib
+    from srpo_jax.aot import length_mix
+    from srpo_jax.cli import last_error_line
+
+    try:  # a config file that failed to load raises on first use
+        c = f.config if f.config is not None else _default_config()
+        c.model.random_init = True  # shapes only: the weights are never loaded or initialised
+        cfg = config_lib.from_config_dict(c)
+    except (config_lib.ConfigError, OSError) as e:
+        aot.fail(last_error_line(str(e)))
+    try:  # before any compiler starts: a bad mix is a one-line error at once
+        return cfg, length_mix.resolve(cfg, f.lengths)
+    except length_mix.MixError as e:
+        aot.fail(str(e))
+
+
+def _base_shape(f, cfg) -> tuple[StepShape, int]:
+    """The worst-case step shape of the config and its teacher prompt bucket."""
+    from srpo_jax.data import buckets
+
+    t = cfg.train
+    mini_rows = t.mini_batch_prompts * cfg.algo.group_size
+    prompt_len, response_len, worst_tp_len = buckets.worst_case_lengths(cfg)
+    tp_len = f.teacher_prompt_len or worst_tp_len
+    shape = StepShape(
+        prompts=t.prompts_per_step,
+        group_size=cfg.algo.group_size,
+        mini_batch_prompts=t.mini_batch_prompts,
+        micro_batch_rows=t.micro_batch_rows or mini_rows,
+        prompt_len=prompt_len,
+        response_len=response_len,
+        teacher_prompt_len=tp_len,
+    )
+    return shape, tp_len
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
-    from srpo_jax import config as config_lib
     from srpo_jax import log_levels
-    from srpo_jax.cli import last_error_line
-    from srpo_jax.data import buckets
+    from srpo_jax.aot import mix_plan
 
     f = flags.FLAGS
     log_levels.apply(f.verbosity)  # library INFO (jax's backend probing) off unless asked
@@ -372,12 +352,7 @@ def main(argv: list[str]) -> None:
     if f.list:
         print(topologies.table())
         return
-    try:  # a config file that failed to load raises on first use
-        c = f.config if f.config is not None else _default_config()
-        c.model.random_init = True  # shapes only: the weights are never loaded or initialised
-        cfg = config_lib.from_config_dict(c)
-    except (config_lib.ConfigError, OSError) as e:
-        aot.fail(last_error_line(str(e)))
+    cfg, mix = _config_and_mix(f)
     topo = topologies.get(f.topology)
     if f.native and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         jax.distributed.initialize()
@@ -392,21 +367,13 @@ def main(argv: list[str]) -> None:
     model_cfg, _ = step_program_settings(cfg)
     mesh_cfg = parse_mesh(f.mesh) if f.mesh else default_mesh(cfg.mesh, n_dev)
     mesh, compiler, backend = _target(f, topo, mesh_cfg, n_dev)
-    t = cfg.train
-    mini_rows = t.mini_batch_prompts * cfg.algo.group_size
-    prompt_len, response_len, worst_tp_len = buckets.worst_case_lengths(cfg)
-    tp_len = f.teacher_prompt_len or worst_tp_len
-    base = StepShape(
-        prompts=t.prompts_per_step,
-        group_size=cfg.algo.group_size,
-        mini_batch_prompts=t.mini_batch_prompts,
-        micro_batch_rows=t.micro_batch_rows or mini_rows,
-        prompt_len=prompt_len,
-        response_len=response_len,
-        teacher_prompt_len=tp_len,
-    )
+    base, tp_len = _base_shape(f, cfg)
     layers = tuple(int(x) for x in f.layers.split(",")) if f.layers else ()
     _print_header(cfg, model_cfg, topo, mesh_cfg, base, tp_len, layers, backend)
+    variants = mix_plan.show_layouts(f, cfg, mix)
+    if f.lengths != "worst" or cfg.train.packed or f.micro_batch_tokens or f.compile != "config":
+        mix_plan.compile_variants(f, cfg, model_cfg, mesh, compiler, topo, variants)
+        return
     print("per-device GiB:\n" + HEADER, flush=True)
     tried = [int(x) for x in f.micro_batch_rows.split(",")] if f.micro_batch_rows else []
     results, refused = search(
@@ -537,6 +504,23 @@ def define_flags() -> None:
         "the XLA:CPU estimate; auto = target when the extra is installed.",
     )
     flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+    flags.DEFINE_string(
+        "lengths",
+        "worst",
+        "Length mix: worst (every row at the limits), paper (the long-tail mix) or a JSON "
+        "Lines file of [prompt_len, response_len(, teacher_prompt_len)] rows "
+        "(srpo_jax/aot/length_mix.py); any but worst prints padded and packed layouts.",
+    )
+    flags.DEFINE_enum(
+        "compile",
+        "config",
+        ["config", "padded", "packed", "both", "none"],
+        "Layouts to compile at the length mix (config: the config's train.packed; none: "
+        "print the layouts only).",
+    )
+    flags.DEFINE_string(
+        "micro_batch_tokens", "", "Comma list of packed token budgets (default: the config's)."
+    )
 
 
 if __name__ == "__main__":

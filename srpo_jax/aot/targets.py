@@ -198,18 +198,22 @@ def fused_attention_kernel(model_cfg) -> str:
     return impl if impl in ("cudnn", "splash") else ""
 
 
-def step_attention_flops(model_cfg, shape) -> float:
+def step_attention_flops(model_cfg, batch) -> float:
     """Attention FLOPs of one step inside fused kernels, all devices together: per
-    micro-batch the student's forward and backward over prompt+response (plus the forward
-    again under remat) and the teacher's forward over reprompt+response."""
-    student_t = shape.prompt_len + shape.response_len
-    teacher_t = shape.teacher_prompt_len + shape.response_len
-    rows = shape.micro_batch_rows
-    student = fused_attention_flops(model_cfg, rows, student_t, backward=True)
+    micro-batch the student's forward and backward over its rows (plus the forward again
+    under remat) and the teacher's forward over its rows. `batch` is a TrainBatch (rows of
+    prompt+response, teacher rows of reprompt+response) or a PackedBatch (streams; a fused
+    kernel with segment ids still computes every causal block of a stream), abstract or not."""
+    if hasattr(batch, "input_ids_KL"):
+        student, teacher = batch.input_ids_KL.shape, batch.teacher_input_ids_JL.shape
+    else:
+        student, teacher = batch.input_ids_BS.shape, batch.teacher_input_ids_MT.shape
+    n_mini, n_micro, rows, student_t = student
+    flops = fused_attention_flops(model_cfg, rows, student_t, backward=True)
     if model_cfg.remat:
-        student += fused_attention_flops(model_cfg, rows, student_t, backward=False)
-    teacher = fused_attention_flops(model_cfg, shape.m_rows, teacher_t, backward=False)
-    return (student + teacher) * shape.n_micro * shape.n_mini
+        flops += fused_attention_flops(model_cfg, rows, student_t, backward=False)
+    flops += fused_attention_flops(model_cfg, teacher[2], teacher[3], backward=False)
+    return flops * n_micro * n_mini
 
 
 @dataclasses.dataclass(frozen=True)

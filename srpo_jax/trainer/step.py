@@ -155,14 +155,23 @@ def _pack(cfg, ro, prompts, rew, sdpo_mask, teacher_idx, teacher_prompts, pad_id
         teacher_prompt_ids_BL=teacher_ids,
         teacher_prompt_lens_B=teacher_lens,
     )
-    if packs(cfg):
-        return packing.build_packed_batch(
-            rows,
-            num_minibatches=cfg.num_updates_per_step,
-            pack_len=cfg.train.pack_len,
-            micro_batch_tokens=cfg.train.micro_batch_tokens,
-            pad_id=pad_id,
-        )
+    return packed_batch(cfg, rows, pad_id) if packs(cfg) else padded_batch(cfg, rows, pad_id)
+
+
+def packed_batch(cfg, rows: batching.StepRows, pad_id: int) -> packing.PackedBatch:
+    """The step's PackedBatch with the run's settings (the trainer's and the memory plan's)."""
+    return packing.build_packed_batch(
+        rows,
+        num_minibatches=cfg.num_updates_per_step,
+        pack_len=cfg.train.pack_len,
+        micro_batch_tokens=cfg.train.micro_batch_tokens,
+        pad_id=pad_id,
+    )
+
+
+def padded_batch(cfg, rows: batching.StepRows, pad_id: int) -> batching.TrainBatch:
+    """The step's padded TrainBatch with the run's settings (the trainer's and the plan's)."""
+    g = cfg.algo.group_size
     micro_rows = cfg.train.micro_batch_rows or cfg.train.mini_batch_prompts * g
     return batching.build_train_batch(
         rows,

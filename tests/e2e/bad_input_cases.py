@@ -50,6 +50,13 @@ def _hf_config(**changes):
     return setup
 
 
+def _lengths_file(*lines: str):
+    def setup(case: pathlib.Path, inputs: Inputs) -> None:
+        _write(case / "lengths.jsonl", "\n".join(lines) + "\n")
+
+    return setup
+
+
 def _hf_without(name: str):
     def setup(case: pathlib.Path, inputs: Inputs) -> None:
         (_copy(inputs.hf, case, "hf") / name).unlink()
@@ -516,5 +523,18 @@ CASES: list[Case] = [
          ("--config=configs/demo.py", "--config.optim.lr=inf"),
          "config.optim.lr must be finite, got inf", "Give a finite number.", entry=PLAN,
          workdir=False, run="process"),
+    Case("plan_lengths_bad_line", OTHER, "plan length mix with a broken line",
+         ("--config=configs/demo.py", "--lengths={case}/lengths.jsonl"),
+         "…/lengths.jsonl line 2: not JSON (Expecting ',' delimiter)",
+         "One JSON array [prompt_len, response_len] (or with teacher_prompt_len) per line.",
+         entry=PLAN, setup=_lengths_file("[12, 10]", "[12, 10"), workdir=False,
+         run="process"),
+    Case("plan_lengths_short", OTHER, "plan length mix with fewer rows than a step",
+         ("--config=configs/demo.py", "--lengths={case}/lengths.jsonl"),
+         "…/lengths.jsonl: 2 rows, but one step has 128 (train.prompts_per_step x "
+         "algo.group_size)",
+         "Give at least one step's rows (the plan reads the first step's worth).",
+         entry=PLAN, setup=_lengths_file("[12, 10]", "[12, 10, 40]"), workdir=False,
+         run="process"),
 ]
 # fmt: on
