@@ -7,12 +7,13 @@ gathered when it is sent, so the host holds at most one bucket beyond the params
 
 On a CPU learner the gather writes each tensor straight into the memory that is broadcast:
 a torch view of the parameter's host buffer, laid out as the HF tensor (a layer's slice,
-a reshape, a transpose: no copy), is copied with its cast into the bucket buffer, which is
-allocated once per push and reused for every bucket. Where no cast or transpose is needed
-(a bf16 embedding), a per-tensor broadcast sends the parameter's own memory. A background
-thread gathers ahead of the broadcasts (`Prefetch`): the next tensor while this one is
-broadcast (per tensor), or the next bucket while the servers answer this one (flattened),
-so the host holds at most the bucket buffer, or two tensors, beyond the params.
+a reshape, a transpose: no copy), is copied with its cast into one buffer the size of the
+largest bucket (`_Ring`), allocated once per push and reused for every bucket and tensor.
+Where no cast or transpose is needed (a bf16 embedding), a per-tensor broadcast sends the
+parameter's own memory. A background thread gathers ahead of the broadcasts (`Prefetch`)
+into whatever part of that buffer no payload still holds: per tensor, the next tensor while
+this one is broadcast; flattened, the next bucket only once this one's broadcast frees its
+place (two full buckets do not fit in one). So the host holds one bucket beyond the params.
 
 A bucket travels either as one flat uint8 buffer (SGLang's load_format "flattened_bucket":
 tensors back to back in `names` order, each at a byte offset that is a multiple of its
