@@ -222,10 +222,10 @@ _END = object()
 
 
 class Prefetch:
-    """Runs a payload generator in a background thread, at most `slots` payloads ahead
-    (each one alive until `done`): the gathers overlap the broadcasts, and torch's
-    broadcast and the host copies release the GIL. With one slot, a payload that reuses
-    its buffer is not overwritten before `done`."""
+    """Runs a payload generator in a background thread, at most `slots` payloads alive
+    (each one until `done`, which also calls `on_done`: the ring frees its place): the
+    gathers overlap the broadcasts, since torch's broadcast and host copies release the
+    GIL."""
 
     def __init__(self, produce: Iterator, slots: int, on_done: Callable[[], None]):
         self._on_done = on_done
