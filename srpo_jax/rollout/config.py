@@ -90,7 +90,7 @@ class SGLangConfig:
     bucket_mb: float = 512.0
     # One uint8 buffer per bucket (SGLang's flattened_bucket), else one broadcast per tensor:
     # per tensor lets the next tensor's gather overlap this one's broadcast within one
-    # bucket of host memory, 1.5-2.4x faster on CPU (docs/performance.md).
+    # bucket of host memory, 1.1-3.2x faster on CPU (docs/performance.md).
     bucket_flatten: bool = False
     group_master_address: str = ""  # how servers reach process 0; "" = the route to server 0
     group_port: int = 0  # 0: a free port, picked each time the group forms
