@@ -14,13 +14,17 @@ bf16 by each route, every route in a fresh learner process:
 Prints a markdown table: seconds per push (the median of --repeats, after one warm-up push
 that also forms the group), GB/s of bf16 bytes, the learner process's RSS holding the params
 and its peak beyond that during the pushes, and for the distributed routes the share of the
-time outside the broadcasts (HTTP, gathers, casts) and that time per bucket.
+time outside the broadcasts (HTTP, gathers, casts) and that time per bucket; then the
+same buckets again from one buffer already in memory (no gather: the raw broadcast), and
+the push's time beyond that bare run's broadcasts (what the gather adds once it overlaps
+the broadcasts, which the in-call split cannot show).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -120,9 +124,36 @@ def _distributed(args, cfg, params, flatten: bool) -> list[dict]:
                      "broadcast_s": engine.dist.broadcast_s,
                      "buckets": _num_buckets(args, cfg, params)}
                 )  # fmt: skip
+            peak = _rss_mib("VmHWM")  # before the bare pushes' buffer
+            bare = [_bare_push(args, engine, cfg, params, flatten, r) for r in range(args.repeats)]
+        for run, b in zip(runs[1:], bare, strict=True):
+            run.update(peak_mib=peak, bare_broadcast_s=b)
         return runs[1:]
     finally:
         os.killpg(sink.pid, signal.SIGKILL)  # the receiver and its rank processes
+
+
+def _bare_push(args, engine, cfg, params, flatten: bool, r: int) -> float:
+    """The raw broadcast: the same protocol and buckets from one buffer already in memory
+    (no gather, no cast); the seconds inside its broadcasts."""
+    import torch
+
+    from srpo_jax.model.hf_io import hf_tensors
+    from srpo_jax.rollout.weight_buckets import MIB, make_buckets
+
+    buckets = make_buckets(hf_tensors(params, cfg), 2, int(args.bucket_mb * MIB))
+    buffer = torch.zeros(max(b.nbytes for b in buckets), dtype=torch.uint8)
+    dist, version = engine.dist, 1000 + r
+    dist.begin()
+    for i, b in enumerate(buckets):
+        if flatten:
+            items = [buffer[: b.nbytes]]
+        else:
+            items = [buffer[: 2 * math.prod(t.shape)].view(torch.bfloat16).view(t.shape)
+                     for t in b.tensors]  # fmt: skip
+        dist.send(b, iter(items), version=version if i == len(buckets) - 1 else None)
+    dist.finish(version)
+    return dist.broadcast_s
 
 
 def _num_buckets(args, cfg, params) -> int:
@@ -151,11 +182,14 @@ def one(args) -> dict:
     out = {
         "model": args.model, "route": args.one, "seconds": seconds,
         "gb_per_s": runs[0]["bytes"] / seconds / 1e9, "params_mib": params_mib,
-        "peak_beyond_params_mib": _rss_mib("VmHWM") - params_mib, "bytes": runs[0]["bytes"],
+        "peak_beyond_params_mib": runs[0].get("peak_mib", _rss_mib("VmHWM")) - params_mib,
+        "bytes": runs[0]["bytes"],
     }  # fmt: skip
     if "broadcast_s" in runs[0]:
         bcast = statistics.median(r["broadcast_s"] for r in runs)
+        bare = statistics.median(r["bare_broadcast_s"] for r in runs)
         out["outside_broadcast_frac"] = (seconds - bcast) / seconds
+        out["beyond_bare_frac"] = (seconds - bare) / seconds
         out["buckets"] = runs[0]["buckets"]
         out["overhead_per_bucket_s"] = (seconds - bcast) / runs[0]["buckets"]
     return out
@@ -163,10 +197,11 @@ def one(args) -> dict:
 
 def _row(r: dict) -> str:
     extra = (
-        f"{100 * r['outside_broadcast_frac']:.0f}% | {r['buckets']} | "
+        f"{100 * r['outside_broadcast_frac']:.0f}% | {100 * r['beyond_bare_frac']:.0f}% | "
+        f"{r['buckets']} | "
         f"{1e3 * r['overhead_per_bucket_s']:.0f}"
         if "buckets" in r
-        else "- | - | -"
+        else "- | - | - | -"
     )
     return (
         f"| {r['model']} | {r['route']} | {r['bytes'] / 1e9:.2f} | {r['seconds']:.2f} | "
@@ -191,8 +226,9 @@ def main() -> None:
         return
     os.makedirs(args.disk_dir, exist_ok=True)
     print("| model | route | GB (bf16) | s / push | GB/s | params RSS MiB | peak beyond "
-          "params MiB | outside broadcast | buckets | ms / bucket outside |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "params MiB | outside broadcast | beyond bare broadcast | buckets | "
+          "ms / bucket outside |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     for model in args.models.split(","):
         for route in args.routes.split(","):

@@ -322,6 +322,12 @@ def hf_array(params_state, tensor: HFTensor, dtype, *, on_device: bool = False):
     return _hf_tensor(tensor.source, src, tensor.layer, dtype)
 
 
+def hf_source(params_state, tensor: HFTensor):
+    """Our parameter behind `tensor` as stored (a stacked parameter whole, every layer):
+    for a caller that lays the HF tensor out itself from a host view, without a copy."""
+    return _lookup(_params_dict(params_state), tensor.source.ours)
+
+
 def save_hf_params(
     params_state,
     config: Qwen3Config,

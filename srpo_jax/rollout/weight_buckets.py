@@ -5,6 +5,16 @@ dtype), grouped in order into buckets of at most `bucket_bytes`; a tensor larger
 gets a bucket of its own (the bucket grows to fit it rather than failing). Each bucket is
 gathered when it is sent, so the host holds at most one bucket beyond the params.
 
+On a CPU learner the gather writes each tensor straight into the memory that is broadcast:
+a torch view of the parameter's host buffer, laid out as the HF tensor (a layer's slice,
+a reshape, a transpose: no copy), is copied with its cast into one buffer the size of the
+largest bucket (`_Ring`), allocated once per push and reused for every bucket and tensor.
+Where no cast or transpose is needed (a bf16 embedding), a per-tensor broadcast sends the
+parameter's own memory. A background thread gathers ahead of the broadcasts (`Prefetch`)
+into whatever part of that buffer no payload still holds: per tensor, the next tensor while
+this one is broadcast; flattened, the next bucket only once this one's broadcast frees its
+place (two full buckets do not fit in one). So the host holds one bucket beyond the params.
+
 A bucket travels either as one flat uint8 buffer (SGLang's load_format "flattened_bucket":
 tensors back to back in `names` order, each at a byte offset that is a multiple of its
 dtype's size, which holds trivially since every tensor has the servers' one dtype), or as
@@ -13,8 +23,12 @@ one broadcast per tensor.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import queue
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -79,33 +93,188 @@ def host_to_torch(array: np.ndarray):
     return t.view(torch.bfloat16) if array.dtype == np.uint16 else t
 
 
-def gather_bucket(params: Any, bucket: Bucket, dtype, *, flatten: bool, on_device: bool):
-    """The bucket's tensors on this process, as torch tensors for the broadcast: one flat
-    uint8 buffer (`flatten`) or a list in `names` order. Collective in a multi-process learner
-    (every process calls it for every bucket, in order); the result only matters on process 0.
+def _host_view(params: Any, tensor: hf_io.HFTensor):
+    """A torch view (no copy) of our parameter behind `tensor` in the HF layout, or None
+    when the parameter is not one host buffer on this process (sharded across devices or
+    processes, or on an accelerator): then hf_io.hf_array gathers it (collectively)."""
+    import jax
 
-    `on_device` (a single-process GPU learner): each tensor stays on its GPU and reaches
-    torch through DLPack, without a host copy."""
+    array = hf_io.hf_source(params, tensor)
+    if not isinstance(array, jax.Array):
+        array = np.asarray(array)
+    elif not (
+        array.is_fully_addressable
+        and len(array.addressable_shards) == 1
+        and next(iter(array.devices())).platform == "cpu"
+    ):
+        return None
+    x = host_to_torch(np.asarray(array))  # a CPU jax array's numpy view shares its buffer
+    x = x[tensor.layer] if tensor.layer is not None else x
+    x = x.reshape(tensor.source.view_shape(tuple(x.shape)))
+    return x.t() if tensor.source.transpose else x
+
+
+def _write(params: Any, tensor: hf_io.HFTensor, dtype, out) -> None:
+    """`out` (the HF shape, the target dtype) := the HF tensor, cast in the same pass.
+    torch rounds to bf16 to nearest even, as XLA does: the bytes equal save_hf_params'."""
+    src = _host_view(params, tensor)
+    if src is None:
+        src = host_to_torch(hf_io.hf_array(params, tensor, dtype))
+    out.copy_(src)
+
+
+def _device_tensor(params: Any, tensor: hf_io.HFTensor, dtype):
+    """One HF tensor computed on the GPU, as torch through DLPack (no host copy)."""
+    import jax
     import torch
 
-    if on_device:
-        import jax
+    x = hf_io.hf_array(params, tensor, dtype, on_device=True)
+    return torch.from_dlpack(jax.device_put(x, jax.devices()[0]))  # one device's buffer
 
-        out = []
-        for t in bucket.tensors:
-            x = hf_io.hf_array(params, t, dtype, on_device=True)
-            x = jax.device_put(x, jax.devices()[0])  # DLPack needs one device's buffer
-            out.append(torch.from_dlpack(x))
+
+class _Ring:
+    """One reused host buffer (the largest bucket) for a push's payloads: each goes after
+    the one before it, or at the start when it does not fit before the end, and waits
+    while that place still holds a payload not yet broadcast. Freed in order (`release`).
+    Reused, not allocated per tensor: freed tensors would stay in the allocator's arenas,
+    and the learner's memory would grow with every push."""
+
+    def __init__(self, nbytes: int):
+        import torch
+
+        self.buffer = torch.empty(nbytes, dtype=torch.uint8)
+        self._alive: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._head = 0
+
+    def take(self, nbytes: int):
+        """`nbytes` of the buffer (0 for a payload that needs none: it still takes its turn
+        in `release`)."""
+        with self._cond:
+            start = self._head if self._head + nbytes <= self.buffer.numel() else 0
+            end = start + nbytes
+            self._cond.wait_for(lambda: not any(s < end and start < e for s, e in self._alive))
+            self._alive.append((start, end))
+            self._head = end
+            return self.buffer[start:end]
+
+    def release(self) -> None:
+        """The oldest payload is broadcast: its place is free."""
+        with self._cond:
+            self._alive.popleft()
+            self._cond.notify_all()
+
+
+def _host_payloads(params: Any, buckets: list[Bucket], dtype, flatten: bool, ring: _Ring):
+
+    tdtype = torch_dtype(np.dtype(dtype).name)
+    for bucket in buckets:
         if flatten:
-            return torch.cat([x.reshape(-1).view(torch.uint8) for x in out])
-        return out
-    if not flatten:
-        return [host_to_torch(hf_io.hf_array(params, t, dtype)) for t in bucket.tensors]
-    buf = np.empty(bucket.nbytes, np.uint8)
-    offset = 0
-    for t in bucket.tensors:  # written in place: one tensor at a time beyond the buffer
-        a = np.ascontiguousarray(hf_io.hf_array(params, t, dtype)).reshape(-1).view(np.uint8)
-        buf[offset : offset + a.size] = a
-        offset += a.size
-        del a
-    return torch.from_numpy(buf)
+            flat, offset = ring.take(bucket.nbytes), 0
+            for t in bucket.tensors:  # aligned: every tensor has the one dtype (module doc)
+                n = int(np.prod(t.shape)) * bucket.itemsize
+                _write(params, t, dtype, flat[offset : offset + n].view(tdtype).view(t.shape))
+                offset += n
+            yield flat
+            continue
+        for t in bucket.tensors:
+            src = _host_view(params, t)
+            if src is None:  # gathered across devices or processes: a fresh host array
+                ring.take(0)
+                yield host_to_torch(hf_io.hf_array(params, t, dtype))
+            elif src.dtype == tdtype and src.is_contiguous():
+                ring.take(0)
+                yield src  # the parameter's own memory: the broadcast only reads it
+            else:
+                out = ring.take(int(np.prod(t.shape)) * bucket.itemsize)
+                out = out.view(tdtype).view(t.shape)
+                out.copy_(src)
+                yield out
+                del out, src
+
+
+def payloads(params: Any, buckets: list[Bucket], dtype, *, flatten: bool, on_device: bool):
+    """(every bucket's torch payloads in order, the call that frees the oldest one once it
+    is broadcast). A payload is one flat uint8 buffer per bucket (`flatten`) or one tensor
+    per HF tensor. Collective in a multi-process learner: every process must run it to the
+    end, freeing each payload.
+
+    `on_device` (a single-process GPU learner): tensors stay on the GPU and reach torch
+    through DLPack, without a host copy."""
+    import torch
+
+    def device():
+        for bucket in buckets:
+            parts = [_device_tensor(params, t, dtype) for t in bucket.tensors]
+            if flatten:
+                yield torch.cat([x.reshape(-1).view(torch.uint8) for x in parts])
+            else:
+                yield from parts
+            del parts
+
+    if on_device:
+        return device(), lambda: None
+    ring = _Ring(max((b.nbytes for b in buckets), default=0))
+    return _host_payloads(params, buckets, dtype, flatten, ring), ring.release
+
+
+_END = object()
+
+
+class Prefetch:
+    """Runs a payload generator in a background thread, at most `slots` payloads alive
+    (each one until `done`, which also calls `on_done`: the ring frees its place): the
+    gathers overlap the broadcasts, since torch's broadcast and host copies release the
+    GIL."""
+
+    def __init__(self, produce: Iterator, slots: int, on_done: Callable[[], None]):
+        self._on_done = on_done
+        self._queue: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(slots - 1)  # the first one needs no slot
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
+        self._thread.start()
+
+    def _run(self, produce: Iterator) -> None:
+        try:
+            for item in produce:
+                self._queue.put(item)
+                del item
+                self._slots.acquire()
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # raised to the consumer by `get`
+            self._queue.put(_Failed(e))
+        self._queue.put(_END)
+
+    def get(self):
+        """The next payload (the producer's exception if it failed; StopIteration at the
+        end). Call `done` once it is broadcast."""
+        item = self._queue.get()
+        if isinstance(item, _Failed):
+            raise item.error
+        if item is _END:
+            raise StopIteration
+        return item
+
+    def done(self) -> None:
+        self._on_done()
+        self._slots.release()
+
+    def drain(self) -> None:
+        """Takes and drops every payload left, to the end (a failed gather included)."""
+        while (item := self._queue.get()) is not _END:
+            if not isinstance(item, _Failed):
+                self.done()
+            del item
+
+    def stop(self) -> None:
+        """Stops after the payload being gathered (single process only: in a multi-process
+        learner the gathers are collective: `drain` instead)."""
+        self._stop.set()
+        self._slots.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    error: BaseException

@@ -43,7 +43,7 @@ from absl import logging
 
 from srpo_jax.config_checks import ConfigError
 from srpo_jax.rollout.config import SGLangConfig
-from srpo_jax.rollout.weight_buckets import MIB, Bucket, gather_bucket, make_buckets
+from srpo_jax.rollout.weight_buckets import MIB, Bucket, Prefetch, make_buckets, payloads
 
 TORCH_EXTRA = "sync"
 # sync/route: which route delivered the step's weights.
@@ -245,8 +245,10 @@ class DistributedSync:
                 elif status >= 400:
                     raise SyncFailed(f"SGLang server {url}/begin_weight_update: {out}")
 
-    def send(self, bucket: Bucket, payload, *, version: int | None) -> None:
-        """One bucket: the request to every server while rank 0 broadcasts it."""
+    def send(self, bucket: Bucket, tensors, *, version: int | None) -> None:
+        """One bucket: the request to every server while rank 0 broadcasts it. `tensors`
+        yields the bucket's payloads as they are gathered (the flat buffer, or each tensor
+        in `names` order), so a gather overlaps the broadcast before it."""
         import torch.distributed
 
         body = {
@@ -263,13 +265,13 @@ class DistributedSync:
             )
             for u in self.urls
         ]
-        tensors = payload if isinstance(payload, list) else [payload]
 
         def broadcast():
-            t0 = time.perf_counter()
-            for t in tensors:
+            for t in tensors:  # waits for each payload's gather: that time is outside
+                t0 = time.perf_counter()
                 torch.distributed.broadcast(t, src=0, group=self.group)
-            self.broadcast_s += time.perf_counter() - t0
+                self.broadcast_s += time.perf_counter() - t0
+                del t  # its slot is freed when the next one is asked for
 
         _run_bounded(broadcast, replies, timeout + 5)
 
@@ -385,30 +387,47 @@ def _step(sync, params, buckets, dtype, flatten: bool, version: int) -> SyncFail
     """The gathers (every process) and, on process 0, the protocol; the first failure."""
     import jax
 
-    error = None
     on_device = (
         sync is not None
         and jax.process_count() == 1
         and sync.config.group_backend == "nccl"
         and jax.devices()[0].platform == "gpu"
     )
-    if sync is not None:
-        error = _attempt(sync.begin)
+    produce, done = payloads(params, buckets, dtype, flatten=flatten, on_device=on_device)
+    if sync is None:  # another process of the learner: its part of the collective gathers
+        for _ in produce:
+            done()
+        return None
+    error = _attempt(sync.begin)
+    # Gathered ahead: the next payload while this one is broadcast (the host buffer is
+    # reused only where the payload in it is broadcast).
+    stream = Prefetch(produce, slots=2, on_done=done)
+    cuda = sync.config.group_backend == "nccl" and not on_device  # NCCL sends from GPU
     for i, bucket in enumerate(buckets):
-        payload = gather_bucket(params, bucket, dtype, flatten=flatten, on_device=on_device)
-        if sync is not None and error is None:
-            last = i == len(buckets) - 1
-
-            def send(payload=payload, bucket=bucket, last=last):
-                if sync.config.group_backend == "nccl" and not on_device:  # NCCL sends from GPU
-                    payload = [t.cuda() for t in payload] if not flatten else payload.cuda()
-                sync.send(bucket, payload, version=version if last else None)
-
-            error = _attempt(send)
-        del payload
-    if sync is not None and error is None:
-        error = _attempt(lambda: sync.finish(version))
+        if error is not None:
+            break
+        items = _take(stream, 1 if flatten else len(bucket.tensors), cuda=cuda)
+        last = i == len(buckets) - 1
+        error = _attempt(lambda: sync.send(bucket, items, version=version if last else None))  # noqa: B023
+    if error is None:
+        return _attempt(lambda: sync.finish(version))
+    if jax.process_count() == 1:
+        stream.stop()
+    else:  # the other processes go on gathering: so does this one, sending nothing
+        stream.drain()
     return error
+
+
+def _take(stream: Prefetch, count: int, *, cuda: bool):
+    """The next `count` payloads of `stream`; each one's slot is freed once the next is
+    asked for (the broadcast of it has returned by then)."""
+    for _ in range(count):
+        item = stream.get()
+        try:
+            yield item.cuda() if cuda else item
+        finally:
+            del item
+            stream.done()
 
 
 def _attempt(call) -> SyncFailed | None:

@@ -1,0 +1,88 @@
+"""The distributed weight sync's gather (weight_buckets.payloads + Prefetch), without a
+receiver: every payload holds save_hf_params' bytes while it is alive, even as the gather
+runs ahead into the one reused buffer, and nothing beyond that buffer is allocated.
+
+The reference is the disk route's own export (safetensors written by save_hf_params)."""
+
+from __future__ import annotations
+
+import time
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file
+
+from srpo_jax.model import Qwen3, save_hf_params, tiny
+from srpo_jax.model.hf_io import hf_tensors
+from srpo_jax.rollout.weight_buckets import Prefetch, make_buckets, payloads
+
+torch = pytest.importorskip("torch")
+
+
+def _bytes(x) -> bytes:
+    return x.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def model(request, tmp_path_factory):
+    """(config, params, {HF name: bf16 bytes} from save_hf_params) for each param dtype:
+    fp32 params are cast by the gather, bf16 ones are sent from their own memory where the
+    HF layout needs no transpose."""
+    cfg = tiny(vocab_size=160, param_dtype=request.param)
+    params = nnx.state(Qwen3(cfg, rngs=nnx.Rngs(3)), nnx.Param)
+    path = tmp_path_factory.mktemp(request.param)
+    save_hf_params(params, cfg, path, dtype="bfloat16")
+    want = {}
+    for f in sorted(path.glob("*.safetensors")):
+        want.update({k: v.tobytes() for k, v in load_file(f).items()})
+    return cfg, params, want
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_payloads_keep_their_bytes_until_done_while_the_gather_runs_ahead(model, flatten):
+    cfg, params, want = model
+    tensors = hf_tensors(params, cfg)
+    # 6 KiB buckets: every matrix (8-20 KiB) grows a bucket of its own, the ring is the
+    # embedding's 20 KiB, and per tensor it wraps often (a 16 KiB payload waits for the one
+    # before it).
+    buckets = make_buckets(tensors, 2, 6 * 1024)
+    expected = (
+        [b"".join(want[t.name] for t in b.tensors) for b in buckets]
+        if flatten
+        else [want[t.name] for t in tensors]
+    )
+    produce, done = payloads(params, buckets, jnp.bfloat16, flatten=flatten, on_device=False)
+    ring = done.__self__.buffer  # the ring's one buffer (done is its bound `release`)
+    lo, hi = ring.data_ptr(), ring.data_ptr() + ring.numel()
+    stream = Prefetch(produce, slots=2, on_done=done)
+    got, outside = [], 0
+    for i in range(len(expected)):
+        item = stream.get()
+        time.sleep(0.01)  # the gather runs ahead into the ring meanwhile (its slot is free)
+        assert _bytes(item) == expected[i], f"payload {i} overwritten before it was done"
+        got.append(_bytes(item))
+        outside += not (lo <= item.data_ptr() < hi)
+        del item
+        stream.done()
+    with pytest.raises(StopIteration):
+        stream.get()
+    assert got == expected
+    assert ring.numel() == max(b.nbytes for b in buckets)
+    if flatten or cfg.param_dtype == "float32":
+        assert outside == 0  # every payload in the one buffer: no allocation per tensor
+    else:  # bf16 params: the tensors without a transpose are the parameters' own memory
+        untransposed = sum(not t.source.transpose for t in tensors)
+        assert outside == untransposed
+
+
+def test_a_failed_gather_reaches_the_consumer():
+    def produce():
+        yield torch.zeros(1)
+        raise ValueError("gather broke")
+
+    stream = Prefetch(produce(), slots=2, on_done=lambda: None)
+    stream.get()
+    stream.done()
+    with pytest.raises(ValueError, match="gather broke"):
+        stream.get()
