@@ -159,6 +159,14 @@ class Config:
                 f"config.train.micro_batch_tokens = {t.micro_batch_tokens} is less than "
                 f"config.train.pack_len = {t.pack_len}: a micro-batch must hold one stream"
             )
+        # Streams are split over the batch axes (learner/packing.py): one per shard at least.
+        shards = self.mesh.data * self.mesh.fsdp
+        if t.micro_batch_tokens and t.micro_batch_tokens < t.pack_len * shards:
+            raise ConfigError(
+                f"config.train.micro_batch_tokens = {t.micro_batch_tokens} is less than "
+                f"config.train.pack_len * mesh.data * mesh.fsdp = {t.pack_len * shards}: "
+                "a micro-batch must hold one stream per batch shard"
+            )
 
     @property
     def num_updates_per_step(self) -> int:

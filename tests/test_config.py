@@ -251,6 +251,12 @@ def test_packing_resolves_pack_len_and_refuses_rows_or_budgets_that_do_not_fit()
         ConfigError, match="config.train.micro_batch_tokens = 100 is less than .*pack_len = 272"
     ):
         resolve("demo.py", train__packed=True, train__micro_batch_tokens=100)
+    with pytest.raises(  # streams split over data x fsdp = 4: one stream per shard at least
+        ConfigError, match=r"micro_batch_tokens = 816 .* mesh.data \* mesh.fsdp = 1088: a micro"
+    ):
+        resolve(
+            "demo.py", train__packed=True, train__micro_batch_tokens=816, mesh__data=2, mesh__fsdp=2
+        )
     with pytest.raises(ConfigError, match="read only with config.train.packed=True"):
         resolve("demo.py", train__micro_batch_tokens=4096)
 

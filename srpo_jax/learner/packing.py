@@ -17,12 +17,17 @@ are packed the same way into J streams of their own, with their Q scored positio
 each, the index among the N student tokens of the same token (the fused kernel pairs them).
 
 Token-budget micro-batches: rows go to streams first-fit-decreasing by length, streams to
-micro-batches round-robin, at most micro_batch_tokens // pack_len streams each, in the
+micro-batches round-robin, at most micro_batch_tokens // pack_len streams each (rounded
+down to a multiple of batch_shards), in the
 fewest micro-batches that hold the fullest mini-batch. The counts K, J, N and Q are
 bucketed (bucket_length with STEPS_PER_OCTAVE steps per doubling; J and Q are 0 when
 nothing needs the teacher, and then no teacher forward is compiled), which bounds the
-compiled variants (docs/performance.md). Rows with an empty response have nothing to score
-and take no tokens.
+compiled variants (docs/performance.md). Each count then rounds up to a multiple of
+batch_shards (mesh data x fsdp): the learner splits these dimensions over the batch axes
+only where they divide evenly (train_step.batch_shardings) and replicates them otherwise,
+which would run every stream on every device. The extra streams and tokens are empty
+(segment id 0, mask 0); the rounding is a function of the bucket, so it adds no variants.
+Rows with an empty response have nothing to score and take no tokens.
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ from srpo_jax.learner.batch import StepRows
 STEPS_PER_OCTAVE = 8
 
 
-def _bucket(n: int) -> int:
-    return 0 if n == 0 else bucket_length(n, minimum=1, per_octave=STEPS_PER_OCTAVE)
+def _bucket(n: int, shards: int = 1) -> int:
+    """n's bucket, rounded up to a multiple of `shards` (0 stays 0)."""
+    if n == 0:
+        return 0
+    return -(-bucket_length(n, minimum=1, per_octave=STEPS_PER_OCTAVE) // shards) * shards
 
 
 @flax.struct.dataclass
@@ -114,15 +122,16 @@ def _fill(streams, seqs_of_row, out, k_offset: int, score):
             at += n_p + n_r
 
 
-def _layout(rows: StepRows, mini: int, n_mini: int, pack_len: int, cap: int):
+def _layout(rows: StepRows, mini: int, n_mini: int, pack_len: int, cap: int, shards: int):
     """Per mini-batch: its student streams (lists of row indices) split over micro-batches
-    round-robin; returns (per_micro[i][m] = streams, n_micro, K)."""
+    round-robin; returns (per_micro[i][m] = streams, n_micro, K). cap is a multiple of
+    shards, so K is too."""
     lengths = rows.prompt_lens_B + rows.response_lens_B
     lengths = np.where(rows.response_lens_B > 0, lengths, 0)
     streams = [_ffd(lengths[i * mini : (i + 1) * mini], pack_len) for i in range(n_mini)]
     most = max(1, max(len(s) for s in streams))
     n_micro = -(-most // cap)
-    k = min(_bucket(-(-most // n_micro)), cap)
+    k = min(_bucket(-(-most // n_micro), shards), cap)
     per_micro = [
         [[[i * mini + r for r in st] for st in s[m::n_micro]] for m in range(n_micro)]
         for i, s in enumerate(streams)
@@ -154,24 +163,29 @@ def build_packed_batch(
     micro_batch_tokens: int = 0,
     pad_id: int = 0,
     min_teacher_streams: int = 1,
+    batch_shards: int = 1,
 ) -> PackedBatch:
     """Packs `rows` into the learner's PackedBatch of numpy arrays (see the module doc).
-    micro_batch_tokens 0: one micro-batch per mini-batch."""
+    micro_batch_tokens 0: one micro-batch per mini-batch; batch_shards: the mesh's
+    data x fsdp, which K, J, N and Q are multiples of."""
     n = rows.num_rows
     if num_minibatches < 1 or n % num_minibatches:
         raise ValueError(f"{n} rows cannot be split into {num_minibatches} mini-batches")
-    if micro_batch_tokens and micro_batch_tokens < pack_len:
+    if micro_batch_tokens and micro_batch_tokens < pack_len * batch_shards:
         raise ValueError(
             f"train.micro_batch_tokens={micro_batch_tokens} is less than "
-            f"train.pack_len={pack_len}: a micro-batch must hold one stream"
+            f"train.pack_len={pack_len} x {batch_shards} batch shards: a micro-batch must "
+            "hold one stream per batch shard"
         )
     check_fits(rows, pack_len)
     mini = n // num_minibatches
-    cap = micro_batch_tokens // pack_len if micro_batch_tokens else n
-    per_micro, n_micro, k = _layout(rows, mini, num_minibatches, pack_len, cap)
-    teacher_streams, j = _teacher_layout(rows, per_micro, pack_len, min_teacher_streams)
+    shards = batch_shards
+    cap = micro_batch_tokens // pack_len if micro_batch_tokens else n + shards
+    cap -= cap % shards  # >= shards: checked above
+    per_micro, n_micro, k = _layout(rows, mini, num_minibatches, pack_len, cap, shards)
+    teacher_streams, j = _teacher_layout(rows, per_micro, pack_len, min_teacher_streams, shards)
     lead = (num_minibatches, n_micro)
-    n, q = _scored_counts(rows, per_micro, teacher_streams)
+    n, q = _scored_counts(rows, per_micro, teacher_streams, shards)
     out = _empty(lead, (k, j, n, q), mini, pack_len, pad_id)
     for i in range(num_minibatches):
         for m in range(n_micro):
@@ -183,7 +197,7 @@ def build_packed_batch(
     return PackedBatch(**out)
 
 
-def _teacher_layout(rows: StepRows, per_micro, pack_len: int, min_streams: int):
+def _teacher_layout(rows: StepRows, per_micro, pack_len: int, min_streams: int, shards: int):
     """Each micro-batch's teacher rows, FFD-packed into teacher streams, and J."""
     lens = np.where(
         np.asarray(rows.teacher_rows_B, bool) & (rows.response_lens_B > 0),
@@ -198,17 +212,19 @@ def _teacher_layout(rows: StepRows, per_micro, pack_len: int, min_streams: int):
             bins = _ffd(lens[members], pack_len) if members.size else []
             layout[-1].append([[int(members[x]) for x in b] for b in bins])
     most = max(len(t) for per in layout for t in per)
-    return layout, max(_bucket(most), min_streams) if most else 0
+    if not most:
+        return layout, 0
+    return layout, -(-max(_bucket(most), min_streams) // shards) * shards
 
 
-def _scored_counts(rows: StepRows, per_micro, teacher_streams) -> tuple[int, int]:
+def _scored_counts(rows: StepRows, per_micro, teacher_streams, shards) -> tuple[int, int]:
     """(N, Q): the bucketed most response tokens a micro-batch scores, student and teacher."""
     r = rows.response_lens_B
     n = max(sum(int(r[x]) for st in micro for x in st) for mini in per_micro for micro in mini)
     q = max(
         sum(int(r[x]) for st in micro for x in st) for mini in teacher_streams for micro in mini
     )
-    return max(_bucket(n), 1), _bucket(q)
+    return _bucket(max(n, 1), shards), _bucket(q, shards)
 
 
 def _empty(lead, counts, b: int, length: int, pad_id: int) -> dict:

@@ -166,6 +166,7 @@ def packed_batch(cfg, rows: batching.StepRows, pad_id: int) -> packing.PackedBat
         pack_len=cfg.train.pack_len,
         micro_batch_tokens=cfg.train.micro_batch_tokens,
         pad_id=pad_id,
+        batch_shards=cfg.mesh.data * cfg.mesh.fsdp,
     )
 
 

@@ -2,15 +2,20 @@
 came from, and the packed train step against the padded one (the reference: the padded
 layout's exactness tests are in test_train_step.py) on a tiny Qwen3 (CPU)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec
 
 from srpo_jax.algo import advantages, routing
+from srpo_jax.aot.hlo_flops import dot_flops
 from srpo_jax.learner import batch as batching
 from srpo_jax.learner import loss as forward
 from srpo_jax.learner import packing
 from srpo_jax.learner import train_step as learner
+from srpo_jax.sharding import MeshConfig, make_mesh
 from tests.learner.test_train_step import VOCAB, assert_trees_close, fresh_state, lcfg
 
 G = 4
@@ -220,3 +225,68 @@ def test_a_segment_never_attends_to_another():
     mine = scored & (first.row_ids_N == victim)
     assert (base[mine] != moved[mine]).all()
     np.testing.assert_array_equal(base[scored & ~mine], moved[scored & ~mine])
+
+
+# ----------------------------------------------------------------------------- on a mesh
+
+BATCH_AXES = PartitionSpec(None, None, ("data", "fsdp"))
+
+
+def test_streams_and_tokens_round_up_to_the_batch_shards():
+    """K, J, N and Q are multiples of batch_shards (a budget of three streams gives two), the
+    extra streams and tokens are empty, and every row's tokens are still there."""
+    rows = mixed_rows(0, "srpo", MIXED, empty=(3, 9))
+    plain = packing.build_packed_batch(rows, num_minibatches=1, pack_len=PACK)
+    b = packing.build_packed_batch(
+        rows, num_minibatches=1, pack_len=PACK, micro_batch_tokens=3 * PACK, batch_shards=2
+    )
+    assert b.input_ids_KL.shape[-2] == 2
+    for field in (b.input_ids_KL, b.teacher_input_ids_JL, b.score_pos_N, b.teacher_pos_Q):
+        assert field.shape[2] % 2 == 0
+    assert b.response_mask_N.sum() == plain.response_mask_N.sum()
+    assert b.teacher_mask_Q.sum() == plain.teacher_mask_Q.sum()
+    assert b.segment_ids_KL.astype(bool).sum() == plain.segment_ids_KL.astype(bool).sum()
+    with pytest.raises(ValueError, match=r"micro_batch_tokens=48 .*pack_len=48 x 2 batch shards"):
+        packing.build_packed_batch(
+            rows, num_minibatches=1, pack_len=PACK, micro_batch_tokens=PACK, batch_shards=2
+        )
+
+
+def test_packed_step_on_a_data_fsdp_mesh_splits_every_field_and_equals_padded_step():
+    """On data=4 x fsdp=2 the packed batch's arrays (streams, scored tokens, rows) are split
+    over the batch axes, not replicated, and the step equals the one-device padded step."""
+    cfg = lcfg("srpo")
+    rows = mixed_rows(2, "srpo", MIXED, empty=(2, 7))
+    want, m_want = _step(cfg, _padded(rows))
+    mesh = make_mesh(MeshConfig(data=4, fsdp=2))
+    packed = packing.build_packed_batch(rows, num_minibatches=1, pack_len=PACK, batch_shards=8)
+    assert packed.teacher_input_ids_JL.shape[-2] > 0
+    graphdef, state = fresh_state(cfg, mesh)
+    lrn = learner.Learner(cfg, graphdef, mesh)
+    placed = lrn.place_batch(packed)
+    for f in dataclasses.fields(placed):
+        assert getattr(placed, f.name).sharding.spec == BATCH_AXES, f.name
+    got, m_got = jax.device_get(lrn.train_step(state, placed))
+    assert_trees_close(want.params, got.params)
+    assert_trees_close(want.teacher, got.teacher)
+    assert_trees_close(want.opt_state, got.opt_state)
+    assert set(m_want) == set(m_got)
+    for k in m_want:
+        np.testing.assert_allclose(m_got[k], m_want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_packed_step_matmul_flops_per_device_split_eight_ways_on_data_8():
+    """The compiled packed step's matmul FLOPs per device on data=8 are an eighth of the
+    same batch's on one device (the streams, not a replicated copy, go to each device)."""
+    cfg = lcfg("srpo")
+    rows = mixed_rows(2, "srpo", MIXED, empty=(2, 7))
+    packed = packing.build_packed_batch(rows, num_minibatches=1, pack_len=PACK, batch_shards=8)
+
+    def flops(mesh):
+        graphdef, state = fresh_state(cfg, mesh)
+        fn = learner.jit_train_step(cfg, graphdef, state, packed, mesh)
+        with jax.set_mesh(mesh):
+            return dot_flops(fn.lower(state, packed).compile().as_text())
+
+    one = flops(make_mesh(MeshConfig(), jax.devices()[:1]))
+    assert 0 < flops(make_mesh(MeshConfig(data=8))) <= one / 8 * 1.05
