@@ -266,6 +266,13 @@ CASES: list[Case] = [
          "config.train.micro_batch_tokens = 64 is less than config.train.pack_len = 272: a "
          "micro-batch must hold one stream",
          "Raise train.micro_batch_tokens to at least train.pack_len (or 0: one per mini-batch)."),
+    Case("pack_budget_shards", FLAG, "token budget below one stream per batch shard",
+         (DEMO, "--config.train.packed=true", "--config.mesh.fsdp=2",
+          "--config.train.micro_batch_tokens=300"),
+         "config.train.micro_batch_tokens = 300 is less than config.train.pack_len * "
+         "mesh.data * mesh.fsdp = 544: a micro-batch must hold one stream per batch shard",
+         "Raise train.micro_batch_tokens to at least pack_len x data x fsdp (or 0: one per "
+         "mini-batch)."),
     Case("pack_len", FLAG, "a row longer than a packed stream",
          (DEMO, "--config.train.packed=true", "--config.train.pack_len=128"),
          "config.data.max_prompt_len + config.data.max_response_len = 144 is longer than "
