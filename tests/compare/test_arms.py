@@ -37,7 +37,7 @@ def test_arm_overrides_apply_to_that_arm_only_and_after_the_plans():
     plan, *_ = compare.parse_args(
         [
             f"--config={CONFIG}",
-            "--methods=grpo,grpo@eval.num_samples=3@rollout.temperature=0.5",
+            "--methods=grpo,grpo@rollout.overlap=1@eval.num_samples=3@rollout.temperature=0.5",
             "--config.eval.num_samples=2",
         ]
     )
@@ -45,6 +45,7 @@ def test_arm_overrides_apply_to_that_arm_only_and_after_the_plans():
     armed = config_lib.from_config_dict(compare.run_config_dict(plan, plan.methods[1], 1))
     assert (plain.algo.method, armed.algo.method) == ("grpo", "grpo")
     assert (plain.eval.num_samples, armed.eval.num_samples) == (2, 3)
+    assert (plain.rollout.overlap, armed.rollout.overlap) == (0, 1)
     assert armed.rollout.temperature == 0.5
     assert (
         plain.rollout.temperature
@@ -73,12 +74,16 @@ def test_malformed_arm_is_one_error_line(arm, named, capsys):
     assert err.count("\n") == 1 and err.startswith("error: --methods") and named in err, err
 
 
-def test_arm_override_of_a_missing_key_stops_before_training(capsys):
+@pytest.mark.parametrize(
+    "arm, named",
+    [("srpo@rollout.no_such_key=1", "no_such_key"), ("srpo@rollout.overlap=2", "rollout.overlap")],
+)
+def test_arm_override_the_config_refuses_stops_before_training(arm, named, capsys):
     with pytest.raises(SystemExit) as e:
-        compare.main([f"--config={CONFIG}", "--methods=srpo@rollout.no_such_key=1"])
+        compare.main([f"--config={CONFIG}", f"--methods=srpo,{arm}"])
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert err.count("\n") == 1 and err.startswith("error: ") and "no_such_key" in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
 
 
 def test_arm_against_its_method_on_the_tables_replicates():
