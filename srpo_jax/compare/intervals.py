@@ -24,6 +24,7 @@ import pathlib
 
 import numpy as np
 
+from srpo_jax.compare import arms
 from srpo_jax.compare import report as compare_report
 from srpo_jax.trainer.metrics import EVAL_SCORES
 
@@ -266,8 +267,7 @@ def _train_claims(rec, seeds, s_idx) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _acc_table(scores, steps, seeds, rng) -> list[str]:
-    draws = _draws(len(seeds), next(iter(scores.values())).shape[2], rng)
+def _acc_table(scores, steps, draws) -> list[str]:
     head = "| method | " + " | ".join(f"step {t}" for t in steps) + " |"
     lines = [head, "|---" * (len(steps) + 1) + "|"]
     for m, x in scores.items():
@@ -350,7 +350,8 @@ def table_md(plan, scores, steps, rec, probes, sweep_info) -> str:
             "",
         ]
     out += ["## Test accuracy (avg@4, %) at each evaluation", ""]
-    out += _acc_table(scores, steps, seeds, rng)
+    acc_draws = _draws(len(seeds), next(iter(scores.values())).shape[2], rng)
+    out += _acc_table(scores, steps, acc_draws)
     out += ["", "## Learning dynamics (first third -> last third of the steps; CI over seeds)", ""]
     out += _dynamics_table(rec, seeds, rng)
     out += [
@@ -361,7 +362,38 @@ def table_md(plan, scores, steps, rec, probes, sweep_info) -> str:
         "|---|---|---|",
     ]
     out += [f"| {c} | {v} | {e} |" for c, v, e in claims(scores, steps, rec, seeds, rng)]
+    out += _arms_vs_method(scores, steps, acc_draws)
     return "\n".join(out) + "\n"
+
+
+def _arms_vs_method(scores, steps, draws) -> list[str]:
+    """Each arm with overrides against its method's plain arm, on the accuracy table's own
+    replicates: the paired difference at every evaluation, and whether the arm's mean at
+    the last evaluation lies inside the method's 95% interval there. Nothing when no arm
+    has overrides, so plain method comparisons keep their table."""
+    pairs = [(a, arms.base_label(a)) for a in scores if arms.base_label(a) != a]
+    pairs = [(a, b) for a, b in pairs if b in scores]
+    if not pairs:
+        return []
+    last = len(steps) - 1
+    lines = [
+        "",
+        "## Arms against their method (arm minus method, pts; paired over seeds and questions)",
+        "",
+        "| arm | "
+        + " | ".join(f"step {t}" for t in steps)
+        + f" | arm's step-{steps[last]} mean inside the method's 95% interval? |",
+        "|---" * (len(steps) + 2) + "|",
+    ]
+    for a, b in pairs:
+        ra, rb = boot_acc(scores[a], draws), boot_acc(scores[b], draws)
+        pa, pb = scores[a].mean(axis=(0, 2)), scores[b].mean(axis=(0, 2))
+        cells = [_fmt(pa[i] - pb[i], ra[:, i] - rb[:, i]) for i in range(len(steps))]
+        lo, hi = ci(rb[:, last])
+        inside = "yes" if lo <= pa[last] <= hi else "no"
+        answer = f"{inside}: {pa[last] * 100:.1f} vs {b} [{lo * 100:.1f}, {hi * 100:.1f}]"
+        lines.append(f"| {a} | " + " | ".join(cells) + f" | {answer} |")
+    return lines
 
 
 def plot(scores, steps, rec, seeds, path) -> None:

@@ -19,6 +19,10 @@ config.model.hf_path with the warm-up switched off. On the synthetic task the co
 (out/warmup/s<seed>/probe.json): it shows whether the self-teacher knows more than the
 student before any method is compared.
 
+An arm of --methods may carry config overrides of its own (`srpo@rollout.overlap=1`,
+compare/arms.py): they apply after the plan's --config.key=value overrides, to that arm's
+runs only, and the label names its run directories and table rows.
+
 Learning rates: --sweep_lrs=1e-3,3e-3 picks each method's rate on the training split only
 (`sweep`: --sweep_steps steps per rate from the warm-up of a seed that is not compared,
 highest mean training accuracy over the second half wins; out/sweep.json).
@@ -42,7 +46,6 @@ out/curves_minmax.png and out/costs.json (wall and CPU seconds of every run).
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import pathlib
@@ -53,6 +56,7 @@ import time
 from srpo_jax import cli, jax_startup, log_levels
 from srpo_jax import config as config_lib
 from srpo_jax.algo import methods
+from srpo_jax.compare import arms
 from srpo_jax.compare import intervals as compare_ci
 from srpo_jax.compare import plot as compare_plot
 from srpo_jax.compare import report as compare_report
@@ -69,7 +73,7 @@ class Plan:
     """What to run: methods x seeds on one config with one budget."""
 
     config_path: str
-    methods: tuple[str, ...]
+    methods: tuple[str, ...]  # arm labels: a method, optionally @section.key=value (arms.py)
     seeds: tuple[int, ...]
     budget_steps: int
     budget_minutes: float = 0.0  # 0 = step budget only (deterministic table)
@@ -81,13 +85,14 @@ class Plan:
     sweep_seed: int = 100  # the sweep's warm-up and RL seed: not a comparison seed
 
     def __post_init__(self):
-        for m in self.methods:
+        for label in self.methods:
+            m = arms.parse(label).method
             if m not in methods.names():
                 raise ValueError(
                     f"--methods: unknown method {m!r}; valid: {', '.join(methods.names())}"
                 )
         if len(set(self.methods)) != len(self.methods) or not self.methods:
-            raise ValueError(f"--methods must name distinct methods, got {self.methods}")
+            raise ValueError(f"--methods must name distinct arms, got {self.methods}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
         if self.budget_steps < 1:
@@ -121,12 +126,14 @@ def _set_dotted(cd, key: str, value) -> None:
     node[leaf] = value
 
 
-def run_config_dict(plan: Plan, method: str, seed: int):
-    """The ConfigDict of one run: the file's config for `method`, the plan's budget and seed."""
+def run_config_dict(plan: Plan, label: str, seed: int):
+    """The ConfigDict of one run: the file's config for the arm's method, the plan's budget,
+    seed and overrides, then the arm's own overrides (the arm is the more specific)."""
     path = pathlib.Path(plan.config_path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r} is not a file")
-    cd = config_lib.load_config_file(f"{path}:method={method}")
+    arm = arms.parse(label)
+    cd = config_lib.load_config_file(f"{path}:method={arm.method}")
     with cd.unlocked():
         cd.train.seed = seed
         cd.train.num_steps = plan.budget_steps
@@ -134,7 +141,7 @@ def run_config_dict(plan: Plan, method: str, seed: int):
         cd.eval.every_steps = plan.eval_steps
         cd.checkpoint.every_steps = 0  # final checkpoint only: saves time, runs are not resumed
         cd.log.tensorboard = False
-        for key, value in plan.overrides:
+        for key, value in plan.overrides + arm.overrides:
             _set_dotted(cd, key, value)
     return cd
 
@@ -341,11 +348,7 @@ def _parse_override(text: str) -> tuple[str, object]:
     key, sep, raw = text[len("--config.") :].partition("=")
     if not sep or not key:
         raise ValueError(f"{text!r} must look like --config.section.key=value")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = _float_or_str(raw)  # a bare string, e.g. --config.train.fused_implementation=xla
-    return key, value
+    return key, arms.parse_value(raw)  # a bare string too, e.g. ...fused_implementation=xla
 
 
 class _Parser(argparse.ArgumentParser):
@@ -356,26 +359,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def check_configs(plan: Plan) -> None:
-    """Builds and validates every method's run config before the first run trains, so a bad
-    config file or override fails at once (ConfigError, OSError, ValueError)."""
+    """Builds and validates every arm's run config before the first run trains, so a bad
+    config file or override (the plan's or an arm's) fails at once (ConfigError, OSError,
+    ValueError)."""
     for method in plan.methods:
         config_lib.from_config_dict(run_config_dict(plan, method, plan.seeds[0]))
-
-
-def _float_or_str(raw: str) -> float | str:
-    """inf and nan as the floats main's flags read them (for validation to refuse), else
-    the bare string (e.g. --config.train.fused_implementation=xla)."""
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
 
 
 def parse_args(argv: list[str]) -> tuple[Plan, str, bool, int]:
     """(plan, out directory, report_only, verbosity) from the command line."""
     p = _Parser(prog="python -m srpo_jax.compare.run", description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/demo.py", help="config file with get_config(arg)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="arms: method names, each optionally @section.key=value, e.g. srpo@rollout.overlap=1",
+    )
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of seeds")
     p.add_argument("--first_seed", type=int, default=0, help="seeds are first_seed, +1, ...")
     p.add_argument("--budget_steps", type=int, default=DEFAULT_BUDGET_STEPS)
