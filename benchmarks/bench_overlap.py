@@ -192,7 +192,7 @@ class PaperSetting:
     learner_mfu: float = 0.40  # of the H20's 148 TFLOP/s dense bf16 (assumed)
     rollout_mfu: float = 0.20  # decode is memory-bound (assumed)
     hbm_eff: float = 0.6  # fraction of 4.0 TB/s a one-GPU replica reads weights at (assumed)
-    sync_s: float = 1.55  # NCCL push of 16.4 GB at 100 Gb/s (docs/performance.md estimate)
+    sync_s: float = 1.49  # NCCL push of 16.4 GB at 100 Gb/s (docs/performance.md estimate)
     chips: int = 8
     # The plan's compiled count for the worst-case batch (docs/scale.md): 4.73e17 FLOPs per
     # node for 256 student rows of 2048 + 8192 and 256 teacher rows of 24576 tokens.
