@@ -62,6 +62,25 @@ def _step(cfg, batch):
     return jax.device_get(new), jax.device_get(metrics)
 
 
+def _assert_same_step(want, m_want, got, m_got) -> None:
+    """The packed step's new params, EMA teacher, optimizer state and metrics equal the
+    padded step's."""
+    assert_trees_close(want.params, got.params)
+    assert_trees_close(want.teacher, got.teacher)
+    assert_trees_close(want.opt_state, got.opt_state)
+    assert set(m_want) == set(m_got)
+    for k in m_want:
+        np.testing.assert_allclose(m_got[k], m_want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_rows_longer_than_a_stream_and_budgets_under_one_stream_are_refused():
+    rows = mixed_rows(0, "srpo", MIXED)
+    with pytest.raises(ValueError, match="train.micro_batch_tokens=40 .* train.pack_len=48"):
+        packing.build_packed_batch(rows, num_minibatches=1, pack_len=48, micro_batch_tokens=40)
+    with pytest.raises(ValueError, match="longer than train.pack_len=16"):
+        packing.build_packed_batch(rows, num_minibatches=1, pack_len=16)
+
+
 # ----------------------------------------------------------------------------- host layout
 
 
@@ -109,14 +128,6 @@ def test_streams_hold_every_row_once_as_it_was(budget):
     assert int(b.teacher_mask_Q.sum()) == n_teacher
 
 
-def test_rows_longer_than_a_stream_and_budgets_under_one_stream_are_refused():
-    rows = mixed_rows(0, "srpo", MIXED)
-    with pytest.raises(ValueError, match="train.micro_batch_tokens=40 .* train.pack_len=48"):
-        packing.build_packed_batch(rows, num_minibatches=1, pack_len=48, micro_batch_tokens=40)
-    with pytest.raises(ValueError, match="longer than train.pack_len=16"):
-        packing.build_packed_batch(rows, num_minibatches=1, pack_len=16)
-
-
 # ----------------------------------------------------------------------------- the step
 
 
@@ -138,12 +149,7 @@ def test_packed_step_equals_padded_step(method, rewards, n_mini):
     if method == "grpo":
         assert packed.teacher_input_ids_JL.shape[-2] == 0  # no teacher forward compiled
     got, m_got = _step(cfg, packed)
-    assert_trees_close(want.params, got.params)
-    assert_trees_close(want.teacher, got.teacher)
-    assert_trees_close(want.opt_state, got.opt_state)
-    assert set(m_want) == set(m_got)
-    for k in m_want:
-        np.testing.assert_allclose(m_got[k], m_want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    _assert_same_step(want, m_want, got, m_got)
 
 
 def test_token_budget_micro_batches_take_the_one_batch_gradient():
@@ -267,12 +273,7 @@ def test_packed_step_on_a_data_fsdp_mesh_splits_every_field_and_equals_padded_st
     for f in dataclasses.fields(placed):
         assert getattr(placed, f.name).sharding.spec == BATCH_AXES, f.name
     got, m_got = jax.device_get(lrn.train_step(state, placed))
-    assert_trees_close(want.params, got.params)
-    assert_trees_close(want.teacher, got.teacher)
-    assert_trees_close(want.opt_state, got.opt_state)
-    assert set(m_want) == set(m_got)
-    for k in m_want:
-        np.testing.assert_allclose(m_got[k], m_want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    _assert_same_step(want, m_want, got, m_got)
 
 
 def test_packed_step_matmul_flops_per_device_split_eight_ways_on_data_8():
