@@ -115,19 +115,27 @@ def _distributed(args, cfg, params, flatten: bool) -> list[dict]:
             bucket_flatten=flatten, group_timeout_s=600, timeout_s=600, max_retries=0,
         )  # fmt: skip
         runs = []
+        procs = _processes(sink.pid)
         with SGLangEngine(sync_cfg, model_config=cfg) as engine:
             for r in range(args.repeats + 1):
+                cpu = _cpu_s(procs)
                 m = engine.update_weights(params, r + 1)
                 assert m["sync/route"] == weight_sync.ROUTE_CODES["distributed"], m
                 runs.append(
                     {"seconds": m["sync/seconds"], "bytes": m["sync/bytes"],
-                     "broadcast_s": engine.dist.broadcast_s,
-                     "buckets": _num_buckets(args, cfg, params)}
+                     "broadcast_s": engine.dist.broadcast_s, "gather_s": engine.dist.gather_s,
+                     "cpu_s": _cpu_s(procs) - cpu, "buckets": _num_buckets(args, cfg, params)}
                 )  # fmt: skip
             peak = _rss_mib("VmHWM")  # before the bare pushes' buffer
-            bare = [_bare_push(args, engine, cfg, params, flatten, r) for r in range(args.repeats)]
-        for run, b in zip(runs[1:], bare, strict=True):
-            run.update(peak_mib=peak, bare_broadcast_s=b)
+            bare = []
+            for r in range(args.repeats):
+                cpu = _cpu_s(procs)
+                bare.append(
+                    (_bare_push(args, engine, cfg, params, flatten, r), _cpu_s(procs) - cpu)
+                )
+        prepare = [_prepare_alone(args, cfg, params, flatten) for _ in range(args.repeats)]
+        for run, (b, b_cpu), p in zip(runs[1:], bare, prepare, strict=True):
+            run.update(peak_mib=peak, bare_broadcast_s=b, bare_cpu_s=b_cpu, prepare_s=p)
         return runs[1:]
     finally:
         os.killpg(sink.pid, signal.SIGKILL)  # the receiver and its rank processes
@@ -154,6 +162,35 @@ def _bare_push(args, engine, cfg, params, flatten: bool, r: int) -> float:
         dist.send(b, iter(items), version=version if i == len(buckets) - 1 else None)
     dist.finish(version)
     return dist.broadcast_s
+
+
+def _processes(receiver_pid: int) -> list:
+    """This learner, the receiver and its tp rank processes (started by now)."""
+    import psutil
+
+    receiver = psutil.Process(receiver_pid)
+    return [psutil.Process(), receiver, *receiver.children(recursive=True)]
+
+
+def _cpu_s(procs: list) -> float:
+    """CPU seconds (user + system) used so far by `procs`, on every core together."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def _prepare_alone(args, cfg, params, flatten: bool) -> float:
+    """The push's gathers alone: every payload made and freed, nothing broadcast."""
+    import jax.numpy as jnp
+
+    from srpo_jax.model.hf_io import hf_tensors
+    from srpo_jax.rollout.weight_buckets import MIB, make_buckets, payloads
+
+    buckets = make_buckets(hf_tensors(params, cfg), 2, int(args.bucket_mb * MIB))
+    t0 = time.perf_counter()
+    produce, done = payloads(params, buckets, jnp.bfloat16, flatten=flatten, on_device=False)
+    for item in produce:
+        del item
+        done()
+    return time.perf_counter() - t0
 
 
 def _num_buckets(args, cfg, params) -> int:
@@ -192,6 +229,9 @@ def one(args) -> dict:
         out["beyond_bare_frac"] = (seconds - bare) / seconds
         out["buckets"] = runs[0]["buckets"]
         out["overhead_per_bucket_s"] = (seconds - bcast) / runs[0]["buckets"]
+        for key in ("gather_s", "cpu_s", "bare_cpu_s", "prepare_s"):
+            out[key] = statistics.median(r[key] for r in runs)
+        out["broadcast_s"], out["bare_broadcast_s"] = bcast, bare
     return out
 
 
@@ -230,6 +270,7 @@ def main() -> None:
           "ms / bucket outside |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    timelines = []
     for model in args.models.split(","):
         for route in args.routes.split(","):
             cmd = [sys.executable, __file__, f"--one={route}", f"--model={model}",
@@ -238,8 +279,31 @@ def main() -> None:
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"error: {model} {route} failed:\n{out.stderr[-3000:]}")
-            print(_row(json.loads(out.stdout.strip().splitlines()[-1])), flush=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(_row(r), flush=True)
+            if "buckets" in r:
+                timelines.append({**r, "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())})
     shutil.rmtree(args.disk_dir, ignore_errors=True)
+    if timelines:
+        _print_timelines(timelines)
+
+
+def _print_timelines(rows: list[dict]) -> None:
+    """Where a distributed push's time goes: its gathers and broadcasts (in the push, on
+    two threads: their overlap), the gathers alone, the bare broadcast, and the CPU seconds
+    of the learner and the receiver together (on every core)."""
+    print("\n| model | route | s / push | gathers in push, s | broadcasts in push, s | "
+          "overlap | gathers alone, s | bare broadcast, s | CPU s push | CPU s bare | "
+          "load 1/5/15 min |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        g, b = r["gather_s"], r["broadcast_s"]
+        overlap = max(0.0, g + b - r["seconds"]) / min(g, b) if min(g, b) > 0 else 0.0
+        print(
+            f"| {r['model']} | {r['route']} | {r['seconds']:.2f} | {g:.2f} | {b:.2f} | "
+            f"{100 * overlap:.0f}% | {r['prepare_s']:.2f} | {r['bare_broadcast_s']:.2f} | "
+            f"{r['cpu_s']:.2f} | {r['bare_cpu_s']:.2f} | {r['load']} |"
+        )
 
 
 if __name__ == "__main__":

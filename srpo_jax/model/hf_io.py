@@ -11,6 +11,7 @@ file at a time, fetching one layer's tensor at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -271,12 +272,20 @@ def _fetch(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
-def _hf_device(tm: _TensorMap, array, layer: int | None, dtype) -> jax.Array:
-    """One HF tensor from our (stacked) parameter, transformed on device."""
-    x = array[layer] if layer is not None else array
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def hf_layout(tm: _TensorMap, x, dtype) -> jax.Array:
+    """One layer of our parameter (`x`) as its HF tensor: reshape, transpose, cast in one
+    XLA computation. Jitted so the transpose and the cast fuse into one pass that XLA
+    tiles, on the CPU several times faster than a strided copy in torch or numpy (and in
+    HBM on a GPU); the bytes are the same either way (round to nearest even)."""
     x = jnp.reshape(x, tm.view_shape(x.shape))
     x = x.T if tm.transpose else x
     return x.astype(dtype)
+
+
+def _hf_device(tm: _TensorMap, array, layer: int | None, dtype) -> jax.Array:
+    """One HF tensor from our (stacked) parameter, transformed on device."""
+    return hf_layout(tm, array[layer] if layer is not None else array, jnp.dtype(dtype))
 
 
 def _hf_tensor(tm: _TensorMap, array, layer: int | None, dtype) -> np.ndarray:

@@ -5,15 +5,19 @@ dtype), grouped in order into buckets of at most `bucket_bytes`; a tensor larger
 gets a bucket of its own (the bucket grows to fit it rather than failing). Each bucket is
 gathered when it is sent, so the host holds at most one bucket beyond the params.
 
-On a CPU learner the gather writes each tensor straight into the memory that is broadcast:
-a torch view of the parameter's host buffer, laid out as the HF tensor (a layer's slice,
-a reshape, a transpose: no copy), is copied with its cast into one buffer the size of the
-largest bucket (`_Ring`), allocated once per push and reused for every bucket and tensor.
-Where no cast or transpose is needed (a bf16 embedding), a per-tensor broadcast sends the
-parameter's own memory. A background thread gathers ahead of the broadcasts (`Prefetch`)
-into whatever part of that buffer no payload still holds: per tensor, the next tensor while
-this one is broadcast; flattened, the next bucket only once this one's broadcast frees its
-place (two full buckets do not fit in one). So the host holds one bucket beyond the params.
+On a CPU learner each tensor takes one pass over its bytes: the layer's numpy view of our
+parameter (no copy) goes through `hf_io.hf_layout`, one jitted XLA computation (reshape,
+transpose, cast; the same function save_hf_params and the GPU path use), whose output is
+the HF tensor the host broadcasts. Measured at Qwen3-1.7B and 0.6B shapes
+(docs/performance.md), XLA's tiled transpose with the cast fused into it is 1.4x to 2.9x
+faster than torch's strided copy of a transposed view. A tensor that needs neither
+transpose nor cast (a bf16 embedding) is broadcast from the parameter's own memory. A
+background thread gathers ahead of the broadcasts (`Prefetch`, two payloads alive): per
+tensor, the next tensor while this one is broadcast, so the host holds at most two tensors
+beyond the params. A flattened bucket is one buffer the size of the largest bucket
+(`_Ring`), allocated once per push and reused for every bucket (the tensors are copied into
+it); the next bucket is gathered only once this one's broadcast frees its place (two full
+buckets do not fit in one), so the host holds one bucket beyond the params.
 
 A bucket travels either as one flat uint8 buffer (SGLang's load_format "flattened_bucket":
 tensors back to back in `names` order, each at a byte offset that is a multiple of its
@@ -27,6 +31,7 @@ import collections
 import dataclasses
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -93,34 +98,28 @@ def host_to_torch(array: np.ndarray):
     return t.view(torch.bfloat16) if array.dtype == np.uint16 else t
 
 
-def _host_view(params: Any, tensor: hf_io.HFTensor):
-    """A torch view (no copy) of our parameter behind `tensor` in the HF layout, or None
-    when the parameter is not one host buffer on this process (sharded across devices or
-    processes, or on an accelerator): then hf_io.hf_array gathers it (collectively)."""
+def _host_tensor(params: Any, tensor: hf_io.HFTensor, dtype):
+    """`tensor` as torch on this host, exactly save_hf_params' bytes. Where our parameter
+    is one host buffer on this process: the layer's numpy view of it (no copy) goes through
+    `hf_io.hf_layout`, whose XLA output is the HF tensor (the host receives only the final
+    contiguous bytes), or is itself the HF tensor where no transpose or cast is needed (a
+    bf16 embedding or norm: the parameter's own memory, which the broadcast only reads).
+    Otherwise (sharded across devices or processes, or on an accelerator) hf_io.hf_array
+    gathers it, collectively."""
     import jax
 
     array = hf_io.hf_source(params, tensor)
-    if not isinstance(array, jax.Array):
-        array = np.asarray(array)
-    elif not (
+    if isinstance(array, jax.Array) and not (
         array.is_fully_addressable
         and len(array.addressable_shards) == 1
         and next(iter(array.devices())).platform == "cpu"
     ):
-        return None
-    x = host_to_torch(np.asarray(array))  # a CPU jax array's numpy view shares its buffer
+        return host_to_torch(hf_io.hf_array(params, tensor, dtype))
+    x = np.asarray(array)  # a CPU jax array's numpy view shares its buffer
     x = x[tensor.layer] if tensor.layer is not None else x
-    x = x.reshape(tensor.source.view_shape(tuple(x.shape)))
-    return x.t() if tensor.source.transpose else x
-
-
-def _write(params: Any, tensor: hf_io.HFTensor, dtype, out) -> None:
-    """`out` (the HF shape, the target dtype) := the HF tensor, cast in the same pass.
-    torch rounds to bf16 to nearest even, as XLA does: the bytes equal save_hf_params'."""
-    src = _host_view(params, tensor)
-    if src is None:
-        src = host_to_torch(hf_io.hf_array(params, tensor, dtype))
-    out.copy_(src)
+    if not tensor.source.transpose and x.dtype == np.dtype(dtype):
+        return host_to_torch(x.reshape(tensor.shape))
+    return host_to_torch(np.asarray(hf_io.hf_layout(tensor.source, x, np.dtype(dtype))))
 
 
 def _device_tensor(params: Any, tensor: hf_io.HFTensor, dtype):
@@ -166,31 +165,20 @@ class _Ring:
 
 
 def _host_payloads(params: Any, buckets: list[Bucket], dtype, flatten: bool, ring: _Ring):
-
-    tdtype = torch_dtype(np.dtype(dtype).name)
     for bucket in buckets:
         if flatten:
             flat, offset = ring.take(bucket.nbytes), 0
             for t in bucket.tensors:  # aligned: every tensor has the one dtype (module doc)
                 n = int(np.prod(t.shape)) * bucket.itemsize
-                _write(params, t, dtype, flat[offset : offset + n].view(tdtype).view(t.shape))
+                flat[offset : offset + n].copy_(
+                    _host_tensor(params, t, dtype).view(-1).view(flat.dtype)
+                )
                 offset += n
             yield flat
             continue
         for t in bucket.tensors:
-            src = _host_view(params, t)
-            if src is None:  # gathered across devices or processes: a fresh host array
-                ring.take(0)
-                yield host_to_torch(hf_io.hf_array(params, t, dtype))
-            elif src.dtype == tdtype and src.is_contiguous():
-                ring.take(0)
-                yield src  # the parameter's own memory: the broadcast only reads it
-            else:
-                out = ring.take(int(np.prod(t.shape)) * bucket.itemsize)
-                out = out.view(tdtype).view(t.shape)
-                out.copy_(src)
-                yield out
-                del out, src
+            ring.take(0)  # its own array: only its turn in `release`
+            yield _host_tensor(params, t, dtype)
 
 
 def payloads(params: Any, buckets: list[Bucket], dtype, *, flatten: bool, on_device: bool):
@@ -214,7 +202,7 @@ def payloads(params: Any, buckets: list[Bucket], dtype, *, flatten: bool, on_dev
 
     if on_device:
         return device(), lambda: None
-    ring = _Ring(max((b.nbytes for b in buckets), default=0))
+    ring = _Ring(max((b.nbytes for b in buckets), default=0) if flatten else 0)
     return _host_payloads(params, buckets, dtype, flatten, ring), ring.release
 
 
@@ -232,12 +220,18 @@ class Prefetch:
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(slots - 1)  # the first one needs no slot
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True)
+        self.gather_s = 0.0  # time inside the generator (the benchmark's overlap figure)
+        self._thread = threading.Thread(target=self._run, args=(iter(produce),), daemon=True)
         self._thread.start()
 
     def _run(self, produce: Iterator) -> None:
         try:
-            for item in produce:
+            while True:
+                t0 = time.perf_counter()
+                item = next(produce, _END)
+                self.gather_s += time.perf_counter() - t0
+                if item is _END:
+                    break
                 self._queue.put(item)
                 del item
                 self._slots.acquire()

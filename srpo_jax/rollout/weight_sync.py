@@ -164,6 +164,7 @@ class DistributedSync:
         self._pool = concurrent.futures.ThreadPoolExecutor(max(4, 2 * len(urls)))
         self._begin_routes: dict[str, bool] = {}  # url -> has /begin_weight_update
         self.broadcast_s = 0.0  # this step's time inside the broadcasts (the benchmark's split)
+        self.gather_s = 0.0  # this step's time gathering the payloads (the benchmark's overlap)
 
     # ------------------------------------------------------------ the group
     def master_address(self) -> str:
@@ -409,6 +410,7 @@ def _step(sync, params, buckets, dtype, flatten: bool, version: int) -> SyncFail
         items = _take(stream, 1 if flatten else len(bucket.tensors), cuda=cuda)
         last = i == len(buckets) - 1
         error = _attempt(lambda: sync.send(bucket, items, version=version if last else None))  # noqa: B023
+    sync.gather_s = stream.gather_s
     if error is None:
         return _attempt(lambda: sync.finish(version))
     if jax.process_count() == 1:
