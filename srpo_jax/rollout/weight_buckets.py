@@ -10,7 +10,8 @@ parameter (no copy) goes through `hf_io.hf_layout`, one jitted XLA computation (
 transpose, cast; the same function save_hf_params and the GPU path use), whose output is
 the HF tensor the host broadcasts. Measured at Qwen3-1.7B and 0.6B shapes
 (docs/performance.md), XLA's tiled transpose with the cast fused into it is 1.4x to 2.9x
-faster than torch's strided copy of a transposed view. A tensor that needs neither
+faster than torch's strided copy of a transposed view (inside a push at 1.7B, bf16, the
+CPU seconds stayed the same; at 0.6B, fp32, they halved). A tensor that needs neither
 transpose nor cast (a bf16 embedding) is broadcast from the parameter's own memory. A
 background thread gathers ahead of the broadcasts (`Prefetch`, two payloads alive): per
 tensor, the next tensor while this one is broadcast, so the host holds at most two tensors
