@@ -5,20 +5,20 @@ dtype), grouped in order into buckets of at most `bucket_bytes`; a tensor larger
 gets a bucket of its own (the bucket grows to fit it rather than failing). Each bucket is
 gathered when it is sent, so the host holds at most one bucket beyond the params.
 
-On a CPU learner each tensor takes one pass over its bytes: the layer's numpy view of our
-parameter (no copy) goes through `hf_io.hf_layout`, one jitted XLA computation (reshape,
-transpose, cast; the same function save_hf_params and the GPU path use), whose output is
-the HF tensor the host broadcasts. Measured at Qwen3-1.7B and 0.6B shapes
-(docs/performance.md), XLA's tiled transpose with the cast fused into it is 1.4x to 2.9x
-faster than torch's strided copy of a transposed view (inside a push at 1.7B, bf16, the
-CPU seconds stayed the same; at 0.6B, fp32, they halved). A tensor that needs neither
-transpose nor cast (a bf16 embedding) is broadcast from the parameter's own memory. A
-background thread gathers ahead of the broadcasts (`Prefetch`, two payloads alive): per
-tensor, the next tensor while this one is broadcast, so the host holds at most two tensors
-beyond the params. A flattened bucket is one buffer the size of the largest bucket
-(`_Ring`), allocated once per push and reused for every bucket (the tensors are copied into
-it); the next bucket is gathered only once this one's broadcast frees its place (two full
-buckets do not fit in one), so the host holds one bucket beyond the params.
+On a CPU learner each tensor takes one pass over its bytes, from the layer's numpy view of
+our parameter (no copy). Where a cast is needed (fp32 params), the view goes through
+`hf_io.hf_layout`, one jitted XLA computation (reshape, transpose, cast; the same function
+save_hf_params and the GPU path use) whose output the host broadcasts: at Qwen3-0.6B that
+halved the push's CPU seconds against torch's strided fp32-to-bf16 copy. Where only a
+transpose is needed (bf16 params), torch copies the transposed view into one buffer the
+size of the largest bucket (`_Ring`), allocated once per push and reused: at Qwen3-1.7B
+XLA's pass gained no CPU seconds there and its per-tensor outputs cost 260 MiB more peak
+memory (docs/performance.md). A tensor that needs neither (a bf16 embedding) is broadcast
+from the parameter's own memory. A background thread gathers ahead of the broadcasts
+(`Prefetch`, two payloads alive): per tensor, the next tensor while this one is broadcast;
+flattened, each bucket is copied into the reused buffer, and the next bucket is gathered
+only once this one's broadcast frees its place (two full buckets do not fit in one). So
+the host holds one bucket (or two XLA outputs) beyond the params.
 
 A bucket travels either as one flat uint8 buffer (SGLang's load_format "flattened_bucket":
 tensors back to back in `names` order, each at a byte offset that is a multiple of its
@@ -100,13 +100,16 @@ def host_to_torch(array: np.ndarray):
 
 
 def _host_tensor(params: Any, tensor: hf_io.HFTensor, dtype):
-    """`tensor` as torch on this host, exactly save_hf_params' bytes. Where our parameter
-    is one host buffer on this process: the layer's numpy view of it (no copy) goes through
-    `hf_io.hf_layout`, whose XLA output is the HF tensor (the host receives only the final
-    contiguous bytes), or is itself the HF tensor where no transpose or cast is needed (a
-    bf16 embedding or norm: the parameter's own memory, which the broadcast only reads).
-    Otherwise (sharded across devices or processes, or on an accelerator) hf_io.hf_array
-    gathers it, collectively."""
+    """(`tensor` as torch on this host, whether it is a strided view still to be copied).
+    Copied, its bytes are exactly save_hf_params'. Where our parameter is one host buffer on
+    this process, from the layer's numpy view of it (no copy): with a cast to make, that
+    view goes through `hf_io.hf_layout` (XLA's output is the HF tensor, made in one fused
+    pass); with only a transpose, the transposed view comes back for the caller to copy
+    into its reused buffer (XLA's pass gained no CPU there, and a buffer per tensor cost
+    memory: docs/performance.md); with neither, the view is the HF tensor (a bf16
+    embedding: the parameter's own memory, which the broadcast only reads). Otherwise
+    (sharded across devices or processes, or on an accelerator) hf_io.hf_array gathers it,
+    collectively."""
     import jax
 
     array = hf_io.hf_source(params, tensor)
@@ -115,12 +118,22 @@ def _host_tensor(params: Any, tensor: hf_io.HFTensor, dtype):
         and len(array.addressable_shards) == 1
         and next(iter(array.devices())).platform == "cpu"
     ):
-        return host_to_torch(hf_io.hf_array(params, tensor, dtype))
+        return host_to_torch(hf_io.hf_array(params, tensor, dtype)), False
     x = np.asarray(array)  # a CPU jax array's numpy view shares its buffer
     x = x[tensor.layer] if tensor.layer is not None else x
-    if not tensor.source.transpose and x.dtype == np.dtype(dtype):
-        return host_to_torch(x.reshape(tensor.shape))
-    return host_to_torch(np.asarray(hf_io.hf_layout(tensor.source, x, np.dtype(dtype))))
+    if x.dtype != np.dtype(dtype):
+        return host_to_torch(np.asarray(hf_io.hf_layout(tensor.source, x, np.dtype(dtype)))), False
+    view = host_to_torch(x).reshape(tensor.source.view_shape(x.shape))
+    return (view.t(), True) if tensor.source.transpose else (view, False)
+
+
+def _needs_buffer(params: Any, buckets: list[Bucket], dtype, flatten: bool) -> bool:
+    """Whether any payload is copied into the reused buffer (see `_host_tensor`)."""
+    return flatten or any(
+        t.source.transpose and hf_io.hf_source(params, t).dtype == np.dtype(dtype)
+        for b in buckets
+        for t in b.tensors
+    )
 
 
 def _device_tensor(params: Any, tensor: hf_io.HFTensor, dtype):
@@ -166,20 +179,30 @@ class _Ring:
 
 
 def _host_payloads(params: Any, buckets: list[Bucket], dtype, flatten: bool, ring: _Ring):
+    tdtype = torch_dtype(np.dtype(dtype).name)
     for bucket in buckets:
         if flatten:
             flat, offset = ring.take(bucket.nbytes), 0
             for t in bucket.tensors:  # aligned: every tensor has the one dtype (module doc)
                 n = int(np.prod(t.shape)) * bucket.itemsize
-                flat[offset : offset + n].copy_(
-                    _host_tensor(params, t, dtype).view(-1).view(flat.dtype)
-                )
+                src, _ = _host_tensor(params, t, dtype)
+                flat[offset : offset + n].view(tdtype).view(t.shape).copy_(src)
                 offset += n
+                del src
             yield flat
             continue
         for t in bucket.tensors:
-            ring.take(0)  # its own array: only its turn in `release`
-            yield _host_tensor(params, t, dtype)
+            src, strided = _host_tensor(params, t, dtype)
+            if strided:  # copied into the reused buffer
+                out = ring.take(int(np.prod(t.shape)) * bucket.itemsize)
+                out = out.view(tdtype).view(t.shape)
+                out.copy_(src)
+                yield out
+                del out
+            else:  # its own array: only its turn in `release`
+                ring.take(0)
+                yield src
+            del src
 
 
 def payloads(params: Any, buckets: list[Bucket], dtype, *, flatten: bool, on_device: bool):
@@ -203,7 +226,8 @@ def payloads(params: Any, buckets: list[Bucket], dtype, *, flatten: bool, on_dev
 
     if on_device:
         return device(), lambda: None
-    ring = _Ring(max((b.nbytes for b in buckets), default=0) if flatten else 0)
+    needs = _needs_buffer(params, buckets, dtype, flatten)
+    ring = _Ring(max((b.nbytes for b in buckets), default=0) if needs else 0)
     return _host_payloads(params, buckets, dtype, flatten, ring), ring.release
 
 
