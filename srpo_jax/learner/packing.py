@@ -159,8 +159,9 @@ def _deal(streams, n_micro: int, teacher, student) -> list[list[list[int]]]:
 
 
 def length_quantum(pack_len: int) -> int:
-    """The step a stream's length moves in: the power of two in (pack_len/64, pack_len/32]
-    (a multiple of the 512-token attention tiles once pack_len >= 16384), at least 8."""
+    """The step a stream's length moves in: the smallest power of two that is at least
+    pack_len/64 (so under pack_len/32), and at least 8; 512 at pack_len 24576, a whole
+    splash tile (model/splash.py)."""
     q = 8
     while q * 64 < pack_len:
         q *= 2
