@@ -5,14 +5,17 @@
 
 For each length mix, one SRPO step's rows are built twice, as the padded TrainBatch
 (learner/batch.py: one micro-batch, power-of-two length buckets) and as the PackedBatch
-(learner/packing.py: streams of the default train.pack_len, one micro-batch), and reported:
+(learner/packing.py: one micro-batch, streams of at most the default train.pack_len of the
+mix's config: configs/demo.py's 272 for demo, 24576 at the paper's limits), and reported:
 
 - padding: the fraction of the student's and the teacher's token slots that hold no row
   token, at the mix's real lengths (host only);
 - FLOPs: matmul FLOPs of the compiled train step (srpo_jax.aot.hlo_flops, loops counted
   by their trip counts) at the mix's real lengths, compile only;
 - wall: the median wall time of the executed step at lengths divided by --scale (the
-  mix's shape, CPU-sized), after one compile.
+  mix's shape, CPU-sized), after one compile;
+- then, host only, the packed padding over --seeds draws of each mix (first, mean, max)
+  and how many distinct batch shapes those draws give (each one a compiled variant).
 
 Mixes (16 prompts x 8 samples, SRPO routing, about half the groups with a success):
 
@@ -35,6 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from srpo_jax import config as config_lib
 from srpo_jax.algo import advantages, routing
 from srpo_jax.aot import length_mix
 from srpo_jax.aot.hlo_flops import dot_flops
@@ -100,23 +104,55 @@ def scaled(lengths, scale: int):
     return tuple(np.maximum(np.asarray(x) // scale, 1) for x in (p, r, extra))
 
 
-def batches(rows: batching.StepRows, pack_len: int = 0):
-    """(padded, packed) batches of `rows`, one micro-batch each; packed at pack_len, 0 =
-    the default (the longest padded row, student or teacher)."""
+def default_pack_len(mix: str, rows: batching.StepRows) -> int:
+    """The default train.pack_len of the mix's config: the demo config's (its longest padded
+    teacher row, 272), else the longest padded row of `rows` (24576 at the paper's limits,
+    the Qwen3-8B config's)."""
+    if mix == "demo":
+        cfg = config_lib.load_config_file("configs/demo.py")
+        return config_lib.pack_len_of(config_lib.from_config_dict(cfg))
+    p = bucket_length(int(rows.prompt_lens_B.max()))
+    t = bucket_length(int(rows.teacher_prompt_lens_B.max()))
+    return max(p, t) + bucket_length(int(rows.response_lens_B.max()))
+
+
+def batches(rows: batching.StepRows, pack_len: int):
+    """(padded, packed) batches of `rows`, one micro-batch each; packed at pack_len."""
     padded = batching.build_train_batch(
         rows, num_minibatches=1, micro_batch_rows=rows.num_rows, pad_id=0
     )
-    p = bucket_length(int(rows.prompt_lens_B.max()))
-    t = bucket_length(int(rows.teacher_prompt_lens_B.max()))
-    pack_len = pack_len or max(p, t) + bucket_length(int(rows.response_lens_B.max()))
     return padded, packing.build_packed_batch(rows, num_minibatches=1, pack_len=pack_len)
+
+
+def mix_rows(mix: str, seed: int) -> tuple:
+    """(lengths, rows) of one draw of the mix."""
+    rng = np.random.default_rng(seed)
+    lengths = demo_lengths(rng) if mix == "demo" else longtail_lengths(rng)
+    return lengths, _rows(*lengths, np.random.default_rng(seed + 1))
+
+
+def padding_over_seeds(mix: str, seeds: int, pack_len: int) -> str:
+    """A table row: packed padding of `seeds` draws (first, mean, max), distinct shapes."""
+    fracs, shapes = [], set()
+    for seed in range(seeds):
+        _, rows = mix_rows(mix, seed)
+        packed = batches(rows, pack_len or default_pack_len(mix, rows))[1]
+        fracs.append(1 - length_mix.real_tokens(rows) / _slots(packed))
+        shapes.add(tuple(x.shape for x in jax.tree.leaves(packed)))
+    return (
+        f"| {mix} | {seeds} | {fracs[0]:.1%} | {np.mean(fracs):.1%} | {max(fracs):.1%} "
+        f"| {len(shapes)} |"
+    )
+
+
+def _slots(packed) -> int:
+    return packed.input_ids_KL.size + packed.teacher_input_ids_JL.size
 
 
 def padding_fraction(rows, padded, packed) -> tuple[float, float]:
     real = length_mix.real_tokens(rows)
     pad_slots = padded.input_ids_BS.size + padded.teacher_input_ids_MT.size
-    packed_slots = packed.input_ids_KL.size + packed.teacher_input_ids_JL.size
-    return 1 - real / pad_slots, 1 - real / packed_slots
+    return 1 - real / pad_slots, 1 - real / _slots(packed)
 
 
 class Step:
@@ -167,6 +203,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mixes", default="demo,longtail")
     ap.add_argument("--pack_len", type=int, default=0, help="0: the default train.pack_len")
+    ap.add_argument("--seeds", type=int, default=20, help="draws for the padding table")
     args = ap.parse_args()
     step = Step(args.hidden, args.layers)
     print(
@@ -175,15 +212,12 @@ def main():
     )
     print("|---|---|---|---|---|---|")
     for mix in args.mixes.split(","):
-        rng = np.random.default_rng(0)
-        lengths = demo_lengths(rng) if mix == "demo" else longtail_lengths(rng)
+        lengths, rows = mix_rows(mix, 0)
         scale = 1 if mix == "demo" else args.scale
-        rows = _rows(*lengths, np.random.default_rng(1))
-        padded, packed = batches(rows, args.pack_len)
+        pack_len = args.pack_len or default_pack_len(mix, rows)
+        padded, packed = batches(rows, pack_len)
         fracs = padding_fraction(rows, padded, packed)
-        small = batches(
-            _rows(*scaled(lengths, scale), np.random.default_rng(1)), args.pack_len // scale
-        )
+        small = batches(_rows(*scaled(lengths, scale), np.random.default_rng(1)), pack_len // scale)
         shapes = (
             f"{padded.input_ids_BS.shape[2:]} x {padded.teacher_input_ids_MT.shape[2:]}",
             f"{packed.input_ids_KL.shape[2:]} x {packed.teacher_input_ids_JL.shape[2:]}",
@@ -197,6 +231,10 @@ def main():
                 flush=True,
             )
     print(f"device: {jax.devices()[0].device_kind}, model hidden {args.hidden} x {args.layers}")
+    print("\n| mix | draws | packed padding, draw 0 | mean | max | distinct shapes |")
+    print("|---|---|---|---|---|---|")
+    for mix in args.mixes.split(","):
+        print(padding_over_seeds(mix, args.seeds, args.pack_len), flush=True)
 
 
 if __name__ == "__main__":

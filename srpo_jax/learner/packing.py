@@ -16,17 +16,26 @@ micro-batch of a mini-batch). The routed rows' teacher sequences [teacher prompt
 are packed the same way into J streams of their own, with their Q scored positions and, for
 each, the index among the N student tokens of the same token (the fused kernel pairs them).
 
-Token-budget micro-batches: rows go to streams first-fit-decreasing by length, streams to
-micro-batches round-robin, at most micro_batch_tokens // pack_len streams each (rounded
-down to a multiple of batch_shards), in the
-fewest micro-batches that hold the fullest mini-batch. The counts K, J, N and Q are
-bucketed (bucket_length with STEPS_PER_OCTAVE steps per doubling; J and Q are 0 when
-nothing needs the teacher, and then no teacher forward is compiled), which bounds the
-compiled variants (docs/performance.md). Each count then rounds up to a multiple of
-batch_shards (mesh data x fsdp): the learner splits these dimensions over the batch axes
-only where they divide evenly (train_step.batch_shardings) and replicates them otherwise,
-which would run every stream on every device. The extra streams and tokens are empty
-(segment id 0, mask 0); the rounding is a function of the bucket, so it adds no variants.
+Token-budget micro-batches: rows go to streams first-fit-decreasing (FFD) by length, at
+most micro_batch_tokens // pack_len streams per micro-batch (rounded down to a multiple of
+batch_shards), in the fewest micro-batches that hold the fullest mini-batch; streams are
+dealt to micro-batches so each packs about the same teacher tokens (_deal). The counts K,
+J, N and Q are bucketed (bucket_length with STEPS_PER_OCTAVE steps per doubling; J and Q
+are 0 when nothing needs the teacher, and then no teacher forward is compiled), which
+bounds the compiled variants (docs/performance.md). Each count then rounds up to a
+multiple of batch_shards (mesh data x fsdp): the learner splits these dimensions over the
+batch axes only where they divide evenly (train_step.batch_shardings) and replicates them
+otherwise, which would run every stream on every device. The extra streams and tokens are
+empty (segment id 0, mask 0); the rounding is a function of the bucket, so it adds no
+variants.
+
+Stream length: with K and J fixed, the padding left is the room in the K (J) streams, up to
+one stream's worth plus the rounding of the count. So each kind of stream is then
+shortened to the step: to the shortest multiple of length_quantum(pack_len) (1/64 to 1/32
+of pack_len) at which FFD still packs every micro-batch's rows into K (J) streams, never
+longer than pack_len (_shortest). Student and teacher streams get their own length (L and
+L_t). pack_len stays the memory plan's bound; the lengths add at most 64 values per kind to
+the shapes, in practice a few (docs/performance.md).
 Rows with an empty response have nothing to score and take no tokens.
 """
 
@@ -55,7 +64,8 @@ def _bucket(n: int, shards: int = 1) -> int:
 @flax.struct.dataclass
 class PackedBatch:
     """One step's rows packed into streams, [n_mini, n_micro, ...] per field: K student
-    and J teacher streams of L tokens, N student and Q teacher scored tokens, b rows."""
+    streams of L tokens and J teacher streams of L_t (written _JL), N student and Q teacher
+    scored tokens, b rows."""
 
     input_ids_KL: Any  # int32 tokens
     segment_ids_KL: Any  # int32: row slot + 1 within the stream, 0 for the tail padding
@@ -70,7 +80,7 @@ class PackedBatch:
     teacher_input_ids_JL: Any
     teacher_segment_ids_JL: Any
     teacher_positions_JL: Any
-    teacher_pos_Q: Any  # int32: flat J * L index of a teacher position scoring a token
+    teacher_pos_Q: Any  # int32: flat J * L_t index of a teacher position scoring a token
     teacher_src_Q: Any  # int32: the index among the N student tokens of the same token
     teacher_mask_Q: Any  # float32: 1 for a real token, 0 for the bucket's tail
 
@@ -122,21 +132,77 @@ def _fill(streams, seqs_of_row, out, k_offset: int, score):
             at += n_p + n_r
 
 
+def _stream_lens(rows: StepRows):
+    """(student, teacher) tokens per row: 0 for a row with nothing to score, and the
+    teacher's 0 for a row not routed to it."""
+    scored = rows.response_lens_B > 0
+    student = np.where(scored, rows.prompt_lens_B + rows.response_lens_B, 0)
+    routed = np.asarray(rows.teacher_rows_B, bool) & scored
+    return student, np.where(routed, rows.teacher_prompt_lens_B + rows.response_lens_B, 0)
+
+
+def _deal(streams, n_micro: int, teacher, student) -> list[list[list[int]]]:
+    """Streams to n_micro micro-batches of at most ceil(streams / n_micro) each, longest
+    processing time first: streams by decreasing teacher tokens (then student tokens), each
+    to the micro-batch with the fewest teacher tokens (then student tokens, then index) that
+    has room. Every micro-batch then packs about the same teacher tokens, and J, the teacher
+    streams of the fullest, is not set by one micro-batch that drew the long teacher rows."""
+    room = -(-len(streams) // n_micro)
+    load = [(int(teacher[st].sum()), int(student[st].sum())) for st in streams]
+    micro: list[list[list[int]]] = [[] for _ in range(n_micro)]
+    held = [(0, 0)] * n_micro
+    for s in sorted(range(len(streams)), key=lambda s: (-load[s][0], -load[s][1], s)):
+        m = min((m for m in range(n_micro) if len(micro[m]) < room), key=lambda m: (held[m], m))
+        micro[m].append(streams[s])
+        held[m] = (held[m][0] + load[s][0], held[m][1] + load[s][1])
+    return micro
+
+
+def length_quantum(pack_len: int) -> int:
+    """The step a stream's length moves in: the smallest power of two that is at least
+    pack_len/64 (so under pack_len/32), and at least 8; 512 at pack_len 24576, a whole
+    splash tile (model/splash.py)."""
+    q = 8
+    while q * 64 < pack_len:
+        q *= 2
+    return q
+
+
+def _shortest(lens: np.ndarray, groups, count: int, pack_len: int) -> int:
+    """The shortest multiple of length_quantum below pack_len, from the first that could hold
+    the fullest group (its longest row, its tokens / count), at which first-fit-decreasing
+    packs every group's rows into `count` streams; pack_len when none does."""
+    q = length_quantum(pack_len)
+    need = max(max(int(lens[g].max(initial=0)), -(-int(lens[g].sum()) // count)) for g in groups)
+    length = -(-max(need, 1) // q) * q
+    while length < pack_len and any(len(_ffd(lens[g], length)) > count for g in groups):
+        length += q
+    return min(length, pack_len)
+
+
 def _layout(rows: StepRows, mini: int, n_mini: int, pack_len: int, cap: int, shards: int):
-    """Per mini-batch: its student streams (lists of row indices) split over micro-batches
-    round-robin; returns (per_micro[i][m] = streams, n_micro, K). cap is a multiple of
+    """Per mini-batch: its student streams (lists of row indices) dealt over micro-batches
+    (_deal); returns (per_micro[i][m] = streams, n_micro, K). cap is a multiple of
     shards, so K is too."""
-    lengths = rows.prompt_lens_B + rows.response_lens_B
-    lengths = np.where(rows.response_lens_B > 0, lengths, 0)
-    streams = [_ffd(lengths[i * mini : (i + 1) * mini], pack_len) for i in range(n_mini)]
+    student, teacher = _stream_lens(rows)
+    streams = [_ffd(student[i * mini : (i + 1) * mini], pack_len) for i in range(n_mini)]
     most = max(1, max(len(s) for s in streams))
     n_micro = -(-most // cap)
     k = min(_bucket(-(-most // n_micro), shards), cap)
     per_micro = [
-        [[[i * mini + r for r in st] for st in s[m::n_micro]] for m in range(n_micro)]
+        _deal([[i * mini + r for r in st] for st in s], n_micro, teacher, student)
         for i, s in enumerate(streams)
     ]
     return per_micro, n_micro, k
+
+
+def _repack(lens: np.ndarray, groups, count: int, pack_len: int, at_pack_len):
+    """(every group's streams at the _shortest length, that length). At pack_len the
+    streams are `at_pack_len`'s, which hold at most `count` per group."""
+    length = _shortest(lens, groups, count, pack_len) if count else pack_len
+    if length == pack_len:
+        return at_pack_len, pack_len
+    return [[[int(g[x]) for x in b] for b in _ffd(lens[g], length)] for g in groups], length
 
 
 def check_fits(rows: StepRows, pack_len: int) -> None:
@@ -183,13 +249,22 @@ def build_packed_batch(
     cap = micro_batch_tokens // pack_len if micro_batch_tokens else n + shards
     cap -= cap % shards  # >= shards: checked above
     per_micro, n_micro, k = _layout(rows, mini, num_minibatches, pack_len, cap, shards)
-    teacher_streams, j = _teacher_layout(rows, per_micro, pack_len, min_teacher_streams, shards)
+    # Each micro-batch's rows, then both kinds of stream shortened to the step (_shortest).
+    groups = [
+        np.asarray([r for st in micro for r in st], np.int64) for m in per_micro for micro in m
+    ]
+    j = _teacher_count(rows, groups, pack_len, min_teacher_streams, shards)
+    student, teacher = _stream_lens(rows)
+    dealt = [micro for m in per_micro for micro in m]
+    streams, length = _repack(student, groups, k, pack_len, dealt)
+    at_pack_len = [[[int(g[x]) for x in b] for b in _ffd(teacher[g], pack_len)] for g in groups]
+    teacher_streams, teacher_length = _repack(teacher, groups, j, pack_len, at_pack_len)
     lead = (num_minibatches, n_micro)
-    n, q = _scored_counts(rows, per_micro, teacher_streams, shards)
-    out = _empty(lead, (k, j, n, q), mini, pack_len, pad_id)
-    for i in range(num_minibatches):
-        for m in range(n_micro):
-            _fill_micro(rows, out, (i, m, i * mini), per_micro[i][m], teacher_streams[i][m])
+    n, q = _scored_counts(rows, streams, teacher_streams, shards)
+    out = _empty(lead, (k, j, n, q), mini, (length, teacher_length), pad_id)
+    for g in range(len(groups)):
+        i, m = divmod(g, n_micro)
+        _fill_micro(rows, out, (i, m, i * mini), streams[g], teacher_streams[g])
     out["advantages_B"][:] = np.asarray(rows.advantages_B, np.float32).reshape(
         num_minibatches, 1, mini
     )
@@ -197,38 +272,27 @@ def build_packed_batch(
     return PackedBatch(**out)
 
 
-def _teacher_layout(rows: StepRows, per_micro, pack_len: int, min_streams: int, shards: int):
-    """Each micro-batch's teacher rows, FFD-packed into teacher streams, and J."""
-    lens = np.where(
-        np.asarray(rows.teacher_rows_B, bool) & (rows.response_lens_B > 0),
-        rows.teacher_prompt_lens_B + rows.response_lens_B,
-        0,
-    )
-    layout = []
-    for mini_streams in per_micro:
-        layout.append([])
-        for streams in mini_streams:
-            members = np.asarray([r for st in streams for r in st], np.int64)
-            bins = _ffd(lens[members], pack_len) if members.size else []
-            layout[-1].append([[int(members[x]) for x in b] for b in bins])
-    most = max(len(t) for per in layout for t in per)
+def _teacher_count(rows: StepRows, groups, pack_len: int, min_streams: int, shards: int) -> int:
+    """J: the bucketed most teacher streams a micro-batch's routed rows FFD-pack into at
+    pack_len (0 when no row needs the teacher)."""
+    teacher = _stream_lens(rows)[1]
+    most = max((len(_ffd(teacher[g], pack_len)) for g in groups), default=0)
     if not most:
-        return layout, 0
-    return layout, -(-max(_bucket(most), min_streams) // shards) * shards
+        return 0
+    return -(-max(_bucket(most), min_streams) // shards) * shards
 
 
-def _scored_counts(rows: StepRows, per_micro, teacher_streams, shards) -> tuple[int, int]:
+def _scored_counts(rows: StepRows, streams, teacher_streams, shards) -> tuple[int, int]:
     """(N, Q): the bucketed most response tokens a micro-batch scores, student and teacher."""
     r = rows.response_lens_B
-    n = max(sum(int(r[x]) for st in micro for x in st) for mini in per_micro for micro in mini)
-    q = max(
-        sum(int(r[x]) for st in micro for x in st) for mini in teacher_streams for micro in mini
-    )
+    n = max(sum(int(r[x]) for st in micro for x in st) for micro in streams)
+    q = max(sum(int(r[x]) for st in micro for x in st) for micro in teacher_streams)
     return _bucket(max(n, 1), shards), _bucket(q, shards)
 
 
-def _empty(lead, counts, b: int, length: int, pad_id: int) -> dict:
+def _empty(lead, counts, b: int, lengths, pad_id: int) -> dict:
     k, j, n, q = counts
+    length, teacher_length = lengths
 
     def full(shape, value, dtype):
         return np.full((*lead, *shape), value, dtype)
@@ -244,9 +308,9 @@ def _empty(lead, counts, b: int, length: int, pad_id: int) -> dict:
         row_ids_N=full((n,), 0, np.int32),
         advantages_B=np.zeros((*lead, b), np.float32),
         sdpo_rows_B=np.zeros((*lead, b), bool),
-        teacher_input_ids_JL=full((j, length), pad_id, np.int32),
-        teacher_segment_ids_JL=full((j, length), 0, np.int32),
-        teacher_positions_JL=full((j, length), 0, np.int32),
+        teacher_input_ids_JL=full((j, teacher_length), pad_id, np.int32),
+        teacher_segment_ids_JL=full((j, teacher_length), 0, np.int32),
+        teacher_positions_JL=full((j, teacher_length), 0, np.int32),
         teacher_pos_Q=full((q,), 0, np.int32),
         teacher_src_Q=full((q,), 0, np.int32),
         teacher_mask_Q=full((q,), 0, np.float32),
@@ -257,6 +321,7 @@ def _fill_micro(rows: StepRows, out: dict, where, streams, teacher_streams) -> N
     """One micro-batch's student and teacher streams into `out` at [i, m]."""
     i, m, first_row = where
     length = out["input_ids_KL"].shape[-1]
+    teacher_length = out["teacher_input_ids_JL"].shape[-1]
     at = (i, m)
     student_at: dict[int, int] = {}  # row -> index of its first token among the N
     n_at = [0, 0]  # scored tokens written so far: student, teacher
@@ -279,7 +344,7 @@ def _fill_micro(rows: StepRows, out: dict, where, streams, teacher_streams) -> N
 
     def score_teacher(row, k, start, n_r):
         span = slice(n_at[1], n_at[1] + n_r)
-        out["teacher_pos_Q"][at][span] = k * length + start + np.arange(n_r)
+        out["teacher_pos_Q"][at][span] = k * teacher_length + start + np.arange(n_r)
         out["teacher_src_Q"][at][span] = student_at[row] + np.arange(n_r)
         out["teacher_mask_Q"][at][span] = 1.0
         n_at[1] += n_r

@@ -1,8 +1,10 @@
 """Length mixes of the memory plan (srpo_jax/aot/length_mix.py) and the packed layout it
 reports, against a float64 first-fit-decreasing reference written here from the packing
-rules (learner/packing.py's module doc): rows FFD into streams of pack_len, streams
-round-robin over the fewest micro-batches of at most micro_batch_tokens // pack_len
-streams, each micro-batch's routed rows FFD into teacher streams.
+rules (learner/packing.py's module doc): rows FFD into streams of pack_len, streams dealt
+over the fewest micro-batches of at most micro_batch_tokens // pack_len streams (most
+teacher tokens first, each to the micro-batch holding the fewest), each micro-batch's routed
+rows FFD into teacher streams, then each kind of stream cut to the shortest multiple of
+the length quantum at which every micro-batch still fits its count.
 """
 
 import json
@@ -30,13 +32,13 @@ def _cfg():
     return config_lib.from_config_dict(c)
 
 
-def _rows():
+def _rows(seed=3, longest_prompt=128):
     """16 rows within the demo's limits: empty responses, unrouted and routed rows."""
-    rng = np.random.default_rng(3)
-    p = rng.integers(1, 129, 16)
+    rng = np.random.default_rng(seed)
+    p = rng.integers(1, longest_prompt + 1, 16)
     r = rng.integers(0, 17, 16)
     r[[2, 9]] = 0
-    t = np.where(rng.random(16) < 0.6, rng.integers(1, 257, 16), 0)
+    t = np.where(rng.random(16) < 0.6, rng.integers(1, 2 * longest_prompt + 1, 16), 0)
     return [[int(a), int(b), int(c)] for a, b, c in zip(p, r, t, strict=True)]
 
 
@@ -57,18 +59,46 @@ def _ffd(lengths, capacity):
     return bins
 
 
+def _deal(streams, n_micro, teacher, student):
+    """Streams over micro-batches, most teacher (then student) tokens first, each to the
+    micro-batch holding the fewest (then the lowest index) among those with room."""
+    room = -(-len(streams) // n_micro)
+    micro, held = [[] for _ in range(n_micro)], [[0.0, 0.0] for _ in range(n_micro)]
+    load = [(sum(teacher[i] for i in s), sum(student[i] for i in s)) for s in streams]
+    for x in sorted(range(len(streams)), key=lambda x: (-load[x][0], -load[x][1], x)):
+        m = min((m for m in range(n_micro) if len(micro[m]) < room), key=lambda m: (held[m], m))
+        micro[m].append(streams[x])
+        held[m] = [held[m][0] + load[x][0], held[m][1] + load[x][1]]
+    return micro
+
+
+def _length(lengths, micro_rows, count, pack_len, quantum):
+    """The shortest multiple of quantum below pack_len (every one tried, from one quantum
+    up) that holds the longest row and at which every micro-batch's rows FFD into `count`
+    streams; else pack_len."""
+    for length in range(quantum, pack_len, quantum):
+        parts = [[lengths[i] for i in rows_m] for rows_m in micro_rows]
+        if all(max(x, default=0) <= length and len(_ffd(x, length)) <= count for x in parts):
+            return length
+    return pack_len
+
+
 def _reference(rows, pack_len, budget):
     """(micro-batches, token slots per micro-batch, padding fraction) in float64."""
     p, r, t = (np.asarray(x, np.float64) for x in zip(*rows, strict=True))
     student = np.where(r > 0, p + r, 0)
     teacher = np.where((t > 0) & (r > 0), t + r, 0)
     streams = _ffd(student, pack_len)
-    n_micro = -(-len(streams) // (budget // pack_len))
+    n_micro = -(-len(streams) // (budget // pack_len)) if budget else 1
     k = -(-len(streams) // n_micro)  # < 16 streams: the count's bucket is the count
-    micro_rows = [[i for s in streams[m::n_micro] for i in s] for m in range(n_micro)]
+    micro = _deal(streams, n_micro, teacher, student)
+    micro_rows = [[i for s in m for i in s] for m in micro]
     j = max(len(_ffd([teacher[i] for i in rows_m], pack_len)) for rows_m in micro_rows)
-    slots = n_micro * (k + j) * pack_len
-    return n_micro, (k + j) * pack_len, 1.0 - (student.sum() + teacher.sum()) / slots
+    quantum = 8  # pack_len 272: the power of two in (272/64, 272/32], at least 8
+    length = _length(student, micro_rows, k, pack_len, quantum)
+    teacher_length = _length(teacher, micro_rows, j, pack_len, quantum)
+    slots = n_micro * (k * length + j * teacher_length)
+    return n_micro, k * length + j * teacher_length, 1.0 - (student.sum() + teacher.sum()) / slots
 
 
 def _write(path, lines):
@@ -90,6 +120,21 @@ def test_file_mix_packed_layout_equals_the_ffd_reference(tmp_path):
     assert packed.layout.micro_batches == n_micro
     assert packed.layout.tokens == tokens
     assert packed.layout.padding == pytest.approx(padding, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed, longest_prompt, budget", [(4, 40, 0), (5, 40, 544), (6, 100, 0)])
+def test_stream_lengths_shrink_to_the_reference(tmp_path, seed, longest_prompt, budget):
+    """Short rows leave room in the streams at pack_len; both kinds of stream are cut to the
+    reference's length, in one micro-batch and under a budget."""
+    cfg, rows = _cfg(), _rows(seed, longest_prompt)
+    mix = length_mix.from_file(cfg, _write(tmp_path / "mix.jsonl", map(json.dumps, rows)))
+    (packed,) = [v for v in mix_plan.variants(cfg, mix, "", str(budget)) if v.kind == "packed"]
+    n_micro, tokens, padding = _reference(rows, PACK_LEN, budget)
+    assert packed.layout.micro_batches == n_micro
+    assert packed.layout.tokens == tokens
+    assert packed.layout.padding == pytest.approx(padding, rel=1e-12, abs=1e-12)
+    lengths = packed.layout.student_shape[1], packed.layout.teacher_shape[1]
+    assert min(lengths) < PACK_LEN  # the case shortens a stream
 
 
 def test_plan_cli_prints_the_reference_layout(tmp_path):
