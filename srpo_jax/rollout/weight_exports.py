@@ -5,6 +5,14 @@ are kept. `write` exports one (replacing a leftover folder of the same version) 
 drops the oldest, called after the servers took the new one so that a failed push leaves
 the served checkpoint in place.
 
+An export is written whole or not at all: into `step_<version>.partial`, renamed to
+`step_<version>` once complete, so a server (or a person) never finds a half-written
+`step_*` to load. A write that runs out of space removes the partial folder and raises
+disk.DiskFullError naming the export's path and the bytes it needed (the size of the last
+complete export here: same model, same dtype, same files), which `python -m srpo_jax.main`
+prints as one `error:` line with exit 1; the served export and the checkpoints stay as they
+were, and rerunning the command once space is freed resumes from the last checkpoint.
+
 In a multi-process learner the export is collective (every process gathers, process 0
 writes): every process writes through its own WeightExports with `writer` True on process 0
 only (one writer, one deleter) and `barrier` meeting the other processes before and after
@@ -13,11 +21,14 @@ the export. An empty root means a fresh temporary folder, removed by `close`.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
+
+from srpo_jax.trainer import disk
 
 
 class WeightExports:
@@ -44,15 +55,37 @@ class WeightExports:
         return self.root / f"step_{version:08d}"
 
     def write(self, params: Any, version: int) -> pathlib.Path:
-        """Exports `params` as `version` and returns its folder (complete on every process)."""
+        """Exports `params` as `version` and returns its folder (complete on every process).
+
+        Raises disk.DiskFullError (nothing of this version left behind) if the disk fills."""
         path = self.path(version)
-        if self._writer and path.exists():
-            shutil.rmtree(path)
+        partial = path.with_name(path.name + ".partial")
+        if self._writer:
+            for old in (path, partial):  # a leftover of an earlier run of this version
+                if old.exists():
+                    shutil.rmtree(old)
         self._barrier(f"export {path} cleared")
-        self._exporter(params, path)
+        try:
+            self._exporter(params, partial)
+            if self._writer:
+                os.rename(partial, path)
+        except Exception as e:
+            if self._writer:
+                shutil.rmtree(partial, ignore_errors=True)  # freeing space always works
+            if disk.is_disk_full(e):
+                raise self._disk_full(path, version) from e
+            raise
         self._barrier(f"export {path} written")
         self._written.append(path)
         return path
+
+    def _disk_full(self, path: pathlib.Path, version: int) -> disk.DiskFullError:
+        last = next((p for p in reversed(self._written) if p.is_dir()), None)
+        needed = sum(f.stat().st_size for f in last.iterdir() if f.is_file()) if last else None
+        error = disk.DiskFullError(path, needed, what=f"the weight export of step {version}")
+        served = f"{last.name} in {self.root}" if last else "none"
+        error.args = (f"{error}; the last complete export: {served}",)
+        return error
 
     def prune(self) -> None:
         """Removes all but the newest `keep` exports written here."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import pytest
+
 from srpo_jax.rollout.config import SGLangConfig
 from srpo_jax.rollout.sglang import SGLangEngine
 from srpo_jax.rollout.weight_exports import WeightExports
@@ -42,6 +44,31 @@ def test_write_replaces_a_leftover_and_prune_keeps_the_newest(tmp_path):
     assert (tmp_path / "step_00000004" / "model.safetensors").stat().st_size == 12
 
 
+def test_an_export_is_written_aside_and_renamed_whole(tmp_path):
+    """The exporter writes step_N.partial; only a complete one becomes step_N. One that
+    fails (here: its exporter raises halfway) leaves nothing of its version, and the
+    previous export as it was."""
+    rec = Recorder()
+    exports = WeightExports(tmp_path, rec.export, keep=2)
+    exports.write(4, 1)
+    assert rec.log == ["export step_00000001.partial"]
+
+    def fails_halfway(params, path):
+        rec.export(params, path)
+        raise RuntimeError("exporter failed")
+
+    exports._exporter = fails_halfway
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        exports.write(8, 2)
+    assert _names(tmp_path) == ["step_00000001"]
+    assert (tmp_path / "step_00000001" / "model.safetensors").stat().st_size == 4
+    exports._exporter = rec.export
+    leftover = tmp_path / "step_00000002.partial"  # as a killed process leaves it
+    leftover.mkdir()
+    exports.write(8, 2)
+    assert _names(tmp_path) == ["step_00000001", "step_00000002"]
+
+
 def test_a_non_writer_meets_the_barriers_and_deletes_nothing(tmp_path):
     """Off process 0 the export is the collective gather (nothing written here): it is
     bracketed by the barriers, and only process 0 clears or deletes folders."""
@@ -59,8 +86,8 @@ def test_a_non_writer_meets_the_barriers_and_deletes_nothing(tmp_path):
     other.write(0, 4)
     other.prune()
     assert log == [
-        "barrier cleared", "export step_00000003", "barrier written",
-        "barrier cleared", "export step_00000004", "barrier written",
+        "barrier cleared", "export step_00000003.partial", "barrier written",
+        "barrier cleared", "export step_00000004.partial", "barrier written",
     ]  # fmt: skip
     assert _names(tmp_path) == ["step_00000001", "step_00000003"]
 
@@ -97,6 +124,6 @@ def test_launched_servers_start_on_the_one_export_of_the_initial_weights(tmp_pat
     )
     rec = Recorder()
     with SGLangEngine(cfg, exporter=rec.export, initial_params=7, initial_version=3) as engine:
-        assert rec.log == ["export step_00000003"]  # one export, as the engine's version
+        assert rec.log == ["export step_00000003.partial"]  # one export, the engine's version
         assert seen.read_text() == str(tmp_path / "exports" / "step_00000003")
         assert _names(engine.export_dir) == ["logs", "step_00000003"]
