@@ -17,6 +17,9 @@ A full disk. Any write of the run that runs out of space raises disk.DiskFullErr
 line naming the path and the bytes; main exits 1). A checkpoint is written in the
 background, so the disk may fill during its write and a metrics line fail first: the loop
 then waits for the checkpoint and, if it failed too, reports the checkpoint, the cause.
+
+Whatever stops the loop early (a full disk, an engine error, non-finite steps) first closes
+the rollout engine, so that the SGLang servers it launched stop with the run.
 """
 
 from __future__ import annotations
@@ -177,11 +180,27 @@ def train_loop(run, preempt: Preemption, progress: progress_lib.Progress) -> dic
     start_step = int(multihost.to_host(run.state.step))
     progress.start("rl", run.cfg.train.num_steps, initial=start_step)
     try:
-        _steps(run, progress, start_step, preempt)
-    except disk.DiskFullError:
-        run.ckpt.wait()  # a checkpoint that filled the disk is the cause: it raises instead
+        try:
+            _steps(run, progress, start_step, preempt)
+        except disk.DiskFullError:
+            run.ckpt.wait()  # a checkpoint that filled the disk is the cause: it raises instead
+            raise
+    except BaseException:
+        _close_on_abort(run)
         raise
     return _finish(run, progress, start_step)
+
+
+def _close_on_abort(run) -> None:
+    """Stops the rollout engine of a run that is ending on an error: servers the engine
+    launched run in their own session, so nothing else would stop them once this process
+    exits. A failure here is logged, not raised: the error that stopped the run is the one
+    main reports."""
+    try:
+        run.feed.close()
+        run.engine.close()
+    except Exception as e:  # noqa: BLE001 - must not hide the cause
+        logging.warning("closing the rollout engine after the error failed: %s", e)
 
 
 def _steps(run, progress: progress_lib.Progress, start_step: int, preempt: Preemption) -> None:
