@@ -84,7 +84,10 @@ class WeightExports:
         needed = sum(f.stat().st_size for f in last.iterdir() if f.is_file()) if last else None
         error = disk.DiskFullError(path, needed, what=f"the weight export of step {version}")
         served = f"{last.name} in {self.root}" if last else "none"
-        error.args = (f"{error}; the last complete export: {served}",)
+        error.args = (
+            f"{error}; the last complete export: {served}. Free space and rerun the same "
+            "command to resume from the last checkpoint",
+        )
         return error
 
     def prune(self) -> None:
