@@ -29,8 +29,10 @@ its requests at once instead of after the retry back-off, so the generation in f
 RolloutError (the caller retries the whole batch; nothing partial is returned). The next
 `generate` relaunches every dead launched server on the weights it last served, stamps the
 current weight version on it (update_from_disk sync) and counts it in `num_restarts`; past
-`max_restarts` per engine it raises RolloutError with the server's log tail instead. Servers
-given by URL are not ours to restart: their failures surface as RolloutError naming the URL.
+`max_restarts` per engine it raises RolloutError with the server's log tail instead. A
+relaunch with sync="restart" that fails to come up is tried again from the same budget.
+Servers given by URL are not ours to restart: their failures surface as RolloutError naming
+the URL.
 """
 
 from __future__ import annotations
@@ -458,10 +460,27 @@ class SGLangEngine:
                 self._update_from_disk(old.url, self._serving_path, self._version)
 
     def _restart(self, path: pathlib.Path) -> None:
+        """Relaunches every server on `path` (sync="restart"). A relaunch that fails is tried
+        again, each try counted in `num_restarts`, until `max_restarts` is spent: a server
+        can fail to boot for a passing reason (sglang-jax 0.1.0rc0 on CPU refuses to start,
+        "Not enough memory", when the host is briefly short of it; seen 18 steps into a soak)."""
         ports = [int(s.url.rsplit(":", 1)[1]) for s in self._servers]
         for s in self._servers:
             s.stop()
-        self._servers = self._launch(str(path), ports)
+        self._servers = []  # launch_servers stops what it started if it fails
+        while True:
+            try:
+                self._servers = self._launch(str(path), ports)
+                return
+            except RolloutError as e:
+                if self.num_restarts >= self.config.max_restarts:
+                    raise
+                self.num_restarts += 1
+                logging.warning(
+                    "relaunching the SGLang servers on %s failed (%s); trying again (restart "
+                    "%d, at most %d)", path, str(e).splitlines()[0], self.num_restarts,
+                    self.config.max_restarts,
+                )  # fmt: skip
 
     def _launch(
         self, model_path: str, ports: list[int], first_index: int = 0

@@ -157,6 +157,47 @@ def test_server_that_never_gets_healthy_times_out(tmp_path):
     server.stop(grace_s=2)
 
 
+# A stand-in server: answers /health; launch number N (counted in a file) exits at once when
+# N is listed in FAIL (comma-separated), like a server that cannot boot.
+_FLAKY_SERVER = (
+    "import http.server, pathlib, sys\n"
+    "count = pathlib.Path(sys.argv[2])\n"
+    "n = int(count.read_text()) + 1 if count.exists() else 1\n"
+    "count.write_text(str(n))\n"
+    "if str(n) in sys.argv[3].split(','): print(f'launch {n}: Not enough memory'); sys.exit(1)\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def log_message(self, *a): pass\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers()\n"
+    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+
+
+@pytest.mark.parametrize("max_restarts, fail", [(1, "2"), (2, "2,3"), (1, "2,3")])
+def test_a_failed_relaunch_is_retried_within_the_restart_budget(tmp_path, max_restarts, fail):
+    """sync=restart: launch 1 is the initial one, launch 2 the relaunch on version 1's
+    export. Relaunches that fail are tried again while max_restarts allows, then the run's
+    error names the server's log."""
+    script, count = tmp_path / "server.py", tmp_path / "launches"
+    script.write_text(_FLAKY_SERVER)
+    cfg = SGLangConfig(
+        launch_command=f"{sys.executable} {script} {{port}} {count} {fail}",
+        base_port=0, export_dir=str(tmp_path / "exports"), startup_timeout_s=60,
+        sync="restart", max_restarts=max_restarts,
+    )  # fmt: skip
+    with SGLangEngine(cfg, exporter=_fake_exporter, initial_params=1, initial_version=0) as e:
+        failures = len(fail.split(","))
+        if failures > max_restarts:
+            with pytest.raises(RolloutError, match=r"(?s)exited with code 1.*Not enough memory"):
+                e.update_weights(1, version=1)
+            assert e.servers == ()  # nothing left running
+        else:
+            e.update_weights(1, version=1)
+            assert [s.alive() for s in e.servers] == [True]
+        assert e.num_restarts == min(failures, max_restarts)
+        assert count.read_text() == str(2 + min(failures, max_restarts))
+
+
 def test_stop_kills_the_whole_process_group(tmp_path):
     # A parent that ignores SIGTERM with a child: both must be gone after stop().
     script = (
