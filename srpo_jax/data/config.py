@@ -50,6 +50,13 @@ class DataConfig:
     synthetic_test_size: int = 64
     synthetic_warmup_size: int = 2048  # SFT pairs of the synthetic warm-up (synthetic.py)
     length_buckets_per_octave: int = 1
+    # False: a response cut at max_response_len (finish "length") scores 0 whatever the
+    # verifier says. SPEC 1 scores the text as it is (True, the default); the demo's reward
+    # reads `<answer> ... </answer>` and ignores what follows, so a policy that stops ending
+    # its responses keeps its reward until the filler corrupts the answer, and at lr 1e-3 it
+    # does exactly that after ~200 steps (docs/performance.md, the soak). A cut response
+    # scoring 0 keeps the stop token rewarded; docs/deviations.md.
+    score_truncated: bool = True
 
     def __post_init__(self):
         one_of("data.task", self.task, TASKS)

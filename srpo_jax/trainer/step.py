@@ -30,7 +30,7 @@ from srpo_jax.data import datasets, rewards
 from srpo_jax.learner import batch as batching
 from srpo_jax.learner import packing
 from srpo_jax.model import attention
-from srpo_jax.rollout.engine import FINISH_ABORT, RolloutError, SamplingParams
+from srpo_jax.rollout.engine import FINISH_ABORT, FINISH_LENGTH, RolloutError, SamplingParams
 from srpo_jax.trainer.faults import FaultInjection
 
 # A rollout's own failures: the engine's error, a socket/HTTP error (requests' exceptions
@@ -94,15 +94,17 @@ class HostStep:
 
 
 def _scores(cfg, ro, examples, tokenizer) -> tuple[list[str], np.ndarray]:
-    """Decoded completions and their verifier rewards (aborted rows score 0)."""
+    """Decoded completions and their verifier rewards (aborted rows score 0, and so do rows cut
+    at max_response_len when data.score_truncated is off)."""
     g = cfg.algo.group_size
+    unscored = {FINISH_ABORT} if cfg.data.score_truncated else {FINISH_ABORT, FINISH_LENGTH}
     texts = [
         tokenizer.decode(ro.completion(r), skip_special_tokens=True) for r in range(ro.num_rows)
     ]
     rew = np.array(
         [
             rewards.reward(examples[r // g].kind, texts[r], examples[r // g].answer)
-            if ro.finish_reasons[r] != FINISH_ABORT
+            if ro.finish_reasons[r] not in unscored
             else 0.0
             for r in range(ro.num_rows)
         ],
