@@ -1,8 +1,8 @@
 """A soak: the CPU demo run for many RL steps, with evaluation and checkpoints on, sampled
 every few steps for what grows over a long run.
 
-    python benchmarks/soak.py --steps=2000 --every=50 --out=docs/soak   # about 1 h idle
-    python benchmarks/soak.py --retable --out=docs/soak   # the goals again, from OUT.md
+    python benchmarks/soak.py --steps=2000 --every=50 --out=docs/soak/soak   # about 1 h idle
+    python benchmarks/soak.py --retable --out=docs/soak/soak   # goals and plot from OUT.md
 
 It trains configs/demo.py in this process through `trainer.setup.run` (the same path as
 `python -m srpo_jax.main`) and, every --every steps, records:
@@ -21,12 +21,14 @@ rollouts succeed and every path of the step (routing, the teacher pass) runs in 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import datetime
 import os
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -40,6 +42,13 @@ from srpo_jax.trainer import setup as trainer_setup
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 TRENDS = ("rss_mb", "live_mb", "step_s")
+# The soak's own learning rate and reward setting (configs/demo.py keeps its figures): at the
+# demo's 1e-3, with cut responses scored, the policy stops ending its responses after ~200
+# steps and every rollout fails from step ~235 (docs/performance.md), so the routing and
+# teacher paths would run in the first tenth of the soak only.
+LR = 3e-4
+SCORE_TRUNCATED = False
+TRIMMED = ", malloc_trim(0) after each sample"
 
 
 @dataclasses.dataclass
@@ -51,6 +60,55 @@ class Sample:
     compiles: int
     step_s: float
     load_1m: float = float("nan")  # the machine's load average: other work slows the steps
+    # Window means of the step's own metrics, which show that every path of the step ran:
+    # the training accuracy, the rows routed to the teacher (SDPO rows), the teacher prompts
+    # built and the rows cut at max_response_len. nan in tables that predate them.
+    accuracy: float = float("nan")
+    routed_frac: float = float("nan")
+    teacher_rows: float = float("nan")
+    truncated_frac: float = float("nan")
+    # Where the host memory is (heap_stats): the C heap's bytes in use and the free bytes it
+    # keeps, and the blocks Python's own allocator holds.
+    heap_used_mb: float = float("nan")
+    heap_free_mb: float = float("nan")
+    py_blocks: float = float("nan")
+
+
+# Sample field <- the step metric it averages over the window.
+PATH_METRICS = {
+    "accuracy": "reward/accuracy",
+    "routed_frac": "route/sdpo_frac",
+    "truncated_frac": "rollout/truncated_frac",
+}
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc >= 2.33), totals over every arena."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
+            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
+        )
+    ]
+
+
+LIBC = ctypes.CDLL("libc.so.6")
+LIBC.mallinfo2.restype = MallInfo2
+
+
+def heap_stats() -> dict[str, float]:
+    """heap_used_mb: what malloc has handed out and not got back (uordblks + hblkhd, the
+    mmapped blocks); heap_free_mb: free bytes it keeps inside its arenas (fordblks). A leak in
+    C or C++ code (XLA, the checkpointer) grows the first; free memory the allocator does not
+    give back to the kernel grows the second with the first flat. py_blocks: Python's own."""
+    m = LIBC.mallinfo2()
+    return {
+        "heap_used_mb": (m.uordblks + m.hblkhd) / 2**20,
+        "heap_free_mb": m.fordblks / 2**20,
+        "py_blocks": float(sys.getallocatedblocks()),
+    }
 
 
 def rss_mb() -> float:
@@ -63,21 +121,25 @@ def rss_mb() -> float:
 class SoakView(progress_lib.Progress):
     """The console view of the run, which also samples the process every `every` steps."""
 
-    def __init__(self, every: int, compiles: list[int], report):
+    def __init__(self, every: int, compiles: list[int], report, trim: bool = False):
         super().__init__(log_every=every, bar=False)
-        self.every, self.compiles, self.report = every, compiles, report
+        self.every, self.compiles, self.report, self.trim = every, compiles, report, trim
         self.samples: list[Sample] = []
-        self._window: list[float] = []
+        self._window: list[dict[str, float]] = []
 
     def update(self, step: int, metrics) -> None:
         super().update(step, metrics)
         if "time/step_s" in metrics:  # an RL step (the warm-up reports its loss only)
-            self._window.append(float(metrics["time/step_s"]))
+            keys = ("time/step_s", "rollout/rows", "route/teacher_frac", *PATH_METRICS.values())
+            self._window.append({k: float(metrics.get(k, np.nan)) for k in keys})
             if step % self.every == 0:
                 self._sample(step)
 
     def _sample(self, step: int) -> None:
         arrays = jax.live_arrays()
+        w = self._window
+        paths = {f: float(np.mean([m[k] for m in w])) for f, k in PATH_METRICS.items()}
+        teacher = float(np.mean([m["route/teacher_frac"] * m["rollout/rows"] for m in w]))
         self.samples.append(
             Sample(
                 step=step,
@@ -85,11 +147,16 @@ class SoakView(progress_lib.Progress):
                 live_buffers=len(arrays),
                 live_mb=sum(a.nbytes for a in arrays) / 2**20,
                 compiles=self.compiles[0],
-                step_s=statistics.median(self._window),
+                step_s=statistics.median(m["time/step_s"] for m in w),
                 load_1m=os.getloadavg()[0],
+                teacher_rows=teacher,
+                **paths,
+                **heap_stats(),
             )
         )
         self._window = []
+        if self.trim:  # the allocator experiment: free arena memory back to the kernel
+            LIBC.malloc_trim(0)
         self.report(self.samples)  # written as it goes: a long soak cut short keeps its table
 
 
@@ -124,14 +191,23 @@ def goals(samples: list[Sample], settle: int) -> list[tuple[str, float, str, boo
 
 def table(samples: list[Sample], settle: int) -> str:
     lines = [
-        "| step | RSS MB | live buffers | live MB | compiles | median step s | load 1 min |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | RSS MB | live buffers | live MB | compiles | median step s | load 1 min "
+        "| accuracy | routed frac | teacher rows | truncated frac | heap used MB | heap free MB "
+        "| py blocks |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(value: float, fmt: str) -> str:
+        return "-" if np.isnan(value) else format(value, fmt)
+
     for s in samples:
-        load = "-" if np.isnan(s.load_1m) else f"{s.load_1m:.1f}"
         lines.append(
             f"| {s.step} | {s.rss_mb:.1f} | {s.live_buffers} | {s.live_mb:.2f} | "
-            f"{s.compiles} | {s.step_s:.3f} | {load} |"
+            f"{s.compiles} | {s.step_s:.3f} | {cell(s.load_1m, '.1f')} | "
+            f"{cell(s.accuracy, '.3f')} | {cell(s.routed_frac, '.3f')} | "
+            f"{cell(s.teacher_rows, '.1f')} | {cell(s.truncated_frac, '.3f')} | "
+            f"{cell(s.heap_used_mb, '.1f')} | {cell(s.heap_free_mb, '.1f')} | "
+            f"{cell(s.py_blocks, '.0f')} |"
         )
     lines += ["", f"Goals, from step {settle} on:", "", "| goal | measured | limit | met |"]
     lines.append("|---|---:|---|---|")
@@ -148,15 +224,20 @@ def plot(samples: list[Sample], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [s.step for s in samples]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
-    series = [
-        ("RSS MB", "rss_mb"),
-        ("live MB", "live_mb"),
-        ("compiles", "compiles"),
-        ("step s", "step_s"),
+    fig, axes = plt.subplots(2, 3, figsize=(15, 6.4))
+    panels = [  # (title, fields): one line per field
+        ("RSS and C heap, MB", ("rss_mb", "heap_used_mb", "heap_free_mb")),
+        ("live jax MB", ("live_mb",)),
+        ("compiles", ("compiles",)),
+        ("median step s", ("step_s",)),
+        ("paths (window means)", ("accuracy", "routed_frac", "truncated_frac")),
+        ("teacher rows per step", ("teacher_rows",)),
     ]
-    for ax, (title, field) in zip(axes, series, strict=True):
-        ax.plot(steps, [getattr(s, field) for s in samples], marker=".")
+    for ax, (title, fields) in zip(axes.flat, panels, strict=True):
+        for field in fields:
+            ax.plot(steps, [getattr(s, field) for s in samples], marker=".", label=field)
+        if len(fields) > 1:
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.set_ylim(bottom=0)
@@ -173,14 +254,29 @@ def read_table(path: pathlib.Path) -> tuple[str, list[Sample]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and cells[0].isdigit() and len(cells) >= 6:
             step, rss, bufs, live, comp, sec = cells[:6]
-            load = float(cells[6]) if len(cells) > 6 and cells[6] != "-" else float("nan")
+            rest = [float("nan") if c == "-" else float(c) for c in cells[6:14]]
+            rest += [float("nan")] * (8 - len(rest))  # older tables lack these columns
             samples.append(
-                Sample(int(step), float(rss), int(bufs), float(live), int(comp), float(sec), load)
+                Sample(int(step), float(rss), int(bufs), float(live), int(comp), float(sec), *rest)
             )
     return text.split("\n\n")[0], samples
 
 
-def main() -> None:
+def soak_config(args):
+    """configs/demo.py with the soak's steps, warm-up, learning rate and reward setting."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = load_config_file(str(root / "configs/demo.py"))
+    with config.unlocked():
+        config.train.num_steps = args.steps
+        config.warmup.steps = args.warmup
+        config.optim.lr = args.lr or config.optim.lr
+        config.data.score_truncated = args.score_truncated
+        config.eval.max_examples = 64  # evaluation every 10 steps stays a small part
+        config.log.progress = False
+    return from_config_dict(config)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--every", type=int, default=50)
@@ -189,11 +285,24 @@ def main() -> None:
     p.add_argument("--workdir", default="")
     p.add_argument("--out", default="soak")
     p.add_argument("--retable", action="store_true", help="recompute OUT.md's goals only")
-    args = p.parse_args()
+    p.add_argument("--lr", type=float, default=LR, help="0: the demo's own")
+    p.add_argument(
+        "--score-truncated",
+        action=argparse.BooleanOptionalAction,
+        default=SCORE_TRUNCATED,
+        help="data.score_truncated: whether a response cut at max_response_len is scored",
+    )
+    p.add_argument("--trim", action="store_true", help="malloc_trim(0) after every sample")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     out = pathlib.Path(args.out)
     if args.retable:
         head, samples = read_table(out.with_suffix(".md"))
         out.with_suffix(".md").write_text(head + "\n\n" + table(samples, args.settle))
+        plot(samples, out.with_suffix(".png"))
         return
 
     compiles = [0]
@@ -203,22 +312,16 @@ def main() -> None:
             compiles[0] += 1
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
-    root = pathlib.Path(__file__).resolve().parents[1]
-    config = load_config_file(str(root / "configs/demo.py"))
-    with config.unlocked():
-        config.train.num_steps = args.steps
-        config.warmup.steps = args.warmup
-        config.eval.max_examples = 64  # evaluation every 10 steps stays a small part
-        config.log.progress = False
-    cfg = from_config_dict(config)
+    cfg = soak_config(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
     def report(samples: list[Sample]) -> None:
         head = (
             f"Soak of configs/demo.py, {samples[-1].step} of {args.steps} RL steps (warm-up "
-            f"{args.warmup}, eval every {cfg.eval.every_steps} steps on "
-            f"{cfg.eval.max_examples} questions, checkpoints every "
+            f"{args.warmup}, lr {cfg.optim.lr:g}, data.score_truncated "
+            f"{cfg.data.score_truncated}{TRIMMED if args.trim else ''}, eval every "
+            f"{cfg.eval.every_steps} steps on {cfg.eval.max_examples} questions, checkpoints every "
             f"{cfg.checkpoint.every_steps}), {datetime.date.today()}, {platform.node()} "
             f"({jax.devices()[0].platform}), {(time.perf_counter() - t0) / 60:.1f} min of "
             "wall time.\n\n"
@@ -226,7 +329,7 @@ def main() -> None:
         out.with_suffix(".md").write_text(head + table(samples, args.settle))
         plot(samples, out.with_suffix(".png"))
 
-    view = SoakView(args.every, compiles, report)
+    view = SoakView(args.every, compiles, report, trim=args.trim)
     workdir = args.workdir or tempfile.mkdtemp(prefix="srpo_soak_")
     trainer_setup.run(cfg, workdir, progress=view)
     print(out.with_suffix(".md").read_text())
