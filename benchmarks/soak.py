@@ -189,6 +189,43 @@ def goals(samples: list[Sample], settle: int) -> list[tuple[str, float, str, boo
     ]
 
 
+# Where host memory goes: (label, Sample field, unit) of the slopes table.
+MEMORY_SPLIT = (
+    ("RSS", "rss_mb", "MB"),
+    ("C heap in use", "heap_used_mb", "MB"),
+    ("C heap free, kept", "heap_free_mb", "MB"),
+    ("Python blocks", "py_blocks", "blocks"),
+)
+
+
+def slope_per_1000(steps: list[int], values: list[float]) -> tuple[float, float]:
+    """The least-squares slope per 1000 steps and the half-width of its 95% interval."""
+    from scipy import stats
+
+    x, y = np.asarray(steps, float), np.asarray(values, float)
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (intercept + slope * x)
+    # The slope's standard error from the residuals (linregress's is nan for a flat series).
+    stderr = np.sqrt(residual @ residual / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
+    return 1000 * float(slope), 1000 * float(stats.t.ppf(0.975, len(x) - 2) * stderr)
+
+
+def memory_split(samples: list[Sample], settle: int) -> list[str]:
+    """Table lines: the slope of RSS and of its parts from step `settle` on (none for tables
+    without the heap columns)."""
+    after = [s for s in samples if s.step >= settle and not np.isnan(s.heap_used_mb)]
+    if len(after) < 3:
+        return []
+    lines = ["", f"Host memory, slopes from step {settle} on:", ""]
+    lines += ["| series | mean | per 1000 steps (95% interval) |", "|---|---:|---:|"]
+    steps = [s.step for s in after]
+    for label, field, unit in MEMORY_SPLIT:
+        values = [getattr(s, field) for s in after]
+        slope, half = slope_per_1000(steps, values)
+        lines.append(f"| {label} | {np.mean(values):.0f} {unit} | {slope:+.0f} ± {half:.0f} |")
+    return lines
+
+
 def table(samples: list[Sample], settle: int) -> str:
     lines = [
         "| step | RSS MB | live buffers | live MB | compiles | median step s | load 1 min "
@@ -214,6 +251,7 @@ def table(samples: list[Sample], settle: int) -> str:
     for name, value, limit, met in goals(samples, settle):
         shown = f"{value:+.1%}" if "%" in limit else f"{value:.0f}"
         lines.append(f"| {name} | {shown} | {limit} | {'yes' if met else 'NO'} |")
+    lines += memory_split(samples, settle)
     return "\n".join(lines) + "\n"
 
 

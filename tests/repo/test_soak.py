@@ -59,3 +59,21 @@ def test_a_table_from_before_the_path_and_heap_columns_still_reads(tmp_path):
     (s,) = soak.read_table(path)[1]
     assert (s.step, s.rss_mb, s.compiles, s.step_s) == (50, 1445.9, 24, 2.573)
     assert np.isnan(s.load_1m) and np.isnan(s.accuracy) and np.isnan(s.heap_used_mb)
+
+
+def test_the_memory_split_gives_each_part_its_slope_per_1000_steps():
+    samples = [
+        _sample(s, 1500.0 + 0.05 * s, heap_used_mb=300.0, heap_free_mb=500.0 + 0.05 * s)
+        for s in (200, 400, 600, 800)
+    ]
+    lines = soak.memory_split(samples, settle=200)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["RSS"].endswith("| +50 ± 0 |")  # 0.05 MB per step, exactly on the line
+    assert rows["C heap in use"].endswith("| +0 ± 0 |")
+    assert rows["C heap free, kept"].endswith("| +50 ± 0 |")
+    slope, half = soak.slope_per_1000([0, 100, 200, 300], [1.0, 2.0, 1.0, 2.0])
+    assert slope == pytest.approx(2.0) and half > abs(slope)  # noise: an interval over 0
+    assert (
+        soak.memory_split([_sample(s, 1.0, heap_used_mb=np.nan) for s in (200, 400, 600)], 200)
+        == []
+    )
