@@ -33,7 +33,7 @@ from absl import logging
 
 from srpo_jax import multihost
 from srpo_jax.config import to_dict
-from srpo_jax.trainer import disk, evaluation, report
+from srpo_jax.trainer import disk, evaluation, host_memory, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.faults import poison
@@ -165,6 +165,9 @@ def _after_step(run, n: int, m: dict, preempt) -> bool:
         if faults.kill_point == "after_checkpoint" and faults.kill_step == n:
             run.ckpt.wait()
             faults.maybe_kill("after_checkpoint", n)
+        # Free heap pages glibc keeps go back to the kernel, so RSS follows the memory in
+        # use instead of creeping up over a long run (host_memory.py, the soak).
+        host_memory.release_free_heap()
     if preempt.requested:
         run.log(f"preempted: checkpoint written at step {n}; exiting")
     elif over_budget:
