@@ -10,12 +10,21 @@ It trains configs/demo.py in this process through `trainer.setup.run` (the same 
 - live_buffers / live_mb: the jax arrays alive on the devices (jax.live_arrays());
 - compiles: XLA compilations so far (jax's backend-compile events), so a cache that keeps
   growing shows as a count that keeps climbing;
-- step_s: the median step time over the window (time/step_s from the metrics).
+- step_s: the median step time over the window (time/step_s from the metrics);
+- accuracy, routed_frac, teacher_rows, truncated_frac: window means of the step's training
+  accuracy, fraction of rows routed to the teacher, teacher prompts built and rows cut at
+  max_response_len, which show that every path of the step (routing, the teacher pass, the
+  GRPO rows) stayed busy;
+- heap_used_mb, heap_free_mb, py_blocks: glibc's heap in use and the free memory it keeps,
+  and Python's allocated blocks (heap_stats), which say which part of RSS moves.
 
-It prints a markdown table, writes it to OUT.md with the goals checked (after the first
---settle steps: RSS and live bytes grow < 5%, the compile count is constant, the step time
-drifts < 10%) and plots the four series to OUT.png. The warm-up is the demo's, so that
-rollouts succeed and every path of the step (routing, the teacher pass) runs in the soak.
+It writes the table to OUT.md as it goes (a soak cut short keeps its table), with the goals
+checked after the first --settle steps (RSS and live bytes grow < 5%, the compile count is
+constant, the step time drifts < 10%) and the slopes of RSS and its parts, and plots the
+series to OUT.png. The warm-up is the demo's; the RL steps run at lr 3e-4 with
+data.score_truncated off (LR, SCORE_TRUNCATED: the demo's own 1e-3 with cut responses
+scored collapses after ~235 steps). --trim calls malloc_trim(0) after each sample: the
+experiment that showed where the RSS growth came from (srpo_jax/trainer/host_memory.py).
 """
 
 from __future__ import annotations
