@@ -3,7 +3,7 @@
 The soak (benchmarks/soak.py, docs/performance.md "A long run: the soak") found the
 process's RSS creeping up over a run while the C heap in use (glibc's mallinfo2: uordblks +
 hblkhd) stayed flat, the device buffers stayed flat and Python's block count stayed flat:
-glibc keeps ~590 MB of freed memory inside its arenas on the CPU demo (the warm-up's,
+glibc keeps ~600 MB of freed memory inside its arenas on the CPU demo (the warm-up's,
 compiler's and evaluation's peaks, freed below chunks still in use, so the arena top cannot
 shrink), and as later allocations land in different parts of it, more of those pages become
 resident and stay so after they are freed again. Nothing leaks; RSS drifts towards in-use +
