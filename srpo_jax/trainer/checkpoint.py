@@ -202,8 +202,7 @@ class CheckpointManager:
         self._pending = None
         _join_orbax_writers()
         if step is not None and jax.process_index() == 0:
-            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(partial, ignore_errors=True)  # give the space back
+            _remove_partial(self.directory, step)  # give the space back
         try:
             complete = self.all_steps()
         except Exception:  # listing can fail on a broken disk too; the message still stands
@@ -383,6 +382,23 @@ def _quiet_disk_full_logs() -> None:
             logger.addFilter(_DropDiskFullRecords())
     if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
         sys.unraisablehook = _DropClosedLoopCallbacks(sys.unraisablehook)
+
+
+def _remove_partial(directory: pathlib.Path, step: int, timeout_s: float = 30.0) -> None:
+    """Removes step's partial (orbax tmp) directories, retrying until none is left.
+
+    tensorstore's native writer threads are invisible to `_join_orbax_writers`; one still
+    finishing its failed chunk can create a file while rmtree walks the directory, which then
+    stays (seen once under load). Those writes fail fast on the full disk, so a few retries
+    see the directory gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        partials = list(directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+        for partial in partials:
+            shutil.rmtree(partial, ignore_errors=True)
+        if not partials or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def _join_orbax_writers(timeout_s: float = 120.0) -> None:
