@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from srpo_jax.trainer import disk
+from srpo_jax import disk
 
 
 class WeightExports:

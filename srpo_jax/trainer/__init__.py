@@ -6,7 +6,6 @@ step.py        one step: rollout, rewards, routing, packing, learner, weight syn
 loop.py        the loop: evaluation, checkpoints, time budget, preemption, resume
 checkpoint.py  orbax checkpoints with the host state
 host_memory.py free heap pages back to the kernel at each checkpoint (glibc malloc_trim)
-disk.py        a full disk: one DiskFullError line, whole lines and files only
 evaluation.py  avg@k / maj@k on a test split
 metrics.py     metrics.jsonl, TensorBoard, W&B, curves.png
 progress.py    the console view; report.py the start and end summaries

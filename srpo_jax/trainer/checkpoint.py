@@ -44,7 +44,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from srpo_jax.trainer import disk
+from srpo_jax import disk
 from srpo_jax.trainer.config import CheckpointConfig  # noqa: F401
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ import time
 
 from absl import logging
 
-from srpo_jax import multihost
+from srpo_jax import disk, multihost
 from srpo_jax.config import to_dict
-from srpo_jax.trainer import disk, evaluation, host_memory, report
+from srpo_jax.trainer import evaluation, host_memory, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer.faults import poison

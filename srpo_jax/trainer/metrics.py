@@ -2,7 +2,7 @@
 Biases, plots.
 
 workdir/metrics.jsonl holds one object per line: {"step": int, "<name>": float, ...}. Every
-line is built first and then written whole and fsynced (trainer/disk.py), so a killed run
+line is built first and then written whole and fsynced (srpo_jax/disk.py), so a killed run
 loses at most the line being written; readers skip such a torn last line, and the next
 writer cuts it off before appending. Non-finite values are written as JSON NaN/Infinity
 (Python's json reads them back).
@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from srpo_jax.trainer import disk
+from srpo_jax import disk
 from srpo_jax.trainer.config import LogConfig  # noqa: F401
 
 FILENAME = "metrics.jsonl"

@@ -18,8 +18,8 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
+from srpo_jax import disk
 from srpo_jax.config import Config, to_dict
-from srpo_jax.trainer import disk
 from srpo_jax.trainer.progress import format_duration
 
 CONFIG_FILENAME = "config.json"

@@ -42,7 +42,7 @@ A full disk. Any write of the run (checkpoint, metrics, curves, config.json, the
 tokenizer) that runs out of space raises DiskFullError naming the path and the bytes it
 needed (main prints one line and exits 1); nothing is left half-written, and rerunning the
 same command once space is freed resumes from the last complete checkpoint
-(srpo_jax/trainer/disk.py; tests/e2e/test_disk_full.py).
+(srpo_jax/disk.py; tests/e2e/test_disk_full.py).
 
 Testing aids (fault injection): srpo_jax/trainer/faults.py, read from the environment once, in
 `run`, never inside the loop.
@@ -61,20 +61,20 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from srpo_jax import multihost
+from srpo_jax import disk, multihost
 from srpo_jax.algo import routing
 from srpo_jax.config import Config, ConfigError, check_mesh, check_model, to_dict
 from srpo_jax.data import datasets, synthetic
 from srpo_jax.data import tokenizer as tok_lib
+from srpo_jax.disk import DiskFullError
 from srpo_jax.learner import train_step as learner
 from srpo_jax.model import hf_io
 from srpo_jax.model.qwen3 import create_sharded_model
 from srpo_jax.rollout.engine import RolloutError
 from srpo_jax.sharding import make_mesh
-from srpo_jax.trainer import checkpoint, disk, evaluation, probe, report
+from srpo_jax.trainer import checkpoint, evaluation, probe, report
 from srpo_jax.trainer import metrics as metrics_lib
 from srpo_jax.trainer import progress as progress_lib
-from srpo_jax.trainer.disk import DiskFullError
 from srpo_jax.trainer.faults import FaultInjection
 from srpo_jax.trainer.loop import EVAL_SCORES, Preemption, ResumeState, TrainingAborted, train_loop
 from srpo_jax.trainer.overlap import LAGGED_ENGINE_NOTE, RolloutFeed, concurrent_engine

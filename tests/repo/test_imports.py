@@ -87,6 +87,7 @@ def test_the_cycle_finder_finds_one():
 # Layer of each top-level module or package of srpo_jax (higher may import lower).
 LAYER = {
     "config_checks": 0,
+    "disk": 0,
     "jax_startup": 0,
     "log_levels": 0,
     "lazy_exports": 0,

@@ -13,7 +13,8 @@ import types
 
 import pytest
 
-from srpo_jax.trainer import checkpoint, disk, metrics
+from srpo_jax import disk
+from srpo_jax.trainer import checkpoint, metrics
 
 
 @pytest.fixture

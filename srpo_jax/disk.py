@@ -1,8 +1,10 @@
 """A full disk as one line: `DiskFullError` names the path and the bytes a write needed.
 
-A run writes four kinds of files to its workdir: checkpoints (checkpoint.py), metrics
-(metrics.py: metrics.jsonl, TensorBoard events, curves.png), eval_scores.jsonl and the
-resolved config.json (report.py). When the disk (or a quota) fills during one of those
+A run writes four kinds of files to its workdir: checkpoints (trainer/checkpoint.py),
+metrics (trainer/metrics.py: metrics.jsonl, TensorBoard events, curves.png),
+eval_scores.jsonl and the resolved config.json (trainer/report.py); the SGLang disk route
+adds the weight exports (rollout/weight_exports.py), hence this module sits below both
+packages. When the disk (or a quota) fills during one of those
 writes, the run stops with DiskFullError, which main prints as one `error:` line and exit 1
 (the runtime-fault convention of TrainingAborted), with no traceback:
 
