@@ -83,6 +83,20 @@ def runs(tmp_path_factory):
     return full, workdir, root / "as_failed", kept, failed, resumed
 
 
+def assert_last_checkpoint_and_whole_lines(workdir: pathlib.Path, full: pathlib.Path, step: int):
+    """The stopped run's last checkpoint is `step` and equals the uninterrupted run's (in
+    `full`) leaf for leaf; its metrics.jsonl holds whole lines only. Returns those lines."""
+    last, state = final_state(workdir)
+    assert last == step
+    _, expected = final_state(full, step)
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(state[key], value, err_msg=key, strict=True)
+    raw = (workdir / "metrics.jsonl").read_bytes()
+    assert raw.endswith(b"\n")
+    return [json.loads(ln) for ln in raw.decode().splitlines()]  # raises on a torn line
+
+
 @pytest.mark.slow
 def test_full_disk_stops_with_one_line_naming_path_and_bytes(runs):
     full, workdir, _, _, (rc, out, err), _ = runs
@@ -106,15 +120,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_whole_metric_lines(runs):
     full, _, kept, _, _, _ = runs
     # Checkpoint 4's partial directory was removed; 2 restores and equals the full run's 2.
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["2"]
-    step, state = final_state(kept)
-    assert step == 2
-    _, full_2 = final_state(full, 2)
-    assert state.keys() == full_2.keys()
-    for key, value in full_2.items():
-        np.testing.assert_array_equal(state[key], value, err_msg=key, strict=True)
-    raw = (kept / "metrics.jsonl").read_bytes()
-    assert raw.endswith(b"\n")
-    lines = [json.loads(ln) for ln in raw.decode().splitlines()]  # raises on a torn line
+    lines = assert_last_checkpoint_and_whole_lines(kept, full, 2)
     steps = [r["step"] for r in lines if "loss" in r]
     assert steps == list(range(1, len(steps) + 1)) and steps[-1] >= 4, steps
     for ln in (kept / "eval_scores.jsonl").read_text().splitlines():

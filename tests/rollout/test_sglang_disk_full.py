@@ -34,7 +34,6 @@ checkpoint bit for bit.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shlex
@@ -49,6 +48,7 @@ from sglang_env import launch_template, write_run_config, write_tiny_checkpoint
 
 from srpo_jax.data.tokenizer import build_tiny_tokenizer
 from srpo_jax.trainer.metrics import read_metrics
+from tests.e2e.test_disk_full import assert_last_checkpoint_and_whole_lines
 from tests.e2e.test_resume import final_state
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -198,15 +198,7 @@ def test_no_torn_export_and_the_last_checkpoint_intact(runs):
     assert sorted(p.name for p in mine.iterdir()) == sorted(p.name for p in full.iterdir())
     for f in full.iterdir():
         assert (mine / f.name).read_bytes() == f.read_bytes(), f.name
-    step, state = final_state(workdir)
-    assert step == 1
-    _, full_1 = final_state(runs["full"], 1)
-    assert state.keys() == full_1.keys()
-    for key, value in full_1.items():
-        np.testing.assert_array_equal(state[key], value, err_msg=key, strict=True)
-    raw = (workdir / "metrics.jsonl").read_bytes()
-    assert raw.endswith(b"\n")
-    lines = [json.loads(ln) for ln in raw.decode().splitlines()]  # raises on a torn line
+    lines = assert_last_checkpoint_and_whole_lines(workdir, runs["full"], 1)
     assert [r["step"] for r in lines if "loss" in r] == [1]
 
 
