@@ -10,7 +10,7 @@ resident and stay so after they are freed again. Nothing leaks; RSS drifts towar
 free. `malloc_trim(0)` gives every whole free page in every arena back to the kernel
 (MADV_DONTNEED), so RSS follows the memory in use; the soak's `--trim` arm measured it.
 
-It runs after each checkpoint and evaluation (tens of steps apart), where the step's
+It runs after each checkpoint (tens of steps apart), where the step's
 transient buffers are already freed. Where the C library has no malloc_trim (musl, macOS)
 this is a no-op.
 """
