@@ -11,6 +11,10 @@ It trains configs/demo.py in this process through `trainer.setup.run` (the same 
 - compiles: XLA compilations so far (jax's backend-compile events), so a cache that keeps
   growing shows as a count that keeps climbing;
 - step_s: the median step time over the window (time/step_s from the metrics);
+- s_per_kslot: the median of each step's time per 1000 decode slots (rollout/rows x
+  rollout/response_len_max: the embedded engine decodes every row until the longest one
+  stops), the step time with the workload divided out, since the policy's response lengths
+  move over a run and the step time with them;
 - accuracy, routed_frac, teacher_rows, truncated_frac: window means of the step's training
   accuracy, fraction of rows routed to the teacher, teacher prompts built and rows cut at
   max_response_len, which show that every path of the step (routing, the teacher pass, the
@@ -50,7 +54,7 @@ from srpo_jax.trainer import progress as progress_lib
 from srpo_jax.trainer import setup as trainer_setup
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-TRENDS = ("rss_mb", "live_mb", "step_s")
+TRENDS = ("rss_mb", "live_mb", "step_s", "s_per_kslot")
 # The soak's own learning rate and reward setting (configs/demo.py keeps its figures): at the
 # demo's 1e-3, with cut responses scored, the policy stops ending its responses after ~200
 # steps and every rollout fails from step ~235 (docs/performance.md), so the routing and
@@ -81,6 +85,7 @@ class Sample:
     heap_used_mb: float = float("nan")
     heap_free_mb: float = float("nan")
     py_blocks: float = float("nan")
+    s_per_kslot: float = float("nan")  # step seconds per 1000 decode slots (the docstring)
 
 
 # Sample field <- the step metric it averages over the window.
@@ -139,7 +144,8 @@ class SoakView(progress_lib.Progress):
     def update(self, step: int, metrics) -> None:
         super().update(step, metrics)
         if "time/step_s" in metrics:  # an RL step (the warm-up reports its loss only)
-            keys = ("time/step_s", "rollout/rows", "route/teacher_frac", *PATH_METRICS.values())
+            keys = ("time/step_s", "rollout/rows", "rollout/response_len_max")
+            keys += ("route/teacher_frac", *PATH_METRICS.values())
             self._window.append({k: float(metrics.get(k, np.nan)) for k in keys})
             if step % self.every == 0:
                 self._sample(step)
@@ -157,6 +163,10 @@ class SoakView(progress_lib.Progress):
                 live_mb=sum(a.nbytes for a in arrays) / 2**20,
                 compiles=self.compiles[0],
                 step_s=statistics.median(m["time/step_s"] for m in w),
+                s_per_kslot=statistics.median(
+                    1000 * m["time/step_s"] / (m["rollout/rows"] * m["rollout/response_len_max"])
+                    for m in w
+                ),
                 load_1m=os.getloadavg()[0],
                 teacher_rows=teacher,
                 **paths,
@@ -188,14 +198,24 @@ def goals(samples: list[Sample], settle: int) -> list[tuple[str, float, str, boo
     if len(after) < 3:
         return []
     steps = [s.step for s in after]
-    trend = {f: trend_growth(steps, [getattr(s, f) for s in after]) for f in TRENDS}
+    series = {f: [getattr(s, f) for s in after] for f in TRENDS}
+    # A column an older table lacks (nan) has no trend.
+    trend = {f: np.nan if np.isnan(v).any() else trend_growth(steps, v) for f, v in series.items()}
     added = after[-1].compiles - after[0].compiles
     return [
         ("RSS growth (trend)", trend["rss_mb"], "< 5%", trend["rss_mb"] < 0.05),
         ("live bytes growth (trend)", trend["live_mb"], "< 5%", trend["live_mb"] < 0.05),
         ("compiles added", added, "0", added == 0),
         ("step time drift (trend)", trend["step_s"], "< 10%", abs(trend["step_s"]) < 0.10),
+        *_per_slot_goal(trend["s_per_kslot"]),
     ]
+
+
+def _per_slot_goal(drift: float) -> list[tuple[str, float, str, bool]]:
+    """The step-time goal again with the workload divided out (none for older tables)."""
+    if np.isnan(drift):
+        return []
+    return [("step time per decode slot drift (trend)", drift, "< 10%", abs(drift) < 0.10)]
 
 
 # Where host memory goes: (label, Sample field, unit) of the slopes table.
@@ -239,8 +259,8 @@ def table(samples: list[Sample], settle: int) -> str:
     lines = [
         "| step | RSS MB | live buffers | live MB | compiles | median step s | load 1 min "
         "| accuracy | routed frac | teacher rows | truncated frac | heap used MB | heap free MB "
-        "| py blocks |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| py blocks | step s per 1k slots |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(value: float, fmt: str) -> str:
@@ -253,7 +273,7 @@ def table(samples: list[Sample], settle: int) -> str:
             f"{cell(s.accuracy, '.3f')} | {cell(s.routed_frac, '.3f')} | "
             f"{cell(s.teacher_rows, '.1f')} | {cell(s.truncated_frac, '.3f')} | "
             f"{cell(s.heap_used_mb, '.1f')} | {cell(s.heap_free_mb, '.1f')} | "
-            f"{cell(s.py_blocks, '.0f')} |"
+            f"{cell(s.py_blocks, '.0f')} | {cell(s.s_per_kslot, '.4f')} |"
         )
     lines += ["", f"Goals, from step {settle} on:", "", "| goal | measured | limit | met |"]
     lines.append("|---|---:|---|---|")
@@ -276,7 +296,7 @@ def plot(samples: list[Sample], path: pathlib.Path) -> None:
         ("RSS and C heap, MB", ("rss_mb", "heap_used_mb", "heap_free_mb")),
         ("live jax MB", ("live_mb",)),
         ("compiles", ("compiles",)),
-        ("median step s", ("step_s",)),
+        ("median step s, and per 1k decode slots", ("step_s", "s_per_kslot")),
         ("paths (window means)", ("accuracy", "routed_frac", "truncated_frac")),
         ("teacher rows per step", ("teacher_rows",)),
     ]
@@ -301,8 +321,8 @@ def read_table(path: pathlib.Path) -> tuple[str, list[Sample]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and cells[0].isdigit() and len(cells) >= 6:
             step, rss, bufs, live, comp, sec = cells[:6]
-            rest = [float("nan") if c == "-" else float(c) for c in cells[6:14]]
-            rest += [float("nan")] * (8 - len(rest))  # older tables lack these columns
+            rest = [float("nan") if c == "-" else float(c) for c in cells[6:15]]
+            rest += [float("nan")] * (9 - len(rest))  # older tables lack these columns
             samples.append(
                 Sample(int(step), float(rss), int(bufs), float(live), int(comp), float(sec), *rest)
             )

@@ -17,7 +17,7 @@ _spec.loader.exec_module(soak)
 def _sample(step: int, rss: float, **kw) -> "soak.Sample":
     fields = dict(live_buffers=69, live_mb=2.0, compiles=25, step_s=1.0, load_1m=3.0)
     fields.update(accuracy=0.5, routed_frac=0.25, teacher_rows=32.0, truncated_frac=0.125)
-    fields.update(heap_used_mb=300.0, heap_free_mb=40.5, py_blocks=123456.0)
+    fields.update(heap_used_mb=300.0, heap_free_mb=40.5, py_blocks=123456.0, s_per_kslot=1.25)
     fields.update(kw)
     return soak.Sample(step=step, rss_mb=rss, **fields)
 
@@ -39,6 +39,18 @@ def test_goals_count_from_settle_and_flag_what_grows():
     assert got["live bytes growth (trend)"] == (pytest.approx(0.0), True)
     assert got["compiles added"] == (1, False)
     assert got["step time drift (trend)"] == (pytest.approx(0.0), True)
+
+
+def test_step_time_per_decode_slot_divides_the_workload_out():
+    # The step time doubles because the responses got twice as long: the plain drift is
+    # +100%, per decode slot it is 0. A table without the column has no per-slot line.
+    steps = (200, 400, 600, 800)
+    samples = [_sample(s, 1000.0, step_s=1 + (s - 200) / 600, s_per_kslot=2.0) for s in steps]
+    got = {name: (value, met) for name, value, _, met in soak.goals(samples, settle=200)}
+    assert got["step time drift (trend)"] == (pytest.approx(1.0), False)
+    assert got["step time per decode slot drift (trend)"] == (pytest.approx(0.0), True)
+    old = [_sample(s, 1000.0, s_per_kslot=np.nan) for s in steps]
+    assert "step time per decode slot drift (trend)" not in {g[0] for g in soak.goals(old, 200)}
 
 
 def test_the_table_reads_back_as_written(tmp_path):
