@@ -13,7 +13,8 @@ bf16 by each route, every route in a fresh learner process:
   drops it), flattened buckets or one broadcast per tensor.
 Prints a markdown table: seconds per push (the median of --repeats, after one warm-up push
 that also forms the group), GB/s of bf16 bytes, the learner process's RSS holding the params
-and its peak beyond that during the pushes, and for the distributed routes the share of the
+and its peak beyond that during the pushes (for the distributed routes also beyond the
+learner at rest between pushes: `_at_rest`), and for the distributed routes the share of the
 time outside the broadcasts (HTTP, gathers, casts) and that time per bucket; then the
 same buckets again from one buffer already in memory (no gather: the raw broadcast), and
 the push's time beyond that bare run's broadcasts (what the gather adds once it overlaps
@@ -118,6 +119,8 @@ def _distributed(args, cfg, params, flatten: bool) -> list[dict]:
         procs = _processes(sink.pid)
         with SGLangEngine(sync_cfg, model_config=cfg) as engine:
             for r in range(args.repeats + 1):
+                if r == 1:
+                    rest = _at_rest()
                 cpu = _cpu_s(procs)
                 m = engine.update_weights(params, r + 1)
                 assert m["sync/route"] == weight_sync.ROUTE_CODES["distributed"], m
@@ -136,9 +139,23 @@ def _distributed(args, cfg, params, flatten: bool) -> list[dict]:
         prepare = [_prepare_alone(args, cfg, params, flatten) for _ in range(args.repeats)]
         for run, (b, b_cpu), p in zip(runs[1:], bare, prepare, strict=True):
             run.update(peak_mib=peak, bare_broadcast_s=b, bare_cpu_s=b_cpu, prepare_s=p)
+            run.update(rest_mib=rest)
         return runs[1:]
     finally:
         os.killpg(sink.pid, signal.SIGKILL)  # the receiver and its rank processes
+
+
+def _at_rest() -> float:
+    """The learner's RSS between pushes, once the warm-up push has formed the group, imported
+    torch and compiled the gathers, with the heap's free pages handed back (malloc_trim: what
+    the trainer does at each checkpoint); the peak counts from here. The pushes' own transient
+    memory is then the peak minus this, whatever the params' initialisation left behind."""
+    from srpo_jax.trainer import host_memory
+
+    host_memory.release_free_heap()
+    rest = _rss_mib("VmRSS")
+    _reset_peak()
+    return rest
 
 
 def _bare_push(args, engine, cfg, params, flatten: bool, r: int) -> float:
@@ -232,6 +249,7 @@ def one(args) -> dict:
         for key in ("gather_s", "cpu_s", "bare_cpu_s", "prepare_s"):
             out[key] = statistics.median(r[key] for r in runs)
         out["broadcast_s"], out["bare_broadcast_s"] = bcast, bare
+        out["push_peak_mib"] = runs[0]["peak_mib"] - runs[0]["rest_mib"]
     return out
 
 
@@ -239,9 +257,9 @@ def _row(r: dict) -> str:
     extra = (
         f"{100 * r['outside_broadcast_frac']:.0f}% | {100 * r['beyond_bare_frac']:.0f}% | "
         f"{r['buckets']} | "
-        f"{1e3 * r['overhead_per_bucket_s']:.0f}"
+        f"{1e3 * r['overhead_per_bucket_s']:.0f} | {r['push_peak_mib']:.0f}"
         if "buckets" in r
-        else "- | - | - | -"
+        else "- | - | - | - | -"
     )
     return (
         f"| {r['model']} | {r['route']} | {r['bytes'] / 1e9:.2f} | {r['seconds']:.2f} | "
@@ -267,8 +285,8 @@ def main() -> None:
     os.makedirs(args.disk_dir, exist_ok=True)
     print("| model | route | GB (bf16) | s / push | GB/s | params RSS MiB | peak beyond "
           "params MiB | outside broadcast | beyond bare broadcast | buckets | "
-          "ms / bucket outside |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "ms / bucket outside | push peak beyond rest MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     timelines = []
     for model in args.models.split(","):
