@@ -1,11 +1,14 @@
 """Helpers of the tests that run `python -m srpo_jax.main` as processes of their own and hold
-one run's metrics to another's (tests/e2e/test_multihost_trainer.py, tests/e2e/test_slurm.py).
+one run's metrics to another's (tests/e2e/test_multihost_trainer.py, tests/e2e/test_slurm.py),
+and the session's warm start (tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,3 +65,64 @@ def assert_same_metrics(got_path: pathlib.Path, want_path: pathlib.Path) -> list
         for k in w:
             np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} {w}")
     return got
+
+
+# The warm start: see tests/e2e/conftest.py.
+WARMUP_STEPS = 300
+
+_DRIVER = r"""
+import pathlib, sys
+from srpo_jax import config as config_lib
+from srpo_jax.data import datasets, tokenizer as tok_lib
+from srpo_jax.model import hf_io
+from srpo_jax.sharding import make_mesh
+from srpo_jax.trainer import setup as trainer
+
+repo, out, steps = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+cd = config_lib.load_config_file(str(repo / "configs" / "demo.py"))
+with cd.unlocked():
+    cd.data.synthetic_train_size, cd.data.synthetic_test_size = 64, 8
+    cd.warmup.steps, cd.warmup.lr = steps, 3e-3
+cfg = config_lib.from_config_dict(cd)
+tok_lib.build_tiny_tokenizer(out)
+tok = tok_lib.load_tokenizer(out)
+train_set = datasets.PromptSet(trainer.split_examples(cfg, "train"), tok, cfg.data.max_prompt_len)
+model_cfg = cfg.model.architecture()
+graphdef, params = trainer.initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
+params, _ = trainer.run_warmup(cfg, graphdef, params, train_set, tok)
+hf_io.save_hf_params(params, model_cfg, out, dtype=None)
+"""
+
+
+def shared_root(tmp_path_factory) -> pathlib.Path:
+    """This session's temporary root: the xdist workers' base directories sit in it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_warm_demo(root: pathlib.Path) -> pathlib.Path:
+    """root/warm_demo, built once (the first caller builds, the others wait on the lock)."""
+    out = root / "warm_demo"
+    with open(root / "warm_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").is_file():
+            return out
+        partial = root / "warm_demo.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # a failed earlier attempt's
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+        proc = subprocess.run(
+            [sys.executable, "-c", _DRIVER, str(REPO_ROOT), str(partial), str(WARMUP_STEPS)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+        partial.rename(out)
+    return out
+
+
+def warm_start_args(path: pathlib.Path) -> list[str]:
+    """`python -m srpo_jax.main` flags that start the demo config from the warm checkpoint."""
+    return [
+        f"--config.model.hf_path={path}",
+        "--config.model.preset=",
+        f"--config.tokenizer.path={path}",
+    ]

@@ -4,7 +4,8 @@ commands run as written.
 One module-scoped run makes everything: the README's real-run block (between its
 `<!-- real-run -->` markers) is read, and each command runs at CPU demo scale, with the
 placeholders swapped (the benchmark config for configs/demo.py with small overrides, the
-Qwen3-8B directory for a tiny random HF checkpoint with the demo's tokenizer, runs/chem for a
+Qwen3-8B directory for a copy of the session's warm checkpoint: the demo model after its
+supervised warm-up, with the demo's tokenizer (tests/e2e/conftest.py); runs/chem for a
 temporary folder) and a few flags appended (a later absl flag wins): the ToolUse fetch from a
 local HTTP server; the run, 2 steps; the resume (the same command, num_steps=4); then the HF
 directory is deleted, so that export and evaluate read the workdir alone; the export
@@ -34,21 +35,19 @@ from srpo_jax.trainer.metrics import read_metrics
 from tests.data.test_fetch import GOOD_BLOB, server  # noqa: F401
 from tests.e2e.test_resume import TINY, final_state
 from tests.e2e.test_slurm import SLURM
-from tests.trainer.test_setup import write_tiny_hf
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARKER = "<!-- real-run -->"
 STEPS = ("data", "run", "resume", "export", "evaluate", "slurm")
 # The demo at the scale of tests/e2e/test_resume.py, with evaluation (k=4 of 8 questions) and
-# a checkpoint every 2 steps. The warm-up teaches the answer format, so a sample is right
-# when it guesses both code letters (1 in 16): the run's evaluation has right samples, and
-# which samples are right depends on every draw, so an equal nonzero avg@k tells two
-# samplers apart (without the warm-up both scored 0). The tiny learning rate keeps the RL
-# steps from moving the warmed-up model far.
+# a checkpoint every 2 steps, from the warm checkpoint. Its warm-up taught the answer format,
+# so a sample is right when it guesses both code letters (1 in 16): the run's evaluation has
+# right samples, and which samples are right depends on every draw, so an equal nonzero
+# avg@k tells two samplers apart (without the warm-up both scored 0). The tiny learning rate
+# keeps the RL steps from moving the warmed-up model far.
 DEMO = TINY + [
     "--config.model.preset=",
-    "--config.warmup.steps=300",
-    "--config.warmup.lr=3e-3",
+    "--config.warmup.steps=0",
     "--config.eval.every_steps=2",
     "--config.eval.num_samples=4",
     "--config.eval.max_examples=8",
@@ -108,9 +107,9 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-def _real_run(root: pathlib.Path, url: str) -> dict:
+def _real_run(root: pathlib.Path, url: str, warm: pathlib.Path) -> dict:
     """The README's commands up to the evaluation, run in order at demo scale."""
-    hf = write_tiny_hf(root / "Qwen3-8B")
+    hf = shutil.copytree(warm, root / "Qwen3-8B")  # deleted below
     paths = {"/ckpt/Qwen3-8B": str(hf), "runs/chem": str(root / "chem")}
     raw = readme_commands()
     docs = {k: _demo_scale(v, paths) for k, v in raw.items()}
@@ -265,10 +264,10 @@ def _check_slurm_command(real_run):
     assert "python -m srpo_jax.main" in proc.stdout
 
 
-def test_the_readme_real_run_commands_then_export_and_evaluate(tmp_path, server):  # noqa: F811
+def test_the_readme_real_run_commands_then_export_and_evaluate(tmp_path, server, warm_demo):  # noqa: F811
     # One test item on purpose: the checks share one trained run, and xdist would build a
     # module-scoped fixture once per worker that receives one of its tests.
-    real_run = _real_run(tmp_path, server)
+    real_run = _real_run(tmp_path, server, warm_demo)
     _check_data_run_and_resume(real_run)
     _check_export_logits(real_run)
     _check_teacher_export(real_run)

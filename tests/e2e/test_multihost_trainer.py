@@ -1,7 +1,8 @@
 """Multi-host: `python -m srpo_jax.main` as two real processes on 127.0.0.1.
 
 Two processes with one CPU device each (joined by --coordinator_address/--num_processes/
---process_id, CPU collectives over gloo) run the tiny demo: supervised warm-up, rollouts
+--process_id, CPU collectives over gloo) run the tiny demo from the session's warm
+checkpoint: a few more supervised warm-up steps, rollouts
 from the embedded engine (sharded over both processes, gathered on each), evaluation, two
 SRPO steps and a checkpoint, on a mesh of fsdp=2. The reference is one process owning two
 devices with the same mesh. Only process 0 writes metrics; they must equal the reference's,
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.main_runs import assert_same_metrics, free_ports, start_main
+from tests.e2e.main_runs import assert_same_metrics, free_ports, start_main, warm_start_args
 
 TIMEOUT_S = 900
 ARGS = [
@@ -28,8 +29,10 @@ ARGS = [
     "--config.train.prompts_per_step=4",
     "--config.train.mini_batch_prompts=4",
     "--config.train.num_steps=2",
-    "--config.warmup.steps=300",  # the synthetic format forms after some 150-250 steps
-    "--config.warmup.lr=3e-3",
+    # From the session's warm checkpoint (tests/e2e/conftest.py), so rollouts score and rows
+    # are routed; a few more warm-up steps still run the supervised step across processes.
+    "--config.warmup.steps=4",
+    "--config.warmup.lr=3e-4",
     "--config.eval.every_steps=2",
     "--config.eval.num_samples=2",
     "--config.eval.max_examples=4",
@@ -46,9 +49,9 @@ MODES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overlap", [0, 1], ids=["on_policy", "overlap"])
-def test_two_process_run_equals_one_process(tmp_path, overlap):
+def test_two_process_run_equals_one_process(tmp_path, overlap, warm_demo):
     (port,) = free_ports(1)
-    mode = MODES[overlap]
+    mode = warm_start_args(warm_demo) + MODES[overlap]
     multi, ref = tmp_path / "multi", tmp_path / "ref"
     procs = []
     for i in range(2):

@@ -1,12 +1,13 @@
 """End to end: a few training steps of every method on a shrunken demo config.
 
-One subprocess (a plain single-device JAX, as a user's run has) runs the driver below: one
-short supervised warm-up saved as an HF checkpoint, then 2 steps of each method from it,
-then the srpo run resumed for one more step. Sharing the interpreter and the warm-up keeps
-the file to a couple of minutes of CPU. The test then reads what the runs wrote:
-metrics.jsonl with the keys the issue asks for, a checkpoint, curves.png, and a resumed
-log that continues at the next step. Rollout retries are exercised twice: end to end (the
-grpo run's first step has two injected engine failures) and on a fake engine (no JAX).
+One subprocess (a plain single-device JAX, as a user's run has) runs the driver below: 2
+steps of each method from the session's warm checkpoint (the demo model after its
+supervised warm-up: tests/e2e/conftest.py), then the srpo run resumed for one more step.
+Sharing the interpreter keeps the file to a couple of minutes of CPU. The test then reads
+what the runs wrote: metrics.jsonl with the keys the issue asks for, a checkpoint,
+curves.png, and a resumed log that continues at the next step. Rollout retries are
+exercised twice: end to end (the grpo run's first step has two injected engine failures)
+and on a fake engine (no JAX).
 """
 
 import json
@@ -30,9 +31,6 @@ DRIVER = r"""
 import json, os, pathlib, sys
 from srpo_jax import config as config_lib
 from srpo_jax.trainer import setup as trainer
-from srpo_jax.data import datasets
-from srpo_jax.model import hf_io
-from srpo_jax.sharding import make_mesh
 
 import jax
 
@@ -66,19 +64,10 @@ def cfg_for(method, **over):
             node[last] = value
     return config_lib.from_config_dict(cd)
 
-# One warm-up for all methods, saved like compare.py does: 300 steps, since the synthetic
-# task's format (which repeats the asked words) forms after some 150-250 steps, and the
-# routed-rollouts test needs well-formed answers with a correct sibling.
-warm = out / "warm"
-warm.mkdir(parents=True)
-cfg = cfg_for("srpo", warmup__steps=300, warmup__lr=3e-3)
-tok = trainer.load_run_tokenizer(cfg.tokenizer.path, warm)
-train_set = datasets.PromptSet(trainer.split_examples(cfg, "train"), tok, cfg.data.max_prompt_len)
-model_cfg = cfg.model.architecture()
-graphdef, params = trainer.initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
-params, _ = trainer.run_warmup(cfg, graphdef, params, train_set, tok)
-hf_io.save_hf_params(params, model_cfg, warm, dtype=None)
-started = dict(model__hf_path=str(warm), model__preset="", tokenizer__path=str(warm / "tokenizer"))
+# Every method starts from the session's warm checkpoint (tests/e2e/conftest.py), whose
+# well-formed answers give the routed-rollouts test a correct sibling.
+warm = sys.argv[4]
+started = dict(model__hf_path=warm, model__preset="", tokenizer__path=warm)
 
 summaries = {}
 for method in sys.argv[3].split(","):
@@ -94,11 +83,11 @@ print("SUMMARIES " + json.dumps(summaries, default=str))
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, warm_demo):
     out = tmp_path_factory.mktemp("trainer_runs")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(REPO_ROOT), str(out), ",".join(METHODS)],
+        [sys.executable, "-c", DRIVER, str(REPO_ROOT), str(out), ",".join(METHODS), str(warm_demo)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
