@@ -1,7 +1,7 @@
 """A soak: the CPU demo run for many RL steps, with evaluation and checkpoints on, sampled
 every few steps for what grows over a long run.
 
-    python benchmarks/soak.py --steps=2000 --every=50 --out=docs/soak/soak   # about 1 h idle
+    python benchmarks/soak.py --steps=2000 --every=50 --out=docs/soak/soak   # ~25 min idle
     python benchmarks/soak.py --retable --out=docs/soak/soak   # goals and plot from OUT.md
 
 It trains configs/demo.py in this process through `trainer.setup.run` (the same path as
