@@ -70,27 +70,22 @@ def assert_same_metrics(got_path: pathlib.Path, want_path: pathlib.Path) -> list
 # The warm start: see tests/e2e/conftest.py.
 WARMUP_STEPS = 300
 
+# compare.run.build_warmup (the method study's shared warm-up) puts the tiny tokenizer in
+# DIR/tokenizer; a copy at the top level lets tokenizer.path "" resolve to model.hf_path, as
+# it does for a user's HF directory (test_export_evaluate runs the README's commands so).
 _DRIVER = r"""
-import pathlib, sys
+import pathlib, shutil, sys
 from srpo_jax import config as config_lib
-from srpo_jax.data import datasets, tokenizer as tok_lib
-from srpo_jax.model import hf_io
-from srpo_jax.sharding import make_mesh
-from srpo_jax.trainer import setup as trainer
+from srpo_jax.compare.run import build_warmup
 
 repo, out, steps = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
 cd = config_lib.load_config_file(str(repo / "configs" / "demo.py"))
 with cd.unlocked():
     cd.data.synthetic_train_size, cd.data.synthetic_test_size = 64, 8
     cd.warmup.steps, cd.warmup.lr = steps, 3e-3
-cfg = config_lib.from_config_dict(cd)
-tok_lib.build_tiny_tokenizer(out)
-tok = tok_lib.load_tokenizer(out)
-train_set = datasets.PromptSet(trainer.split_examples(cfg, "train"), tok, cfg.data.max_prompt_len)
-model_cfg = cfg.model.architecture()
-graphdef, params = trainer.initial_params(cfg, model_cfg, make_mesh(cfg.mesh))
-params, _ = trainer.run_warmup(cfg, graphdef, params, train_set, tok)
-hf_io.save_hf_params(params, model_cfg, out, dtype=None)
+build_warmup(config_lib.from_config_dict(cd), out)
+for f in (out / "tokenizer").iterdir():
+    shutil.copy(f, out)
 """
 
 
