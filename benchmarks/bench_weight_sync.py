@@ -138,8 +138,8 @@ def _distributed(args, cfg, params, flatten: bool) -> list[dict]:
                 )
         prepare = [_prepare_alone(args, cfg, params, flatten) for _ in range(args.repeats)]
         for run, (b, b_cpu), p in zip(runs[1:], bare, prepare, strict=True):
-            run.update(peak_mib=peak, bare_broadcast_s=b, bare_cpu_s=b_cpu, prepare_s=p)
-            run.update(rest_mib=rest)
+            run.update(peak_mib=peak, rest_mib=rest, bare_broadcast_s=b, bare_cpu_s=b_cpu)
+            run.update(prepare_s=p)
         return runs[1:]
     finally:
         os.killpg(sink.pid, signal.SIGKILL)  # the receiver and its rank processes
